@@ -1,0 +1,45 @@
+# pyramid-moa: every target bootstraps what it needs (venv, pinned deps) and is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out
+
+# Shipped permissive traces (data/gsm8k, see data/gsm8k/ATTRIBUTION.md): gpt-3.5 committee -> gpt-4 oracle, dollars.
+TRACES ?= data/gsm8k
+COMMITTEE ?= faithfulcot_gpt-3.5-turbo_COT,reread_gpt-3.5-turbo_re2_cot,faithfulcot_gpt-3.5-turbo_noNL
+ORACLE ?= faithfulcot_gpt4_COT
+COST ?= usd
+# The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
+SHARED_TRACES ?= ../shared/data/gsm8k
+
+.PHONY: setup eval test lint bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $@
+
+setup: $(STAMP)
+
+eval: $(STAMP)  ## main job: cross-fitted evaluation of the router on the shipped traces
+	@mkdir -p $(OUT)
+	$(VENV)/bin/pyramid evaluate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
+	  --cost $(COST) --json $(OUT)/eval.json --report $(OUT)/eval.md --plot $(OUT)/eval.png
+	@cat $(OUT)/eval.md
+
+test: $(STAMP)  ## lint + all tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)  ## benchmarks A and B on the shared traces + in-process decision latency
+	bash scripts/bench.sh $(SHARED_TRACES) $(OUT)/bench
+
+clean:
+	rm -rf $(OUT) .pytest_cache .benchmarks

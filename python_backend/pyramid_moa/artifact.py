@@ -1,0 +1,136 @@
+"""The calibration artifact: one versioned JSON file the in-server router loads.
+
+It holds everything a decision depends on (agents, oracle, feature set,
+calibrator parameters, thresholds, cost model) and what it was fitted on, so
+a deployment can be audited and an evaluation can refuse to score questions
+the artifact has already seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .calibration import calibrator_from_dict
+from .cost import CostModel
+from .features import make_feature_set
+from .router import Router, Stage
+
+FORMAT = "pyramid-moa/calibration"
+VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """The artifact cannot be used: wrong format/version, unknown agents, drifted features."""
+
+
+@dataclass
+class CalibrationArtifact:
+    committee: list[str]
+    oracle: str
+    feature_set: str
+    calibrator: str
+    stages: list[dict[str, Any]]
+    target: dict[str, Any]
+    cost_model: CostModel
+    fitted_on: dict[str, Any]
+    task: str = "gsm8k"
+    fit_summary: dict[str, Any] = field(default_factory=dict)
+
+    def router(self) -> Router:
+        stages = []
+        for k, st in enumerate(self.stages):
+            fs = make_feature_set(self.feature_set, st["agents"], numeric=self.task != "text")
+            if fs.names != st["feature_names"]:
+                raise ArtifactError(
+                    f"stage {k}: feature names in the artifact differ from feature set "
+                    f"{self.feature_set!r} in this code version; re-run pyramid calibrate"
+                )
+            stages.append(Stage(list(st["agents"]), fs, calibrator_from_dict(st["calibrator"]), float(st["threshold"])))
+        return Router(stages, self.oracle, self.task)
+
+    def fitted_idx(self) -> set[int]:
+        return set(self.fitted_on.get("idx", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "task": self.task,
+            "committee": self.committee,
+            "oracle": self.oracle,
+            "feature_set": self.feature_set,
+            "calibrator": self.calibrator,
+            "stages": self.stages,
+            "target": self.target,
+            "cost_model": self.cost_model.to_dict(),
+            "fitted_on": self.fitted_on,
+            "fit_summary": self.fit_summary,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename): a crash never leaves half a file."""
+        write_json_atomic(path, self.to_dict())
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_artifact(path: str | Path, known_agents: Iterable[str] | None = None) -> CalibrationArtifact:
+    """Load and validate; ``known_agents`` (e.g. a deployment's models) must cover all named models."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: calibration file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a {FORMAT} file")
+    if d.get("version") != VERSION:
+        raise ArtifactError(
+            f"{path}: calibration version {d.get('version')!r} is not supported (this code reads version {VERSION})"
+        )
+    try:
+        art = CalibrationArtifact(
+            committee=list(d["committee"]),
+            oracle=d["oracle"],
+            feature_set=d["feature_set"],
+            calibrator=d["calibrator"],
+            stages=list(d["stages"]),
+            target=dict(d["target"]),
+            cost_model=CostModel.from_dict(d["cost_model"]),
+            fitted_on=dict(d["fitted_on"]),
+            task=d.get("task", "gsm8k"),
+            fit_summary=dict(d.get("fit_summary", {})),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path}: missing or malformed field {exc}") from None
+    if known_agents is not None:
+        known = set(known_agents)
+        unknown = [a for a in [*art.committee, art.oracle] if a not in known]
+        if unknown:
+            raise ArtifactError(f"{path}: calibration names models this deployment does not have: {unknown}")
+    try:
+        art.router()
+    except (KeyError, ValueError) as exc:
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(f"{path}: {exc}") from None
+    return art

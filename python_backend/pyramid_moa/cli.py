@@ -1,0 +1,165 @@
+"""`pyramid` command line: calibrate a router and evaluate it on recorded traces.
+
+Every failure is one line on stderr naming the cause and a non-zero exit;
+outputs are written only after everything succeeded (atomic rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import ArtifactError, load_artifact, write_json_atomic
+from .calibration import calibrator_names
+from .cost import COST_MODELS
+from .dataset import load_routing_data, parse_overrides
+from .features import feature_set_names
+from .fitting import Target, TargetUnreachable, fit_router
+from .traces import TraceError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--traces", required=True, help="trace directory (questions.jsonl, sources.json, traces/)")
+    p.add_argument("--committee", required=True, help="comma-separated agent source names, in order")
+    p.add_argument("--oracle", required=True, help="oracle source name")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--target-oracle-rate", type=float, metavar="R", help="fraction of questions sent to the oracle")
+    g.add_argument("--target-cost", type=float, metavar="C", help="mean cost per query relative to always-oracle")
+    g.add_argument(
+        "--max-accuracy-drop", type=float, metavar="E", help="cheapest τ with accuracy >= oracle - E (default: 0)"
+    )
+    p.add_argument("--cost", choices=COST_MODELS, default="flops", help="cost model the target and savings use")
+    p.add_argument("--features", choices=feature_set_names(), default="full")
+    p.add_argument("--calibrator", choices=calibrator_names(), default="logistic")
+    p.add_argument("--no-adaptive", action="store_true", help="one stage: always ask the whole committee")
+    p.add_argument("--params", action="append", metavar="NAME=B", help="override params (billions) of a model")
+    p.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="override USD per 1k tokens")
+    p.add_argument("--task", default="gsm8k", help="answer task (gsm8k, text)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _target(a: argparse.Namespace) -> Target:
+    if a.target_oracle_rate is not None:
+        return Target("oracle_rate", a.target_oracle_rate)
+    if a.target_cost is not None:
+        return Target("cost", a.target_cost)
+    return Target("max_accuracy_drop", a.max_accuracy_drop if a.max_accuracy_drop is not None else 0.0)
+
+
+def _data(a: argparse.Namespace):
+    committee = [c.strip() for c in a.committee.split(",") if c.strip()]
+    return load_routing_data(
+        a.traces, committee, a.oracle, a.task, parse_overrides(a.params, "--params"), parse_overrides(a.price, "--price")
+    )
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    target = _target(a)
+    data = _data(a)
+    if not 0 < a.fit_fraction <= 1:
+        raise ValueError(f"--fit-fraction must be in (0, 1], got {a.fit_fraction}")
+    rows = np.arange(data.n)
+    if a.fit_fraction < 1:
+        rng = np.random.default_rng(a.seed)
+        rows = np.sort(rng.permutation(data.n)[: int(round(a.fit_fraction * data.n))])
+    art = fit_router(
+        data, rows, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.seed, traces=str(a.traces)
+    )
+    art.save(a.out)
+    fs = art.fit_summary
+    stages = " -> ".join(f"{'+'.join(s['agents'])} (tau={s['threshold']:.3f})" for s in art.stages)
+    print(
+        f"wrote {a.out}: schedule {stages}; on the {len(rows)} fitting questions (out-of-fold): accuracy "
+        f"{fs['oof_accuracy']:.4f} vs oracle {fs['oracle_accuracy']:.4f}, oracle calls {fs['oof_oracle_call_rate']:.3f}, "
+        f"cost {fs['oof_mean_cost']:.3f} of always-oracle ({a.cost})"
+    )
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+    from .report import markdown, plot
+
+    t0 = time.perf_counter()
+    target = _target(a)
+    data = _data(a)
+    art = None
+    if a.calibration:
+        art = load_artifact(a.calibration, known_agents=[*data.committee, data.oracle])
+        if art.committee != data.committee or art.oracle != data.oracle:
+            raise ArtifactError(
+                f"{a.calibration}: fitted for committee {art.committee} / oracle {art.oracle}, "
+                f"not {data.committee} / {data.oracle}"
+            )
+    bar = None
+    if not a.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=(1 if art else a.folds) * 2, desc="evaluate", file=sys.stderr, leave=False)
+
+    def progress(msg: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(msg[:60])
+            bar.update(1)
+
+    result = evaluate(
+        data, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.folds, a.seed, art, progress
+    )
+    if bar is not None:
+        bar.close()
+    result["elapsed_s"] = round(time.perf_counter() - t0, 2)
+    # Write all outputs only after everything was computed.
+    write_json_atomic(a.json, result)
+    if a.report:
+        Path(a.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.report).write_text(markdown(result), encoding="utf-8")
+    if a.plot:
+        plot(result, a.plot)
+    op = result["operating_point"]
+    cal = result["calibration"]
+    print(
+        f"accuracy {op['accuracy']:.4f} vs oracle {op['oracle_accuracy']:.4f} ({op['accuracy'] - op['oracle_accuracy']:+.4f}), "
+        f"oracle calls {op['oracle_call_rate']:.3f}, cost {op['mean_cost']:.3f} of always-oracle "
+        f"({op['cost_model']}, saving {op['cost_saving']:.1%}); AUROC {cal['auroc']:.3f}, ECE {cal['ece']:.4f}; "
+        f"{result['elapsed_s']} s -> {a.json}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyramid", description="Pyramid MoA: calibrate and evaluate escalation routers")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("calibrate", help="fit calibrators and thresholds; write the artifact")
+    _add_common(c)
+    c.add_argument("--out", required=True, help="calibration JSON to write")
+    c.add_argument("--fit-fraction", type=float, default=1.0, help="fit on this random fraction of the questions")
+    c.set_defaults(fn=cmd_calibrate)
+    e = sub.add_parser("evaluate", help="cross-fitted evaluation with sweep and baselines")
+    _add_common(e)
+    e.add_argument("--calibration", help="score this artifact on the questions it was not fitted on")
+    e.add_argument("--folds", type=int, default=5)
+    e.add_argument("--json", required=True, help="result JSON to write")
+    e.add_argument("--plot", help="PNG: Pareto plot and reliability diagram")
+    e.add_argument("--report", help="markdown report")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(fn=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (TraceError, ArtifactError, TargetUnreachable, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"pyramid {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Routing data: the committee's and oracle's recorded outputs aligned per question.
+
+Built once from a trace directory; features for any agent subset, labels and
+per-call costs are derived from it, so fitting and evaluation never re-read
+files and every number comes from the same aligned rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .answers import get_task
+from .cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
+from .features import AgentOutput, make_feature_set
+from .traces import TraceError, TraceSet
+
+
+@dataclass
+class RoutingData:
+    idxs: list[int]
+    questions: list[str]
+    gold: list[str | None]
+    committee: list[str]
+    oracle: str
+    outputs: dict[str, list[AgentOutput]]
+    cost_model: CostModel
+    task: str = "gsm8k"
+    _cost_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    _feature_cache: dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, list[str | None]]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.idxs)
+
+    def correct(self, answers: list[str | None]) -> np.ndarray:
+        eq = get_task(self.task).equal
+        return np.array([eq(a, g) for a, g in zip(answers, self.gold)], dtype=bool)
+
+    def answers(self, name: str) -> list[str | None]:
+        return [o.answer for o in self.outputs[name]]
+
+    def prompt_tokens(self, i: int, out: AgentOutput) -> int:
+        """Recorded prompt tokens, else the question's chars/4: every tier gets the same prompt."""
+        return out.prompt_tokens if out.prompt_tokens is not None else estimate_tokens(self.questions[i])
+
+    def call_costs(self, kind: str, name: str) -> np.ndarray:
+        """Cost of calling ``name`` on each question (0 where the source has no record)."""
+        key = (kind, name)
+        if key not in self._cost_cache:
+            outs = self.outputs[name]
+            self._cost_cache[key] = np.array(
+                [self.cost_model.call_cost(kind, name, self.prompt_tokens(i, o), o.output_tokens or 0) for i, o in enumerate(outs)]
+            )
+        return self._cost_cache[key]
+
+    def cost_kinds(self) -> list[str]:
+        return [k for k in COST_MODELS if self.cost_model.available(k, [*self.committee, self.oracle])]
+
+    def features(self, feature_set: str, agents: list[str]) -> tuple[np.ndarray, list[str | None]]:
+        """Feature matrix and committee plurality answers for an agent subset (cached)."""
+        key = (feature_set, tuple(agents))
+        if key not in self._feature_cache:
+            fs = make_feature_set(feature_set, agents, numeric=self.task != "text")
+            rows, tops = [], []
+            cols = [self.outputs[a] for a in agents]
+            for i, q in enumerate(self.questions):
+                x, vote = fs(q, [c[i] for c in cols])
+                rows.append(x)
+                tops.append(vote.answer)
+            self._feature_cache[key] = (np.array(rows, dtype=float), tops)
+        return self._feature_cache[key]
+
+
+def parse_overrides(items: list[str] | None, what: str) -> dict[str, list[float]]:
+    """Parse ``NAME=V[,V]`` command-line overrides into floats, naming the bad item."""
+    out: dict[str, list[float]] = {}
+    for item in items or []:
+        name, sep, vals = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = [float(v) for v in vals.split(",")]
+        except ValueError:
+            raise ValueError(f"bad {what} {item!r}: expected NAME=NUMBER[,NUMBER]") from None
+    return out
+
+
+def load_routing_data(
+    traces: str,
+    committee: list[str],
+    oracle: str,
+    task: str = "gsm8k",
+    params: dict[str, list[float]] | None = None,
+    prices: dict[str, list[float]] | None = None,
+) -> RoutingData:
+    """Align first samples of the committee and oracle on a common question set."""
+    if len(committee) < 2:
+        raise TraceError(f"a committee needs at least two agents, got {committee}")
+    if len(set(committee)) != len(committee) or oracle in committee:
+        raise TraceError(f"committee and oracle must be distinct models: {committee} / {oracle}")
+    ts = TraceSet.open(traces)
+    names = [*committee, oracle]
+    for n in names:
+        ts.source(n)
+    for n in [*(params or {}), *(prices or {})]:
+        if n not in names:
+            raise TraceError(f"--params/--price names {n!r}, which is neither in the committee nor the oracle")
+    idxs, aligned = ts.first_samples(names)
+    outputs: dict[str, list[AgentOutput]] = {}
+    for n in names:
+        outputs[n] = [
+            AgentOutput(n, None, None, 0, failed=True)
+            if s is None
+            else AgentOutput(n, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
+            for s in aligned[n]
+        ]
+    models = {}
+    for n in names:
+        info = ts.source(n)
+        p_b = (params or {}).get(n, [info.params_b])[0]
+        pr = (prices or {}).get(n)
+        if pr is not None and len(pr) != 2:
+            raise ValueError(f"--price {n}= needs two numbers IN,OUT (USD per 1k tokens)")
+        p_in, p_out = pr if pr is not None else (info.price_in_per_1k, info.price_out_per_1k)
+        models[n] = ModelCost(p_b, p_in, p_out)
+    questions = [ts.questions[i].question for i in idxs]
+    gold = [ts.questions[i].gold for i in idxs]
+    return RoutingData(idxs, questions, gold, list(committee), oracle, outputs, CostModel(models), task)

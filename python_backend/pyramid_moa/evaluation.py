@@ -1,0 +1,378 @@
+"""Offline evaluation on recorded traces: our router, its τ sweep, and baselines.
+
+Protocol (stated in every report): outer k-fold over the questions. For each
+fold, everything learned (calibrators, schedule, thresholds, baseline
+thresholds) is fitted on the other folds, with thresholds chosen on inner
+out-of-fold probabilities; the held-out fold is then routed by the same
+``Router`` code the server runs. Every question is scored exactly once, by
+a model that never saw it. With ``--calibration`` the given artifact is
+scored on the questions it was *not* fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .artifact import CalibrationArtifact
+from .calibration import make_calibrator
+from .dataset import RoutingData
+from .fitting import Evaluated, Target, TargetUnreachable, _oof_and_fit, choose, fit_router
+from .metrics import apgr, auroc, brier, ece, mcnemar_p, reliability
+
+SWEEP_POINTS = 50
+
+
+@dataclass
+class Outcome:
+    """Per-question results of one policy over the evaluated rows."""
+
+    correct: np.ndarray
+    escalated: np.ndarray
+    costs: dict[str, np.ndarray]  # cost kind -> per-question absolute cost
+    threshold: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Evaluator:
+    def __init__(self, data: RoutingData, cost_kind: str) -> None:
+        data.cost_model.require(cost_kind, [*data.committee, data.oracle])
+        self.data = data
+        self.cost_kind = cost_kind
+        self.kinds = data.cost_kinds()
+        self.oracle_ok = data.correct(data.answers(data.oracle))
+        self.cost = {k: {m: data.call_costs(k, m) for m in [*data.committee, data.oracle]} for k in self.kinds}
+
+    # ---- turning outcomes into the JSON contract -------------------------------------------
+    def point(self, o: Outcome, rows: np.ndarray) -> dict:
+        d = self.data
+        out = {
+            "accuracy": float(o.correct.mean()),
+            "oracle_accuracy": float(self.oracle_ok[rows].mean()),
+            "oracle_call_rate": float(o.escalated.mean()),
+            "cost_model": self.cost_kind,
+            "threshold": o.threshold,
+            "n_questions": int(len(rows)),
+        }
+        for k in self.kinds:
+            rel = float(o.costs[k].sum() / self.cost[k][d.oracle][rows].sum())
+            out[f"mean_cost_{k}"] = rel
+            if k == self.cost_kind:
+                out["mean_cost"] = rel
+                out["cost_saving"] = 1.0 - rel
+        out.update(o.extra)
+        return out
+
+    # ---- policies ----------------------------------------------------------------------------
+    def calls_cost(self, rows: np.ndarray, called: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-question cost of the calls made: ``called[model]`` is a 0/1 mask over ``rows``."""
+        return {k: sum(self.cost[k][m][rows] * mask for m, mask in called.items()) for k in self.kinds}
+
+    def route_artifact(self, art: CalibrationArtifact, rows: np.ndarray, threshold: float | None = None) -> Outcome:
+        """Route each question through ``Router.route``: the exact decision path of the server."""
+        d = self.data
+        router = art.router()
+        eq = router.task.equal
+        correct, esc = np.zeros(len(rows), bool), np.zeros(len(rows), bool)
+        called = {m: np.zeros(len(rows)) for m in [*d.committee, d.oracle]}
+        for j, r in enumerate(rows):
+            res = router.route(d.questions[r], lambda m, r=r: d.outputs[m][r], threshold)
+            correct[j] = eq(res.answer, d.gold[r])
+            esc[j] = res.escalated
+            for m in res.calls:
+                called[m][j] = 1.0
+        return Outcome(correct, esc, self.calls_cost(rows, called), threshold)
+
+    def stage_probs(self, art: CalibrationArtifact, rows: np.ndarray) -> list[np.ndarray]:
+        router = art.router()
+        return [st.calibrator.predict(self.data.features(art.feature_set, st.agents)[0][rows]) for st in router.stages]
+
+    def sweep_artifact(self, art: CalibrationArtifact, rows: np.ndarray, probs: list[np.ndarray], tau: float) -> Outcome:
+        """Vectorized Router rule with one threshold for all stages (the per-request override)."""
+        d = self.data
+        router = art.router()
+        n = len(rows)
+        active = np.ones(n, bool)
+        accepted_ok = np.zeros(n, bool)
+        called = {m: np.zeros(n) for m in [*d.committee, d.oracle]}
+        last_top: list[str | None] = [None] * n
+        for s, (st, p) in enumerate(zip(router.stages, probs)):
+            for m in router.new_agents(s):
+                called[m] += active
+            tops = d.features(art.feature_set, st.agents)[1]
+            ok = d.correct(tops)[rows]
+            failed = np.array([all(d.outputs[a][r].failed for a in st.agents) for r in rows])
+            acc = active & (p >= tau) & ~failed
+            accepted_ok |= acc & ok
+            active &= ~acc
+            last_top = [tops[r] for r in rows]
+        called[d.oracle] += active
+        oans = [d.outputs[d.oracle][r].answer for r in rows]
+        final = [o if o is not None else c for o, c in zip(oans, last_top)]
+        eqf = art.router().task.equal
+        final_ok = np.array([eqf(a, d.gold[r]) for a, r in zip(final, rows)])
+        correct = np.where(active, final_ok, accepted_ok)
+        return Outcome(correct, active.copy(), self.calls_cost(rows, called), tau)
+
+    def fixed(self, rows: np.ndarray) -> dict[str, Outcome]:
+        """Baselines with nothing to fit."""
+        d = self.data
+        n = len(rows)
+        zeros = np.zeros(n, bool)
+        out: dict[str, Outcome] = {}
+        ones = np.ones(n)
+        out["oracle_alone"] = Outcome(self.oracle_ok[rows], np.ones(n, bool), self.calls_cost(rows, {d.oracle: ones}))
+        for a in d.committee:
+            ok = d.correct(d.answers(a))[rows]
+            out[f"agent:{a}"] = Outcome(ok, zeros, self.calls_cost(rows, {a: ones}))
+        X, tops = d.features("agreement", d.committee)
+        maj_ok = d.correct(tops)[rows]
+        all_called = {a: ones for a in d.committee}
+        out["majority_vote"] = Outcome(maj_ok, zeros, self.calls_cost(rows, all_called))
+        unanimous = X[rows, 0] >= 1.0 - 1e-9
+        esc = ~unanimous
+        oracle_final = self._oracle_final(tops)[rows]
+        out["unanimity_or_escalate"] = Outcome(
+            np.where(esc, oracle_final, maj_ok), esc, self.calls_cost(rows, all_called | {d.oracle: esc.astype(float)})
+        )
+        return out
+
+    def _oracle_final(self, committee_tops: list[str | None]) -> np.ndarray:
+        oans = self.data.answers(self.data.oracle)
+        return self.data.correct([o if o is not None else c for o, c in zip(oans, committee_tops)])
+
+    def vote_cascade(self, fit_rows: np.ndarray, rows: np.ndarray, target: Target) -> Outcome:
+        """MoT-cascade style: escalate when the vote share is below θ; θ fitted for the target."""
+        d = self.data
+        X, tops = d.features("agreement", d.committee)
+        share = X[:, 0]
+        ok = d.correct(tops)
+        fin = self._oracle_final(tops)
+        ev = self._grid_eval(share[fit_rows], ok[fit_rows], fin[fit_rows], fit_rows, committee_first=True)
+        _, j = choose([ev], target, float(self.oracle_ok[fit_rows].mean()), len(fit_rows))
+        theta = float(ev.taus[j, 0])
+        esc = share[rows] < theta
+        called = {a: np.ones(len(rows)) for a in d.committee} | {d.oracle: esc.astype(float)}
+        return Outcome(np.where(esc, fin[rows], ok[rows]), esc, self.calls_cost(rows, called), theta)
+
+    def prompt_only(self, fit_rows: np.ndarray, rows: np.ndarray, target: Target, seed: int) -> Outcome:
+        """RouteLLM-style router on the question alone: committee *or* oracle, decided before any call."""
+        d = self.data
+        Q = question_features(d.questions)
+        ok = d.correct(d.features("agreement", d.committee)[1])
+        oof, cal = _oof_and_fit(Q[fit_rows], ok[fit_rows], "logistic", seed)
+        ev = self._grid_eval(oof, ok[fit_rows], self.oracle_ok[fit_rows], fit_rows, committee_first=False)
+        _, j = choose([ev], target, float(self.oracle_ok[fit_rows].mean()), len(fit_rows))
+        tau = float(ev.taus[j, 0])
+        esc = cal.predict(Q[rows]) < tau
+        com = (~esc).astype(float)
+        called = {a: com for a in d.committee} | {d.oracle: esc.astype(float)}
+        return Outcome(np.where(esc, self.oracle_ok[rows], ok[rows]), esc, self.calls_cost(rows, called), tau)
+
+    def _grid_eval(self, p: np.ndarray, ok: np.ndarray, fin: np.ndarray, fit_rows: np.ndarray, committee_first: bool) -> Evaluated:
+        d = self.data
+        grid = np.unique(np.r_[0.0, p, np.nextafter(p, 2.0), 1.0 + 1e-9])
+        esc = p[None, :] < grid[:, None]
+        k = self.cost_kind
+        com = sum(self.cost[k][a][fit_rows] for a in d.committee)
+        orc = self.cost[k][d.oracle][fit_rows]
+        if committee_first:
+            cost = (com.mean() + (esc * orc).mean(1)) / orc.mean()
+        else:
+            cost = (np.where(esc, orc, com)).mean(1) / orc.mean()
+        acc = np.where(esc, fin[None, :], ok[None, :]).mean(1)
+        return Evaluated(grid[:, None], acc, esc.mean(1), cost)
+
+
+_NUM = re.compile(r"\d+(?:\.\d+)?")
+
+
+def question_features(questions: list[str]) -> np.ndarray:
+    """Question-only features for the prompt-only baseline: length, numbers, their sizes, cue words."""
+    rows = []
+    for q in questions:
+        nums = [float(x) for x in _NUM.findall(q.replace(",", ""))]
+        low = q.lower()
+        rows.append(
+            [
+                math.log1p(len(q)),
+                len(nums),
+                math.log10(1 + max(nums)) if nums else 0.0,
+                sum(x != int(x) for x in nums),
+                float("%" in q or "percent" in low),
+                float("fraction" in low or "half" in low or "third" in low),
+                float("each" in low),
+                q.count("?"),
+                len(q.split(".")),
+            ]
+        )
+    return np.array(rows, float)
+
+
+def _concat(parts: list[tuple[np.ndarray, Outcome]], n: int) -> Outcome:
+    """Reassemble per-fold outcomes into question order."""
+    correct, esc = np.zeros(n, bool), np.zeros(n, bool)
+    kinds = parts[0][1].costs.keys()
+    costs = {k: np.zeros(n) for k in kinds}
+    for rows, o in parts:
+        correct[rows], esc[rows] = o.correct, o.escalated
+        for k in kinds:
+            costs[k][rows] = o.costs[k]
+    thr = [o.threshold for _, o in parts if o.threshold is not None]
+    return Outcome(correct, esc, costs, float(np.mean(thr)) if thr else None)
+
+
+def evaluate(
+    data: RoutingData,
+    target: Target,
+    cost_kind: str = "flops",
+    feature_set: str = "full",
+    calibrator: str = "logistic",
+    adaptive: bool = True,
+    folds: int = 5,
+    seed: int = 0,
+    artifact: CalibrationArtifact | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the whole evaluation and return the JSON-contract dict."""
+    from sklearn.model_selection import KFold
+
+    ev = Evaluator(data, cost_kind)
+    n = data.n
+    say = progress or (lambda _msg: None)
+    taus = np.linspace(0.0, 1.0, SWEEP_POINTS)
+    if artifact is not None:
+        seen = artifact.fitted_idx()
+        test = np.array([r for r, i in enumerate(data.idxs) if i not in seen], int)
+        fit = np.array([r for r, i in enumerate(data.idxs) if i in seen], int)
+        if len(test) == 0:
+            raise ValueError(
+                "the calibration artifact was fitted on every question of these traces; nothing disjoint "
+                "is left to score (fit it with --fit-fraction < 1 or on other questions)"
+            )
+        splits = [(fit, test, artifact)]
+        protocol = f"given artifact scored on the {len(test)} questions it was not fitted on"
+    else:
+        if folds < 2:
+            raise ValueError(f"--folds must be at least 2, got {folds}")
+        kf = KFold(folds, shuffle=True, random_state=seed)
+        splits = []
+        for k, (fit, test) in enumerate(kf.split(np.arange(n))):
+            say(f"fold {k + 1}/{folds}: fitting router on {len(fit)} questions")
+            art = fit_router(data, fit, target, cost_kind, feature_set, calibrator, adaptive, seed)
+            splits.append((fit, test, art))
+        protocol = (
+            f"{folds}-fold cross-fitting over the {n} questions (seed {seed}): router, schedule and thresholds "
+            f"fitted on {folds - 1} folds (thresholds on inner {5}-fold out-of-fold probabilities), scored on the "
+            "held-out fold; every question scored once"
+        )
+
+    ours, sweeps, cal_p, cal_y = [], {t: [] for t in taus}, np.zeros(n), np.zeros(n)
+    baselines: dict[str, list] = {}
+    schedules = []
+    for k, (fit, test, art) in enumerate(splits):
+        say(f"fold {k + 1}/{len(splits)}: routing {len(test)} held-out questions")
+        ours.append((test, ev.route_artifact(art, test)))
+        probs = ev.stage_probs(art, test)
+        for t in taus:
+            sweeps[t].append((test, ev.sweep_artifact(art, test, probs, float(t))))
+        last = art.router().stages[-1]
+        cal_p[test] = probs[-1]
+        cal_y[test] = data.correct(data.features(art.feature_set, last.agents)[1])[test]
+        schedules.append([{"agents": s["agents"], "threshold": s["threshold"]} for s in art.stages])
+        for name, o in ev.fixed(test).items():
+            baselines.setdefault(name, []).append((test, o))
+        if len(fit) >= 40:
+            fitted: dict[str, Callable[[], Outcome]] = {
+                "vote_share_cascade": lambda: ev.vote_cascade(fit, test, target),
+                "prompt_only_router": lambda: ev.prompt_only(fit, test, target, seed),
+                "agreement_router": lambda: ev.route_artifact(
+                    fit_router(data, fit, target, cost_kind, "agreement", "logistic", False, seed), test
+                ),
+            }
+            if adaptive:
+                fitted["single_stage_router"] = lambda: ev.route_artifact(
+                    fit_router(data, fit, target, cost_kind, feature_set, calibrator, False, seed), test
+                )
+            for name, fn in fitted.items():
+                try:
+                    baselines.setdefault(name, []).append((test, fn()))
+                except TargetUnreachable:
+                    baselines.setdefault(name, []).append((test, None))
+
+    rows_all = np.concatenate([t for t, _ in ours])
+    rows_all.sort()
+    ours_o = _concat(ours, n)
+    op = ev.point(_sub(ours_o, rows_all), rows_all)
+    sweep = [ev.point(_sub(_concat(sweeps[t], n), rows_all), rows_all) for t in taus]
+    base_out: dict[str, dict | None] = {}
+    for name, parts in baselines.items():
+        if any(o is None for _, o in parts):
+            base_out[name] = None  # the target was unreachable for this baseline on some fold
+            continue
+        base_out[name] = ev.point(_sub(_concat(parts, n), rows_all), rows_all)
+    # Random escalation at our realised call rate (expectation over random draws).
+    r = op["oracle_call_rate"]
+    maj, orc = base_out["majority_vote"], base_out["oracle_alone"]
+    rand = {key: (1 - r) * maj[key] + r * orc[key] if isinstance(maj[key], float) else maj[key] for key in maj}
+    rand.update({"oracle_call_rate": r, "accuracy": (1 - r) * maj["accuracy"] + r * orc["accuracy"]})
+    for kind in ev.kinds:
+        rand[f"mean_cost_{kind}"] = maj[f"mean_cost_{kind}"] + r * 1.0
+    rand["mean_cost"] = rand[f"mean_cost_{cost_kind}"]
+    rand["cost_saving"] = 1 - rand["mean_cost"]
+    rand["oracle_accuracy"] = op["oracle_accuracy"]
+    base_out["random_same_rate"] = rand
+
+    weak = sweep[0]["accuracy"]
+    ok_rows = cal_y[rows_all].astype(bool)
+    result = {
+        "protocol": protocol,
+        "setup": {
+            "committee": data.committee,
+            "oracle": data.oracle,
+            "feature_set": feature_set,
+            "calibrator": calibrator,
+            "adaptive": adaptive,
+            "target": target.to_dict(),
+            "cost_models_available": ev.kinds,
+            "prompt_tokens": "recorded prompt_tokens, else question chars/4 (every tier gets the same prompt)",
+            "output_tokens": "recorded output_tokens (chars/4 in the shared GSM8K traces)",
+        },
+        "operating_point": op,
+        "sweep": sweep,
+        "baselines": base_out,
+        "calibration": {
+            "ece": ece(cal_p[rows_all], ok_rows),
+            "brier": brier(cal_p[rows_all], ok_rows),
+            "auroc": auroc(cal_p[rows_all], ok_rows),
+            "committee_accuracy": float(ok_rows.mean()),
+            "reliability": reliability(cal_p[rows_all], ok_rows),
+            "of": "held-out P(full-committee plurality answer is correct)",
+        },
+        "apgr": apgr(np.array([s["oracle_call_rate"] for s in sweep]), np.array([s["accuracy"] for s in sweep]), weak, sweep[-1]["accuracy"]),
+        "budget_targeting_error": _targeting(target, op),
+        "mcnemar_p": mcnemar_p(ours_o.correct[rows_all], ev.oracle_ok[rows_all]),
+        "schedules": schedules,
+    }
+    return result
+
+
+def _sub(o: Outcome, rows: np.ndarray) -> Outcome:
+    return Outcome(o.correct[rows], o.escalated[rows], {k: v[rows] for k, v in o.costs.items()}, o.threshold, o.extra)
+
+
+def _targeting(target: Target, op: dict) -> dict:
+    if target.kind == "oracle_rate":
+        realised = op["oracle_call_rate"]
+        requested = target.value
+    elif target.kind == "cost":
+        realised = op["mean_cost"]
+        requested = target.value
+    else:
+        realised = op["accuracy"]
+        requested = op["oracle_accuracy"] - target.value
+    return {"kind": target.kind, "requested": requested, "realised": realised, "error": realised - requested}

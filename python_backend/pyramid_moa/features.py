@@ -1,0 +1,229 @@
+"""Committee features: what the router knows about the committee's outputs.
+
+The signal behind Pyramid MoA is agreement: when independent small models
+converge on one answer it is usually right. Agents differ in reliability, so
+*which* agents agree matters, not only how many. A feature set maps
+(question, agent outputs) to a fixed-length vector whose names depend only on
+the agent list, so a calibrator fitted offline applies unchanged in-server.
+
+Feature sets are registered by name; a new one is one subclass of
+``FeatureSet`` plus ``register_feature_set``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .answers import answer_key
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_ERROR_MARKERS = ("Traceback", "Error:", "error:")
+
+
+@dataclass(frozen=True)
+class AgentOutput:
+    """One agent's reply as the router sees it (offline from a trace, online from an engine)."""
+
+    agent: str
+    text: str | None
+    answer: str | None
+    output_tokens: int | None = None
+    prompt_tokens: int | None = None
+    cum_log_prob: float | None = None
+    failed: bool = False  # the call errored or timed out (serving); offline always False
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The committee's plurality answer and the support behind it."""
+
+    answer: str | None
+    key: str | None
+    count: int
+    n_distinct: int
+    keys: tuple[str | None, ...]
+
+
+def committee_vote(outputs: Sequence[AgentOutput], numeric: bool = True) -> Vote:
+    """Plurality among non-null answers; ties go to the earliest agent (as in the trace README)."""
+    keys = tuple(answer_key(o.answer, numeric) for o in outputs)
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for pos, k in enumerate(keys):
+        if k is None:
+            continue
+        counts[k] = counts.get(k, 0) + 1
+        first.setdefault(k, pos)
+    if not counts:
+        return Vote(None, None, 0, 0, keys)
+    best = max(counts, key=lambda k: (counts[k], -first[k]))
+    return Vote(outputs[first[best]].answer, best, counts[best], len(counts), keys)
+
+
+def _question_numbers(question: str) -> list[float]:
+    return [float(x) for x in _NUMBER.findall(question.replace(",", ""))]
+
+
+class FeatureSet(ABC):
+    """Maps a question and the outputs of a fixed, ordered agent list to a feature vector."""
+
+    name: str = ""
+
+    def __init__(self, agents: Sequence[str], numeric: bool = True) -> None:
+        if len(agents) == 0:
+            raise ValueError("a feature set needs at least one agent")
+        if len(set(agents)) != len(agents):
+            raise ValueError(f"duplicate agent names in {list(agents)}")
+        self.agents = list(agents)
+        self.numeric = numeric
+
+    @property
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Feature names, in vector order."""
+
+    @abstractmethod
+    def compute(self, question: str, outputs: Sequence[AgentOutput], vote: Vote) -> list[float]:
+        """The feature vector for one question."""
+
+    def check_outputs(self, outputs: Sequence[AgentOutput]) -> None:
+        got = [o.agent for o in outputs]
+        if got != self.agents:
+            raise ValueError(f"feature set expects agents {self.agents} in that order, got {got}")
+
+    def __call__(self, question: str, outputs: Sequence[AgentOutput]) -> tuple[list[float], Vote]:
+        self.check_outputs(outputs)
+        vote = committee_vote(outputs, self.numeric)
+        return self.compute(question, outputs, vote), vote
+
+
+class AgreementFeatures(FeatureSet):
+    """Only *which* agents agree with the plurality answer, and the vote share.
+
+    This is the reference router of the issue (and close to the paper's
+    agreement features); kept as a baseline and for tasks without numbers.
+    """
+
+    name = "agreement"
+
+    @property
+    def names(self) -> list[str]:
+        return ["vote_share"] + [f"agrees[{a}]" for a in self.agents]
+
+    def compute(self, question: str, outputs: Sequence[AgentOutput], vote: Vote) -> list[float]:
+        n = len(outputs)
+        return [vote.count / n] + [float(k is not None and k == vote.key) for k in vote.keys]
+
+
+class FullFeatures(FeatureSet):
+    """Agreement, answer plausibility, output length, execution errors, log-probs, question shape.
+
+    Beyond agreement: a plausible answer (integral, non-negative, not copied
+    from the question) and a short, error-free derivation raise the chance a
+    lone agent is right; long outputs signal struggle. Log-probabilities are
+    used when the engine returns them (TensorRT-LLM ``cum_log_probs``) and are
+    zero with an indicator otherwise, so one artifact serves both cases.
+    """
+
+    name = "full"
+
+    @property
+    def names(self) -> list[str]:
+        a = self.agents
+        names = ["vote_share", "distinct_frac", "vote_entropy", "parse_fail_frac", "failed_frac"]
+        names += [f"agrees[{x}]" for x in a]
+        names += [f"pair[{a[i]},{a[j]}]" for i in range(len(a)) for j in range(i + 1, len(a))]
+        names += ["top_integral", "top_negative", "top_log_magnitude", "top_in_question"]
+        names += [f"log_tokens[{x}]" for x in a]
+        names += ["log_tokens_mean_agreeing", "log_tokens_mean_dissenting"]
+        names += [f"error_marker[{x}]" for x in a]
+        names += ["has_logprobs", "logprob_per_token_mean_agreeing"]
+        names += ["question_log_chars", "question_numbers"]
+        return names
+
+    def compute(self, question: str, outputs: Sequence[AgentOutput], vote: Vote) -> list[float]:
+        n = len(outputs)
+        keys = vote.keys
+        counts: dict[str, int] = {}
+        for k in keys:
+            if k is not None:
+                counts[k] = counts.get(k, 0) + 1
+        entropy = -sum((c / n) * math.log(c / n) for c in counts.values())
+        agrees = [float(k is not None and k == vote.key) for k in keys]
+        f = [
+            vote.count / n,
+            len(counts) / n,
+            entropy,
+            sum(k is None for k in keys) / n,
+            sum(o.failed for o in outputs) / n,
+        ]
+        f += agrees
+        f += [
+            float(keys[i] is not None and keys[i] == keys[j])
+            for i in range(n)
+            for j in range(i + 1, n)
+        ]
+        qnums = _question_numbers(question)
+        top = None
+        if vote.answer is not None:
+            try:
+                top = float(vote.answer)
+            except ValueError:
+                top = None
+        if top is None:
+            f += [0.0, 0.0, 0.0, 0.0]
+        else:
+            f += [
+                float(abs(top - round(top)) < 1e-9),
+                float(top < 0),
+                math.log10(1.0 + abs(top)),
+                float(any(abs(top - q) < 1e-4 for q in qnums)),
+            ]
+        logtok = [math.log1p(o.output_tokens or 0) for o in outputs]
+        f += logtok
+        agree_tok = [t for t, g in zip(logtok, agrees) if g]
+        dissent_tok = [t for t, g in zip(logtok, agrees) if not g]
+        f += [
+            sum(agree_tok) / len(agree_tok) if agree_tok else 0.0,
+            sum(dissent_tok) / len(dissent_tok) if dissent_tok else 0.0,
+        ]
+        f += [float(bool(o.text) and any(m in o.text for m in _ERROR_MARKERS)) for o in outputs]
+        lps = [
+            o.cum_log_prob / max(o.output_tokens or 1, 1)
+            for o, g in zip(outputs, agrees)
+            if g and o.cum_log_prob is not None
+        ]
+        has_lp = any(o.cum_log_prob is not None for o in outputs)
+        f += [float(has_lp), sum(lps) / len(lps) if lps else 0.0]
+        f += [math.log1p(len(question)), float(len(qnums))]
+        return f
+
+
+_FEATURE_SETS: dict[str, Callable[..., FeatureSet]] = {}
+
+
+def register_feature_set(cls: type[FeatureSet]) -> type[FeatureSet]:
+    if cls.name in _FEATURE_SETS:
+        raise ValueError(f"feature set {cls.name!r} is already registered")
+    _FEATURE_SETS[cls.name] = cls
+    return cls
+
+
+def make_feature_set(name: str, agents: Sequence[str], numeric: bool = True) -> FeatureSet:
+    try:
+        cls = _FEATURE_SETS[name]
+    except KeyError:
+        raise KeyError(f"unknown feature set {name!r}; known: {', '.join(sorted(_FEATURE_SETS))}") from None
+    return cls(agents, numeric)
+
+
+def feature_set_names() -> list[str]:
+    return sorted(_FEATURE_SETS)
+
+
+register_feature_set(AgreementFeatures)
+register_feature_set(FullFeatures)

@@ -1,0 +1,248 @@
+"""Fitting a router: calibrators per stage, then thresholds for a budget target.
+
+Thresholds are chosen on *out-of-fold* probabilities of the fitting questions
+(inner k-fold), never on in-sample scores, which are optimistic and would put
+the threshold too low. The search covers one-stage schedules (the plain
+Pyramid MoA router) and two-stage "anytime" schedules (ask a subset first, the
+rest only when unsure) and keeps the cheapest (or most accurate) schedule that
+meets the target.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .artifact import CalibrationArtifact
+from .calibration import make_calibrator
+from .dataset import RoutingData
+from .features import make_feature_set
+
+TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop")
+INNER_FOLDS = 5
+MAX_GRID = 120
+
+
+class TargetUnreachable(ValueError):
+    """No threshold on the fitting questions meets the requested target."""
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target {self.kind!r}; use one of {TARGET_KINDS}")
+        if self.kind in ("oracle_rate", "max_accuracy_drop") and not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"target {self.kind} must be within [0, 1], got {self.value}")
+        if self.kind == "cost" and self.value <= 0:
+            raise ValueError(f"target cost must be positive (relative to always-oracle), got {self.value}")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "value": self.value}
+
+
+@dataclass
+class Candidate:
+    """One schedule shape with its fitted stage calibrators and OOF probabilities."""
+
+    stages: list[list[str]]
+    calibrators: list
+    oof: list[np.ndarray]
+    labels: list[np.ndarray]
+
+
+def _oof_and_fit(X: np.ndarray, y: np.ndarray, calibrator: str, seed: int) -> tuple[np.ndarray, object]:
+    from sklearn.model_selection import StratifiedKFold
+
+    oof = np.zeros(len(y))
+    for tr, te in StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(X, y):
+        oof[te] = make_calibrator(calibrator).fit(X[tr], y[tr]).predict(X[te])
+    return oof, make_calibrator(calibrator).fit(X, y)
+
+
+def schedule_shapes(committee: list[str], adaptive: bool) -> list[list[list[str]]]:
+    """One-stage full committee, plus (adaptive) every proper subset first, the full committee after.
+
+    Agents keep the committee's order inside a stage so every two-stage
+    schedule shares the full-committee calibrator.
+    """
+    shapes = [[list(committee)]]
+    if adaptive:
+        for k in range(1, len(committee)):
+            for first in itertools.combinations(committee, k):
+                shapes.append([list(first), list(committee)])
+    return shapes
+
+
+def _grid(p: np.ndarray) -> np.ndarray:
+    """Candidate thresholds: quantiles of the OOF probabilities, plus never/always."""
+    qs = np.unique(np.quantile(p, np.linspace(0, 1, MAX_GRID)))
+    return np.unique(np.r_[0.0, qs, np.nextafter(qs, 2.0), 1.0 + 1e-9])
+
+
+@dataclass
+class Evaluated:
+    """Accuracy, oracle rate and cost of threshold grids for one candidate on fitting questions."""
+
+    taus: np.ndarray  # (G, n_stages)
+    acc: np.ndarray
+    rate: np.ndarray
+    cost: np.ndarray
+
+
+def evaluate_grid(
+    cand: Candidate, oracle_final: np.ndarray, stage_costs: list[np.ndarray], oracle_cost: np.ndarray
+) -> Evaluated:
+    """Vectorized replay of the stage rule over all threshold combinations (same rule as Router.decide)."""
+    norm = oracle_cost.mean()
+    if len(cand.stages) == 1:
+        p, y = cand.oof[0], cand.labels[0]
+        g = _grid(p)
+        esc = p[None, :] < g[:, None]
+        acc = np.where(esc, oracle_final[None, :], y[None, :]).mean(1)
+        cost = (stage_costs[0].mean() + (esc * oracle_cost[None, :]).mean(1)) / norm
+        return Evaluated(g[:, None], acc, esc.mean(1), cost)
+    p1, p2 = cand.oof
+    y1, y2 = cand.labels
+    g1, g2 = _grid(p1), _grid(p2)
+    taus, accs, rates, costs = [], [], [], []
+    esc2 = p2[None, :] < g2[:, None]  # (G2, n)
+    fin2 = np.where(esc2, oracle_final[None, :], y2[None, :])
+    for t1 in g1:
+        s2 = p1 < t1
+        acc = np.where(s2[None, :], fin2, y1[None, :]).mean(1)
+        e = esc2 & s2[None, :]
+        cost = (stage_costs[0].mean() + (s2 * stage_costs[1]).mean() + (e * oracle_cost[None, :]).mean(1)) / norm
+        taus.append(np.c_[np.full(len(g2), t1), g2])
+        accs.append(acc)
+        rates.append(e.mean(1))
+        costs.append(cost)
+    return Evaluated(np.vstack(taus), np.concatenate(accs), np.concatenate(rates), np.concatenate(costs))
+
+
+def _robust_acc(ev: Evaluated, n_stage1: int) -> np.ndarray:
+    """Accuracy made monotone from the expensive end along the last threshold.
+
+    A threshold counts as meeting an accuracy floor only if every more
+    cautious last-stage threshold does too: this discards lucky bumps of the
+    fitting sample that would not carry over to new questions.
+    """
+    acc = ev.acc.copy()
+    G = len(acc) // n_stage1
+    for k in range(n_stage1):
+        seg = acc[k * G : (k + 1) * G]
+        acc[k * G : (k + 1) * G] = np.minimum.accumulate(seg[::-1])[::-1]
+    return acc
+
+
+def choose(evs: list[Evaluated], target: Target, oracle_acc: float, n_questions: int) -> tuple[int, int]:
+    """Pick (candidate, grid row) for the target; raise TargetUnreachable with the best achievable."""
+    best: tuple[tuple, int, int] | None = None
+    for ci, ev in enumerate(evs):
+        n1 = 1 if ev.taus.shape[1] == 1 else len(np.unique(ev.taus[:, 0]))
+        if target.kind == "max_accuracy_drop":
+            ok = _robust_acc(ev, n1) >= oracle_acc - target.value - 1e-12
+            keys = [(-ev.cost[j], ev.acc[j]) for j in np.flatnonzero(ok)]
+        elif target.kind == "cost":
+            ok = ev.cost <= target.value + 1e-12
+            keys = [(ev.acc[j], -ev.cost[j]) for j in np.flatnonzero(ok)]
+        else:
+            dist = np.abs(ev.rate - target.value)
+            ok = dist <= max(0.5 / n_questions, 1e-12) + 0.005
+            keys = [(-round(dist[j], 3), ev.acc[j], -ev.cost[j]) for j in np.flatnonzero(ok)]
+        for key, j in zip(keys, np.flatnonzero(ok)):
+            if best is None or key > best[0]:
+                best = (key, ci, int(j))
+    if best is None:
+        top = max(evs, key=lambda e: e.acc.max())
+        raise TargetUnreachable(
+            f"no threshold reaches target {target.kind}={target.value} on the fitting questions "
+            f"(best accuracy {top.acc.max():.4f} vs oracle {oracle_acc:.4f}; "
+            f"cheapest cost {min(e.cost.min() for e in evs):.3f}; oracle-call rates "
+            f"{min(e.rate.min() for e in evs):.3f}..{max(e.rate.max() for e in evs):.3f})"
+        )
+    return best[1], best[2]
+
+
+def fit_router(
+    data: RoutingData,
+    rows: np.ndarray,
+    target: Target,
+    cost_kind: str,
+    feature_set: str = "full",
+    calibrator: str = "logistic",
+    adaptive: bool = True,
+    seed: int = 0,
+    traces: str = "",
+) -> CalibrationArtifact:
+    """Fit calibrators and thresholds on ``rows`` (positions into ``data``) and return the artifact."""
+    rows = np.asarray(rows)
+    if len(rows) < 40:
+        raise ValueError(f"too few questions to calibrate: {len(rows)} (need at least 40)")
+    data.cost_model.require(cost_kind, [*data.committee, data.oracle])
+    oracle_ans = data.answers(data.oracle)
+    oracle_ok = data.correct(oracle_ans)[rows]
+    oracle_cost = data.call_costs(cost_kind, data.oracle)[rows]
+    full_top = data.features(feature_set, data.committee)[1]
+    # The oracle's answer, or the committee's when the oracle gave none (Router.final_answer).
+    final = [o if o is not None else c for o, c in zip(oracle_ans, full_top)]
+    oracle_final = data.correct(final)[rows]
+
+    fitted: dict[tuple[str, ...], tuple[np.ndarray, object, np.ndarray]] = {}
+    cands, evs = [], []
+    for shape in schedule_shapes(data.committee, adaptive):
+        for agents in shape:
+            if tuple(agents) not in fitted:
+                X, tops = data.features(feature_set, agents)
+                y = data.correct(tops)[rows]
+                oof, cal = _oof_and_fit(X[rows], y, calibrator, seed)
+                fitted[tuple(agents)] = (oof, cal, y)
+        parts = [fitted[tuple(a)] for a in shape]
+        cand = Candidate(shape, [p[1] for p in parts], [p[0] for p in parts], [p[2] for p in parts])
+        prev: list[str] = []
+        stage_costs = []
+        for agents in shape:
+            extra = [a for a in agents if a not in prev]
+            stage_costs.append(sum(data.call_costs(cost_kind, a)[rows] for a in extra))
+            prev = agents
+        cands.append(cand)
+        evs.append(evaluate_grid(cand, oracle_final, stage_costs, oracle_cost))
+    ci, j = choose(evs, target, float(oracle_ok.mean()), len(rows))
+    cand, ev = cands[ci], evs[ci]
+    stages = []
+    for agents, cal, tau in zip(cand.stages, cand.calibrators, ev.taus[j]):
+        fs = make_feature_set(feature_set, agents, numeric=data.task != "text")
+        stages.append(
+            {"agents": agents, "feature_names": fs.names, "calibrator": cal.to_dict(), "threshold": float(tau)}
+        )
+    return CalibrationArtifact(
+        committee=list(data.committee),
+        oracle=data.oracle,
+        feature_set=feature_set,
+        calibrator=calibrator,
+        stages=stages,
+        target=target.to_dict() | {"cost_model": cost_kind},
+        cost_model=data.cost_model,
+        fitted_on={
+            "traces": traces,
+            "n_questions": len(rows),
+            "idx": [data.idxs[r] for r in rows],
+            "inner_folds": INNER_FOLDS,
+            "seed": seed,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        task=data.task,
+        fit_summary={
+            "oof_accuracy": float(ev.acc[j]),
+            "oracle_accuracy": float(oracle_ok.mean()),
+            "oof_oracle_call_rate": float(ev.rate[j]),
+            "oof_mean_cost": float(ev.cost[j]),
+            "schedules_considered": [c.stages for c in cands],
+        },
+    )

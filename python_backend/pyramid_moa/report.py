@@ -1,0 +1,88 @@
+"""Human-readable outputs of an evaluation: Pareto plot, reliability diagram, markdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot(result: dict, path: str | Path) -> None:
+    """Accuracy vs cost (ours, its sweep, baselines) and the reliability diagram, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    sw = result["sweep"]
+    ax.plot([s["mean_cost"] for s in sw], [s["accuracy"] for s in sw], "-", color="tab:blue", alpha=0.6, label="ours: τ sweep")
+    op = result["operating_point"]
+    ax.plot(op["mean_cost"], op["accuracy"], "*", ms=16, color="tab:blue", label="ours: operating point")
+    for name, b in result["baselines"].items():
+        if b is None:
+            continue
+        ax.plot(b["mean_cost"], b["accuracy"], "o", ms=6)
+        ax.annotate(name.replace("agent:", ""), (b["mean_cost"], b["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(op["oracle_accuracy"], color="gray", ls=":", lw=1)
+    ax.set_xlabel(f"mean cost relative to always-oracle ({op['cost_model']}, committee included)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy vs cost (held-out)")
+    ax.legend(fontsize=8, loc="lower right")
+    rel = result["calibration"]["reliability"]
+    ax2.plot([0, 1], [0, 1], ":", color="gray")
+    ax2.plot([r["mean_p"] for r in rel], [r["freq"] for r in rel], "o-")
+    for r in rel:
+        ax2.annotate(str(r["n"]), (r["mean_p"], r["freq"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    c = result["calibration"]
+    ax2.set_title(f"Reliability (ECE {c['ece']:.3f}, AUROC {c['auroc']:.3f})")
+    ax2.set_xlabel("predicted P(committee correct)")
+    ax2.set_ylabel("observed frequency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _row(name: str, p: dict) -> str:
+    kinds = [k for k in ("flops", "usd") if f"mean_cost_{k}" in p]
+    costs = " | ".join(f"{p[f'mean_cost_{k}']:.3f}" for k in kinds)
+    return f"| {name} | {p['accuracy']:.4f} | {p['oracle_call_rate']:.3f} | {costs} | {p['cost_saving']:.1%} |"
+
+
+def markdown(result: dict) -> str:
+    op = result["operating_point"]
+    kinds = [k for k in ("flops", "usd") if f"mean_cost_{k}" in op]
+    s = result["setup"]
+    cal = result["calibration"]
+    lines = [
+        "# Pyramid MoA evaluation",
+        "",
+        f"Committee: {', '.join(s['committee'])}; oracle: {s['oracle']}; features `{s['feature_set']}`, "
+        f"calibrator `{s['calibrator']}`, adaptive {s['adaptive']}; target {s['target']['kind']}={s['target']['value']}.",
+        "",
+        f"Protocol: {result['protocol']}.",
+        "",
+        f"Cost is relative to calling the oracle on every question, committee calls included; saving is in the "
+        f"`{op['cost_model']}` model. Prompt tokens: {s['prompt_tokens']}.",
+        "",
+        "| policy | accuracy | oracle calls | " + " | ".join(f"cost ({k})" for k in kinds) + " | saving |",
+        "|---|---|---|" + "---|" * len(kinds) + "---|",
+        _row("**ours**", op),
+    ]
+    for name, b in result["baselines"].items():
+        lines.append(_row(name, b) if b is not None else f"| {name} | target unreachable on a fitting fold | | " + "| " * len(kinds) + "|")
+    lines += [
+        "",
+        f"Oracle accuracy {op['oracle_accuracy']:.4f}; ours {op['accuracy']:.4f} "
+        f"({op['accuracy'] - op['oracle_accuracy']:+.4f}); McNemar p = {result['mcnemar_p']:.3g}; "
+        f"APGR = {result['apgr'] if result['apgr'] is None else round(result['apgr'], 3)}.",
+        "",
+        f"Calibration ({cal['of']}): ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f}, AUROC {cal['auroc']:.4f}.",
+        "",
+        f"Budget targeting: requested {result['budget_targeting_error']['requested']:.4f}, realised "
+        f"{result['budget_targeting_error']['realised']:.4f} ({result['budget_targeting_error']['kind']}).",
+        "",
+        "Schedules fitted per fold (agents per stage, threshold):",
+        "",
+    ]
+    for k, sch in enumerate(result["schedules"]):
+        lines.append(f"- fold {k + 1}: " + " → ".join(f"{'+'.join(st['agents'])} (τ={st['threshold']:.3f})" for st in sch))
+    return "\n".join(lines) + "\n"

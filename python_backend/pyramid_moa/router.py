@@ -1,0 +1,154 @@
+"""The routing decision: committee confidence against a threshold, stage by stage.
+
+This module is the single place where Pyramid MoA decides. The offline
+evaluator and the in-server Triton router both call ``Router.decide`` with the
+same artifact, so a decision made offline is the decision made in-server.
+
+A schedule has one or more *stages*; each stage names the agents asked so far
+(cumulative), a calibrator for that agent set, and a threshold. At a stage:
+accept the committee answer if P(correct) >= threshold; otherwise ask the
+next stage's extra agents; after the last stage, escalate to the oracle.
+A one-stage schedule is the plain Pyramid MoA router; more stages make it
+"anytime": cheap when the first agents already agree.
+
+A per-request threshold override replaces the threshold of every stage, so
+0 always answers after the first stage and 1 always reaches the oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .answers import AnswerTask, get_task
+from .calibration import Calibrator
+from .features import AgentOutput, FeatureSet, Vote
+
+Action = Literal["accept", "next", "escalate"]
+TIERS = ("committee", "oracle")
+
+
+@dataclass
+class Stage:
+    agents: list[str]
+    features: FeatureSet
+    calibrator: Calibrator
+    threshold: float
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    stage: int
+    action: Action
+    confidence: float
+    vote: Vote
+    agreement: float
+    all_failed: bool
+
+
+@dataclass
+class RouteResult:
+    """Everything a caller may want to know about one routed question."""
+
+    answer: str | None
+    tier: str
+    escalated: bool
+    confidence: float
+    agreement: float
+    calls: list[str] = field(default_factory=list)
+    decisions: list[StageDecision] = field(default_factory=list)
+    committee_answer: str | None = None
+    oracle_fallback: bool = False
+
+
+def validate_threshold(value: float | None, what: str = "escalation_threshold") -> float | None:
+    if value is None:
+        return None
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"{what} must be within [0, 1], got {value}")
+    return float(value)
+
+
+class Router:
+    """Stage schedule + oracle name; decides, and can drive a whole route offline."""
+
+    def __init__(self, stages: Sequence[Stage], oracle: str, task: str = "gsm8k") -> None:
+        if not stages:
+            raise ValueError("a router needs at least one stage")
+        for prev, nxt in zip(stages, stages[1:]):
+            if not set(prev.agents) < set(nxt.agents):
+                raise ValueError(f"stage agents must grow cumulatively: {prev.agents} then {nxt.agents}")
+        self.stages = list(stages)
+        self.oracle = oracle
+        self.task: AnswerTask = get_task(task)
+
+    @property
+    def agents(self) -> list[str]:
+        return self.stages[-1].agents
+
+    def new_agents(self, stage: int) -> list[str]:
+        """Agents first asked at ``stage`` (the router calls exactly these, concurrently)."""
+        before = set(self.stages[stage - 1].agents) if stage > 0 else set()
+        return [a for a in self.stages[stage].agents if a not in before]
+
+    def decide(
+        self, stage: int, question: str, outputs: Sequence[AgentOutput], threshold: float | None = None
+    ) -> StageDecision:
+        """Decide after ``stage`` given the outputs of the stage's agents, in ``stage.agents`` order."""
+        st = self.stages[stage]
+        x, vote = st.features(question, outputs)
+        p = st.calibrator.predict_one(x)
+        tau = st.threshold if threshold is None else threshold
+        all_failed = all(o.failed for o in outputs)
+        if all_failed:
+            action: Action = "escalate"  # nothing to vote on: go straight to the oracle
+        elif p >= tau:
+            action = "accept"
+        elif stage + 1 < len(self.stages):
+            action = "next"
+        else:
+            action = "escalate"
+        return StageDecision(stage, action, p, vote, vote.count / len(outputs), all_failed)
+
+    def final_answer(self, committee_answer: str | None, oracle: AgentOutput | None) -> tuple[str | None, bool]:
+        """The oracle's answer; the committee's when the oracle failed or gave none (fallback)."""
+        if oracle is not None and not oracle.failed and oracle.answer is not None:
+            return oracle.answer, False
+        return committee_answer, True
+
+    def route(
+        self,
+        question: str,
+        call: Callable[[str], AgentOutput],
+        threshold: float | None = None,
+        force_tier: str | None = None,
+    ) -> RouteResult:
+        """Drive a whole route synchronously (offline evaluation, tests, record tooling)."""
+        threshold = validate_threshold(threshold)
+        if force_tier is not None and force_tier not in TIERS:
+            raise ValueError(f"force_tier must be one of {TIERS}, got {force_tier!r}")
+        if force_tier == "oracle":
+            out = call(self.oracle)
+            return RouteResult(out.answer, "oracle", True, 0.0, 0.0, [self.oracle])
+        got: dict[str, AgentOutput] = {}
+        calls: list[str] = []
+        decisions: list[StageDecision] = []
+        last = len(self.stages) - 1
+        for s in range(len(self.stages)):
+            for agent in self.new_agents(s):
+                got[agent] = call(agent)
+                calls.append(agent)
+            if force_tier == "committee" and s < last:
+                continue
+            d = self.decide(s, question, [got[a] for a in self.stages[s].agents], threshold)
+            decisions.append(d)
+            if force_tier == "committee" or d.action == "accept":
+                return RouteResult(d.vote.answer, "committee", False, d.confidence, d.agreement, calls, decisions, d.vote.answer)
+            if d.action == "escalate":
+                break
+        d = decisions[-1]
+        oracle_out = call(self.oracle)
+        calls.append(self.oracle)
+        answer, fallback = self.final_answer(d.vote.answer, oracle_out)
+        return RouteResult(answer, "oracle", True, d.confidence, d.agreement, calls, decisions, d.vote.answer, fallback)

@@ -1,0 +1,235 @@
+"""The project's trace format: recorded model outputs per question.
+
+Layout of a trace directory (adopted from ``shared/data/gsm8k``; see docs/TRACES.md):
+
+* ``questions.jsonl``: ``{"idx", "question", "gold", ...}`` one per line.
+* ``sources.json``: list of per-source metadata (``name``, ``params_b``,
+  ``price_usd_per_1k_tokens``, ``license``, ...).
+* ``traces/<source>.jsonl``: ``{"idx", "samples": [{"text", "answer", "output_tokens"}]}``;
+  optional per-sample extras ``prompt_tokens``, ``cum_log_prob``, ``output_log_probs``.
+
+Everything is validated on load and every problem names its file and line,
+because a silently skipped line would shift accuracies without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .answers import normalize_number
+
+# A member may miss at most this fraction of the evaluated questions; its
+# missing questions then count as failed calls (answer None, i.e. wrong), as
+# the shared data README prescribes. More than that is a different question
+# set, which would make the comparison meaningless, so it is an error.
+MAX_MISSING_FRACTION = 0.01
+
+
+class TraceError(ValueError):
+    """A trace directory or file is malformed; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One recorded generation of one model for one question."""
+
+    text: str | None
+    answer: str | None
+    output_tokens: int | None
+    prompt_tokens: int | None = None
+    cum_log_prob: float | None = None
+
+
+@dataclass(frozen=True)
+class Question:
+    idx: int
+    question: str
+    gold: str | None
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """Per-source metadata: model size for FLOPs, prices for dollars, license for shipping."""
+
+    name: str
+    model: str = ""
+    params_b: float | None = None
+    price_in_per_1k: float | None = None
+    price_out_per_1k: float | None = None
+    license: str = "unknown"
+
+    @classmethod
+    def from_json(cls, row: dict) -> SourceInfo:
+        price = row.get("price_usd_per_1k_tokens") or {}
+        return cls(
+            name=row["name"],
+            model=row.get("model", ""),
+            params_b=row.get("params_b"),
+            price_in_per_1k=price.get("input"),
+            price_out_per_1k=price.get("output"),
+            license=row.get("license", "unknown"),
+        )
+
+
+@dataclass
+class TraceSet:
+    """Questions, source metadata and lazily loaded per-source samples of one trace directory."""
+
+    root: Path
+    questions: dict[int, Question]
+    sources: dict[str, SourceInfo]
+    _samples: dict[str, dict[int, list[Sample]]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: str | Path) -> TraceSet:
+        root = Path(root)
+        if not root.is_dir():
+            raise TraceError(f"{root}: trace directory does not exist")
+        questions = _load_questions(root / "questions.jsonl")
+        sources = _load_sources(root / "sources.json")
+        return cls(root=root, questions=questions, sources=sources)
+
+    def source(self, name: str) -> SourceInfo:
+        if name not in self.sources:
+            known = ", ".join(sorted(self.sources)[:8])
+            raise TraceError(
+                f"unknown source {name!r}: not in {self.root / 'sources.json'} (e.g. {known}, ...)"
+            )
+        return self.sources[name]
+
+    def samples(self, name: str) -> dict[int, list[Sample]]:
+        self.source(name)
+        if name not in self._samples:
+            self._samples[name] = _load_trace(self.root / "traces" / f"{name}.jsonl", self.questions)
+        return self._samples[name]
+
+    def first_samples(self, names: list[str]) -> tuple[list[int], dict[str, list[Sample | None]]]:
+        """Align the first sample of each source on a common question list.
+
+        Returns the evaluated idx list (all questions any source covers) and, per
+        source, a list aligned with it (None where the source has no record).
+        Raises TraceError if a source misses more than MAX_MISSING_FRACTION.
+        """
+        per_source = {n: self.samples(n) for n in names}
+        idxs = sorted(set().union(*[set(s) for s in per_source.values()]))
+        if not idxs:
+            raise TraceError("the selected sources cover no questions")
+        aligned: dict[str, list[Sample | None]] = {}
+        for name, rows in per_source.items():
+            missing = [i for i in idxs if i not in rows]
+            if len(missing) > MAX_MISSING_FRACTION * len(idxs):
+                raise TraceError(
+                    f"mismatched question sets: source {name!r} covers {len(idxs) - len(missing)} of "
+                    f"the {len(idxs)} questions the other sources cover (first missing idx: "
+                    f"{missing[:5]}); choose sources recorded on the same questions"
+                )
+            if missing:
+                print(
+                    f"warning: source {name!r} has no record for idx {missing}; "
+                    "counted as failed calls (no answer)",
+                    file=sys.stderr,
+                )
+            aligned[name] = [rows[i][0] if i in rows and rows[i] else None for i in idxs]
+        return idxs, aligned
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise TraceError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TraceError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise TraceError(f"{path}:{lineno}: expected a JSON object")
+            rows.append((lineno, obj))
+    return rows
+
+
+def _idx_of(path: Path, lineno: int, obj: dict) -> int:
+    idx = obj.get("idx")
+    if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+        raise TraceError(f"{path}:{lineno}: missing or invalid 'idx' (got {idx!r})")
+    return idx
+
+
+def _load_questions(path: Path) -> dict[int, Question]:
+    out: dict[int, Question] = {}
+    for lineno, obj in _read_jsonl(path):
+        idx = _idx_of(path, lineno, obj)
+        if idx in out:
+            raise TraceError(f"{path}:{lineno}: duplicate idx {idx}")
+        if not isinstance(obj.get("question"), str):
+            raise TraceError(f"{path}:{lineno}: missing 'question' text")
+        gold = obj.get("gold")
+        out[idx] = Question(idx, obj["question"], normalize_number(gold) if gold is not None else None)
+    if not out:
+        raise TraceError(f"{path}: no questions")
+    return out
+
+
+def _load_sources(path: Path) -> dict[str, SourceInfo]:
+    if not path.is_file():
+        raise TraceError(f"{path}: file not found")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(rows, list):
+        raise TraceError(f"{path}: expected a JSON list of source objects")
+    out: dict[str, SourceInfo] = {}
+    for k, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise TraceError(f"{path}: entry {k} has no 'name'")
+        if row["name"] in out:
+            raise TraceError(f"{path}: duplicate source name {row['name']!r}")
+        out[row["name"]] = SourceInfo.from_json(row)
+    return out
+
+
+def _opt_num(path: Path, lineno: int, sample: dict, key: str, kind: type) -> int | float | None:
+    value = sample.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TraceError(f"{path}:{lineno}: sample field {key!r} must be a number, got {value!r}")
+    return kind(value)
+
+
+def _load_trace(path: Path, questions: dict[int, Question]) -> dict[int, list[Sample]]:
+    out: dict[int, list[Sample]] = {}
+    for lineno, obj in _read_jsonl(path):
+        idx = _idx_of(path, lineno, obj)
+        if idx in out:
+            raise TraceError(f"{path}:{lineno}: duplicate idx {idx}")
+        if idx not in questions:
+            raise TraceError(f"{path}:{lineno}: idx {idx} is not in questions.jsonl")
+        samples = obj.get("samples")
+        if not isinstance(samples, list):
+            raise TraceError(f"{path}:{lineno}: missing 'samples' list")
+        parsed = []
+        for s in samples:
+            if not isinstance(s, dict) or "answer" not in s:
+                raise TraceError(f"{path}:{lineno}: each sample needs an 'answer' field")
+            text = s.get("text")
+            if text is not None and not isinstance(text, str):
+                raise TraceError(f"{path}:{lineno}: sample 'text' must be a string or null")
+            parsed.append(
+                Sample(
+                    text=text,
+                    answer=None if s["answer"] is None else str(s["answer"]),
+                    output_tokens=_opt_num(path, lineno, s, "output_tokens", int),
+                    prompt_tokens=_opt_num(path, lineno, s, "prompt_tokens", int),
+                    cum_log_prob=_opt_num(path, lineno, s, "cum_log_prob", float),
+                )
+            )
+        out[idx] = parsed
+    return out
