@@ -18,7 +18,7 @@ from typing import Any
 
 from .calibration import calibrator_from_dict
 from .cost import CostModel
-from .features import make_feature_set
+from .features import ARBITER_FEATURES, make_feature_set
 from .router import Router, Stage
 
 FORMAT = "pyramid-moa/calibration"
@@ -41,6 +41,7 @@ class CalibrationArtifact:
     fitted_on: dict[str, Any]
     task: str = "gsm8k"
     fit_summary: dict[str, Any] = field(default_factory=dict)
+    arbiter: dict[str, Any] | None = None  # {"feature_names", "calibrator"} or None
 
     def router(self) -> Router:
         stages = []
@@ -52,7 +53,12 @@ class CalibrationArtifact:
                     f"{self.feature_set!r} in this code version; re-run pyramid calibrate"
                 )
             stages.append(Stage(list(st["agents"]), fs, calibrator_from_dict(st["calibrator"]), float(st["threshold"])))
-        return Router(stages, self.oracle, self.task)
+        arbiter = None
+        if self.arbiter is not None:
+            if self.arbiter["feature_names"] != ARBITER_FEATURES:
+                raise ArtifactError("arbiter feature names differ from this code version; re-run pyramid calibrate")
+            arbiter = calibrator_from_dict(self.arbiter["calibrator"])
+        return Router(stages, self.oracle, self.task, arbiter)
 
     def fitted_idx(self) -> set[int]:
         return set(self.fitted_on.get("idx", []))
@@ -67,6 +73,7 @@ class CalibrationArtifact:
             "feature_set": self.feature_set,
             "calibrator": self.calibrator,
             "stages": self.stages,
+            "arbiter": self.arbiter,
             "target": self.target,
             "cost_model": self.cost_model.to_dict(),
             "fitted_on": self.fitted_on,
@@ -119,6 +126,7 @@ def load_artifact(path: str | Path, known_agents: Iterable[str] | None = None) -
             fitted_on=dict(d["fitted_on"]),
             task=d.get("task", "gsm8k"),
             fit_summary=dict(d.get("fit_summary", {})),
+            arbiter=d.get("arbiter"),
         )
     except (KeyError, TypeError) as exc:
         raise ArtifactError(f"{path}: missing or malformed field {exc}") from None

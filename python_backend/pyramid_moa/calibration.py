@@ -64,6 +64,30 @@ def _check_fit_data(X: np.ndarray, y: np.ndarray, min_per_class: int = 5) -> Non
         )
 
 
+def fit_logistic_newton(Z: np.ndarray, y: np.ndarray, c: float, iters: int = 50) -> tuple[np.ndarray, float]:
+    """L2-regularized logistic regression by Newton's method.
+
+    Minimizes sum(logloss) + ||w||^2 / (2c), the objective of scikit-learn's
+    ``LogisticRegression(C=c)`` (intercept not penalized); with a few dozen
+    features Newton converges in a handful of steps, about 100x faster than a
+    generic solver, which matters because evaluation fits hundreds of them.
+    """
+    n, d = Z.shape
+    A = np.c_[Z, np.ones(n)]
+    reg = np.full(d + 1, 1.0 / c)
+    reg[-1] = 0.0
+    theta = np.zeros(d + 1)
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(A @ theta, -35, 35)))
+        grad = A.T @ (p - y) + reg * theta
+        H = (A * (p * (1 - p))[:, None]).T @ A + np.diag(reg + 1e-9)
+        step = np.linalg.solve(H, grad)
+        theta -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return theta[:-1], float(theta[-1])
+
+
 class LogisticCalibrator(Calibrator):
     """Platt-style logistic regression on standardized features (L2, C=0.5).
 
@@ -79,17 +103,15 @@ class LogisticCalibrator(Calibrator):
         self.c = c
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticCalibrator:
-        from sklearn.linear_model import LogisticRegression
-
         X = np.asarray(X, dtype=float)
         _check_fit_data(X, y)
         mean = X.mean(axis=0)
         scale = X.std(axis=0)
         scale[scale < 1e-12] = 1.0
-        model = LogisticRegression(C=self.c, max_iter=5000).fit((X - mean) / scale, y)
-        w = model.coef_[0] / scale
+        coef, intercept = fit_logistic_newton((X - mean) / scale, np.asarray(y, dtype=float), self.c)
+        w = coef / scale
         self.weights = w.tolist()
-        self.bias = float(model.intercept_[0] - np.dot(w, mean))
+        self.bias = float(intercept - np.dot(w, mean))
         return self
 
     def score(self, x: Sequence[float]) -> float:

@@ -37,6 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", choices=feature_set_names(), default="full")
     p.add_argument("--calibrator", choices=calibrator_names(), default="logistic")
     p.add_argument("--no-adaptive", action="store_true", help="one stage: always ask the whole committee")
+    p.add_argument("--no-arbiter", action="store_true", help="after escalation always return the oracle's answer")
     p.add_argument("--params", action="append", metavar="NAME=B", help="override params (billions) of a model")
     p.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="override USD per 1k tokens")
     p.add_argument("--task", default="gsm8k", help="answer task (gsm8k, text)")
@@ -68,7 +69,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         rng = np.random.default_rng(a.seed)
         rows = np.sort(rng.permutation(data.n)[: int(round(a.fit_fraction * data.n))])
     art = fit_router(
-        data, rows, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.seed, traces=str(a.traces)
+        data, rows, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.seed, str(a.traces), not a.no_arbiter
     )
     art.save(a.out)
     fs = art.fit_summary
@@ -108,7 +109,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             bar.update(1)
 
     result = evaluate(
-        data, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.folds, a.seed, art, progress
+        data, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.folds, a.seed, art, progress,
+        not a.no_arbiter,
     )
     if bar is not None:
         bar.close()

@@ -21,7 +21,7 @@ import numpy as np
 from .artifact import CalibrationArtifact
 from .calibration import make_calibrator
 from .dataset import RoutingData
-from .fitting import Evaluated, Target, TargetUnreachable, _oof_and_fit, choose, fit_router
+from .fitting import Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
 from .metrics import apgr, auroc, brier, ece, mcnemar_p, reliability
 
 SWEEP_POINTS = 50
@@ -91,31 +91,48 @@ class Evaluator:
         router = art.router()
         return [st.calibrator.predict(self.data.features(art.feature_set, st.agents)[0][rows]) for st in router.stages]
 
-    def sweep_artifact(self, art: CalibrationArtifact, rows: np.ndarray, probs: list[np.ndarray], tau: float) -> Outcome:
-        """Vectorized Router rule with one threshold for all stages (the per-request override)."""
+    def sweep_prep(self, art: CalibrationArtifact, rows: np.ndarray) -> dict:
+        """Per-fold arrays the τ sweep reuses: stage probabilities, labels, final-answer correctness."""
         d = self.data
         router = art.router()
+        probs = self.stage_probs(art, rows)
+        stages = []
+        for st in router.stages:
+            tops = d.features(art.feature_set, st.agents)[1]
+            failed = np.array([all(d.outputs[a][r].failed for a in st.agents) for r in rows])
+            stages.append((d.correct(tops)[rows], failed))
+        # Answer after escalation from the last stage; it does not depend on τ.
+        last = len(router.stages) - 1
+        agents = router.stages[last].agents
+        final_ok = np.zeros(len(rows), bool)
+        for j, r in enumerate(rows):
+            outs = [d.outputs[a][r] for a in agents]
+            dec = router.decide(last, d.questions[r], outs)
+            ans, _ = router.final_answer(d.questions[r], outs, dec, d.outputs[d.oracle][r])
+            final_ok[j] = router.task.equal(ans, d.gold[r])
+        return {"router": router, "probs": probs, "stages": stages, "final_ok": final_ok}
+
+    def sweep_artifact(self, prep: dict, rows: np.ndarray, tau: float) -> Outcome:
+        """Vectorized Router rule with one threshold for all stages (the per-request override).
+
+        Same rule as ``Router.route``; the answer after escalation is taken as
+        decided from the last stage (an all-failed earlier stage is the only
+        case where the route itself would differ).
+        """
+        d = self.data
+        router = prep["router"]
         n = len(rows)
         active = np.ones(n, bool)
         accepted_ok = np.zeros(n, bool)
         called = {m: np.zeros(n) for m in [*d.committee, d.oracle]}
-        last_top: list[str | None] = [None] * n
-        for s, (st, p) in enumerate(zip(router.stages, probs)):
+        for s, (p, (ok, failed)) in enumerate(zip(prep["probs"], prep["stages"])):
             for m in router.new_agents(s):
                 called[m] += active
-            tops = d.features(art.feature_set, st.agents)[1]
-            ok = d.correct(tops)[rows]
-            failed = np.array([all(d.outputs[a][r].failed for a in st.agents) for r in rows])
             acc = active & (p >= tau) & ~failed
             accepted_ok |= acc & ok
             active &= ~acc
-            last_top = [tops[r] for r in rows]
         called[d.oracle] += active
-        oans = [d.outputs[d.oracle][r].answer for r in rows]
-        final = [o if o is not None else c for o, c in zip(oans, last_top)]
-        eqf = art.router().task.equal
-        final_ok = np.array([eqf(a, d.gold[r]) for a, r in zip(final, rows)])
-        correct = np.where(active, final_ok, accepted_ok)
+        correct = np.where(active, prep["final_ok"], accepted_ok)
         return Outcome(correct, active.copy(), self.calls_cost(rows, called), tau)
 
     def fixed(self, rows: np.ndarray) -> dict[str, Outcome]:
@@ -237,6 +254,7 @@ def evaluate(
     seed: int = 0,
     artifact: CalibrationArtifact | None = None,
     progress: Callable[[str], None] | None = None,
+    arbiter: bool = True,
 ) -> dict:
     """Run the whole evaluation and return the JSON-contract dict."""
     from sklearn.model_selection import KFold
@@ -254,7 +272,7 @@ def evaluate(
                 "the calibration artifact was fitted on every question of these traces; nothing disjoint "
                 "is left to score (fit it with --fit-fraction < 1 or on other questions)"
             )
-        splits = [(fit, test, artifact)]
+        splits = [(fit, test, artifact, None)]
         protocol = f"given artifact scored on the {len(test)} questions it was not fitted on"
     else:
         if folds < 2:
@@ -263,8 +281,8 @@ def evaluate(
         splits = []
         for k, (fit, test) in enumerate(kf.split(np.arange(n))):
             say(f"fold {k + 1}/{folds}: fitting router on {len(fit)} questions")
-            art = fit_router(data, fit, target, cost_kind, feature_set, calibrator, adaptive, seed)
-            splits.append((fit, test, art))
+            rf = RouterFit(data, fit, cost_kind, feature_set, calibrator, adaptive, seed, arbiter)
+            splits.append((fit, test, rf.artifact(target), rf))
         protocol = (
             f"{folds}-fold cross-fitting over the {n} questions (seed {seed}): router, schedule and thresholds "
             f"fitted on {folds - 1} folds (thresholds on inner {5}-fold out-of-fold probabilities), scored on the "
@@ -274,14 +292,14 @@ def evaluate(
     ours, sweeps, cal_p, cal_y = [], {t: [] for t in taus}, np.zeros(n), np.zeros(n)
     baselines: dict[str, list] = {}
     schedules = []
-    for k, (fit, test, art) in enumerate(splits):
+    for k, (fit, test, art, rf) in enumerate(splits):
         say(f"fold {k + 1}/{len(splits)}: routing {len(test)} held-out questions")
         ours.append((test, ev.route_artifact(art, test)))
-        probs = ev.stage_probs(art, test)
+        prep = ev.sweep_prep(art, test)
         for t in taus:
-            sweeps[t].append((test, ev.sweep_artifact(art, test, probs, float(t))))
+            sweeps[t].append((test, ev.sweep_artifact(prep, test, float(t))))
         last = art.router().stages[-1]
-        cal_p[test] = probs[-1]
+        cal_p[test] = prep["probs"][-1]
         cal_y[test] = data.correct(data.features(art.feature_set, last.agents)[1])[test]
         schedules.append([{"agents": s["agents"], "threshold": s["threshold"]} for s in art.stages])
         for name, o in ev.fixed(test).items():
@@ -291,13 +309,11 @@ def evaluate(
                 "vote_share_cascade": lambda: ev.vote_cascade(fit, test, target),
                 "prompt_only_router": lambda: ev.prompt_only(fit, test, target, seed),
                 "agreement_router": lambda: ev.route_artifact(
-                    fit_router(data, fit, target, cost_kind, "agreement", "logistic", False, seed), test
+                    RouterFit(data, fit, cost_kind, "agreement", "logistic", False, seed, False).artifact(target), test
                 ),
             }
-            if adaptive:
-                fitted["single_stage_router"] = lambda: ev.route_artifact(
-                    fit_router(data, fit, target, cost_kind, feature_set, calibrator, False, seed), test
-                )
+            if rf is not None and adaptive:
+                fitted["single_stage_router"] = lambda: ev.route_artifact(rf.artifact(target, single_stage=True), test)
             for name, fn in fitted.items():
                 try:
                     baselines.setdefault(name, []).append((test, fn()))
@@ -337,6 +353,7 @@ def evaluate(
             "feature_set": feature_set,
             "calibrator": calibrator,
             "adaptive": adaptive,
+            "arbiter": arbiter if artifact is None else artifact.arbiter is not None,
             "target": target.to_dict(),
             "cost_models_available": ev.kinds,
             "prompt_tokens": "recorded prompt_tokens, else question chars/4 (every tier gets the same prompt)",

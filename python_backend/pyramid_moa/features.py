@@ -227,3 +227,52 @@ def feature_set_names() -> list[str]:
 
 register_feature_set(AgreementFeatures)
 register_feature_set(FullFeatures)
+
+
+ARBITER_FEATURES = [
+    "oracle_integral",
+    "oracle_negative",
+    "oracle_in_question",
+    "agents_agreeing_with_oracle",
+    "committee_vote_share",
+    "committee_top_integral",
+    "committee_confidence",
+    "oracle_log_tokens",
+    "oracle_error_marker",
+]
+
+
+def _integral(answer: str | None) -> float:
+    try:
+        v = float(answer)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return float(abs(v - round(v)) < 1e-9)
+
+
+def arbiter_features(
+    question: str, outputs: Sequence[AgentOutput], vote: Vote, oracle: AgentOutput, confidence: float, numeric: bool = True
+) -> list[float]:
+    """Features for choosing between the oracle's and the committee's answer when they differ.
+
+    An oracle is not infallible: an implausible oracle answer (non-integral
+    where the task's answers are integers, copied from the question) against
+    a committee majority is often the oracle's mistake.
+    """
+    okey = answer_key(oracle.answer, numeric)
+    try:
+        ov = float(oracle.answer)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ov = None
+    qnums = _question_numbers(question)
+    return [
+        _integral(oracle.answer),
+        float(ov is not None and ov < 0),
+        float(ov is not None and any(abs(ov - q) < 1e-4 for q in qnums)),
+        sum(k is not None and k == okey for k in vote.keys) / len(outputs),
+        vote.count / len(outputs),
+        _integral(vote.answer),
+        confidence,
+        math.log1p(oracle.output_tokens or 0),
+        float(bool(oracle.text) and any(m in oracle.text for m in _ERROR_MARKERS)),
+    ]

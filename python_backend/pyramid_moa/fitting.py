@@ -19,11 +19,13 @@ import numpy as np
 from .artifact import CalibrationArtifact
 from .calibration import make_calibrator
 from .dataset import RoutingData
-from .features import make_feature_set
+from .answers import answer_key
+from .features import ARBITER_FEATURES, arbiter_features, committee_vote, make_feature_set
 
 TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop")
 INNER_FOLDS = 5
-MAX_GRID = 120
+MAX_GRID = 120  # last-stage threshold candidates
+MAX_GRID_FIRST = 24  # first-stage threshold candidates (coarse: fewer choices, less selection optimism)
 
 
 class TargetUnreachable(ValueError):
@@ -80,9 +82,9 @@ def schedule_shapes(committee: list[str], adaptive: bool) -> list[list[list[str]
     return shapes
 
 
-def _grid(p: np.ndarray) -> np.ndarray:
+def _grid(p: np.ndarray, size: int = MAX_GRID) -> np.ndarray:
     """Candidate thresholds: quantiles of the OOF probabilities, plus never/always."""
-    qs = np.unique(np.quantile(p, np.linspace(0, 1, MAX_GRID)))
+    qs = np.unique(np.quantile(p, np.linspace(0, 1, size)))
     return np.unique(np.r_[0.0, qs, np.nextafter(qs, 2.0), 1.0 + 1e-9])
 
 
@@ -110,7 +112,7 @@ def evaluate_grid(
         return Evaluated(g[:, None], acc, esc.mean(1), cost)
     p1, p2 = cand.oof
     y1, y2 = cand.labels
-    g1, g2 = _grid(p1), _grid(p2)
+    g1, g2 = _grid(p1, MAX_GRID_FIRST), _grid(p2)
     taus, accs, rates, costs = [], [], [], []
     esc2 = p2[None, :] < g2[:, None]  # (G2, n)
     fin2 = np.where(esc2, oracle_final[None, :], y2[None, :])
@@ -170,6 +172,140 @@ def choose(evs: list[Evaluated], target: Target, oracle_acc: float, n_questions:
     return best[1], best[2]
 
 
+class RouterFit:
+    """All candidate schedules fitted on one set of questions; artifacts are cut from it.
+
+    Fitting once and choosing many times lets evaluation report the one-stage
+    ablation without refitting.
+    """
+
+    def __init__(
+        self,
+        data: RoutingData,
+        rows: np.ndarray,
+        cost_kind: str,
+        feature_set: str = "full",
+        calibrator: str = "logistic",
+        adaptive: bool = True,
+        seed: int = 0,
+        arbiter: bool = True,
+        traces: str = "",
+    ) -> None:
+        rows = np.asarray(rows)
+        if len(rows) < 40:
+            raise ValueError(f"too few questions to calibrate: {len(rows)} (need at least 40)")
+        data.cost_model.require(cost_kind, [*data.committee, data.oracle])
+        self.data, self.rows, self.cost_kind = data, rows, cost_kind
+        self.feature_set, self.calibrator, self.seed, self.traces = feature_set, calibrator, seed, traces
+        self.oracle_ok = data.correct(data.answers(data.oracle))[rows]
+        oracle_cost = data.call_costs(cost_kind, data.oracle)[rows]
+
+        fitted: dict[tuple[str, ...], tuple[np.ndarray, object, np.ndarray]] = {}
+
+        def fit_agents(agents: list[str]) -> tuple[np.ndarray, object, np.ndarray]:
+            if tuple(agents) not in fitted:
+                X, tops = data.features(feature_set, agents)
+                y = data.correct(tops)[rows]
+                oof, cal = _oof_and_fit(X[rows], y, calibrator, seed)
+                fitted[tuple(agents)] = (oof, cal, y)
+            return fitted[tuple(agents)]
+
+        full_oof = fit_agents(data.committee)[0]
+        self.arbiter, oracle_final = self._fit_arbiter(full_oof) if arbiter else (None, None)
+        if oracle_final is None:
+            full_top = data.features(feature_set, data.committee)[1]
+            oans = data.answers(data.oracle)
+            oracle_final = data.correct([o if o is not None else c for o, c in zip(oans, full_top)])[rows]
+
+        self.cands: list[Candidate] = []
+        self.evs: list[Evaluated] = []
+        for shape in schedule_shapes(data.committee, adaptive):
+            parts = [fit_agents(a) for a in shape]
+            cand = Candidate(shape, [p[1] for p in parts], [p[0] for p in parts], [p[2] for p in parts])
+            prev: list[str] = []
+            stage_costs = []
+            for agents in shape:
+                extra = [a for a in agents if a not in prev]
+                stage_costs.append(sum(data.call_costs(cost_kind, a)[rows] for a in extra))
+                prev = agents
+            self.cands.append(cand)
+            self.evs.append(evaluate_grid(cand, oracle_final, stage_costs, oracle_cost))
+
+    def _fit_arbiter(self, full_oof: np.ndarray) -> tuple[dict | None, np.ndarray | None]:
+        """Fit the oracle-vs-committee arbiter on fitting questions where exactly one of them is right.
+
+        Returns the serialized arbiter and the out-of-fold correctness of the
+        final answer after escalation (None when there are too few cases).
+        """
+        d, rows = self.data, self.rows
+        X_full, tops = d.features(self.feature_set, d.committee)
+        oracle = d.outputs[d.oracle]
+        com_ok = d.correct(tops)[rows]
+        orc_ok = self.oracle_ok
+        numeric = d.task != "text"
+        feats, differ = [], []
+        agents = d.committee
+        for j, r in enumerate(rows):
+            outs = [d.outputs[a][r] for a in agents]
+            vote = committee_vote(outs, numeric)
+            o = oracle[r]
+            differ.append(o.answer is not None and vote.answer is not None and answer_key(o.answer, numeric) != vote.key)
+            feats.append(arbiter_features(d.questions[r], outs, vote, o, float(full_oof[j]), numeric))
+        F = np.array(feats, float)
+        differ = np.array(differ)
+        train = differ & (com_ok != orc_ok)
+        z = orc_ok[train]
+        if z.sum() < 10 or (~z).sum() < 10:
+            return None, None
+        oof = np.ones(len(rows))
+        oof_train, cal = _oof_and_fit(F[train], z, "logistic", self.seed)
+        oof[np.flatnonzero(train)] = oof_train
+        use_committee = differ & (oof < 0.5)
+        oans = d.answers(d.oracle)
+        base = d.correct([o if o is not None else c for o, c in zip(oans, tops)])[rows]
+        final = np.where(use_committee, com_ok, base)
+        return {"feature_names": ARBITER_FEATURES, "calibrator": cal.to_dict()}, final
+
+    def artifact(self, target: Target, single_stage: bool = False) -> CalibrationArtifact:
+        idx = [k for k, c in enumerate(self.cands) if not single_stage or len(c.stages) == 1]
+        ci, j = choose([self.evs[k] for k in idx], target, float(self.oracle_ok.mean()), len(self.rows))
+        ci = idx[ci]
+        cand, ev = self.cands[ci], self.evs[ci]
+        d = self.data
+        stages = []
+        for agents, cal, tau in zip(cand.stages, cand.calibrators, ev.taus[j]):
+            fs = make_feature_set(self.feature_set, agents, numeric=d.task != "text")
+            stages.append(
+                {"agents": agents, "feature_names": fs.names, "calibrator": cal.to_dict(), "threshold": float(tau)}
+            )
+        return CalibrationArtifact(
+            committee=list(d.committee),
+            oracle=d.oracle,
+            feature_set=self.feature_set,
+            calibrator=self.calibrator,
+            stages=stages,
+            target=target.to_dict() | {"cost_model": self.cost_kind},
+            cost_model=d.cost_model,
+            fitted_on={
+                "traces": self.traces,
+                "n_questions": len(self.rows),
+                "idx": [d.idxs[r] for r in self.rows],
+                "inner_folds": INNER_FOLDS,
+                "seed": self.seed,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+            task=d.task,
+            fit_summary={
+                "oof_accuracy": float(ev.acc[j]),
+                "oracle_accuracy": float(self.oracle_ok.mean()),
+                "oof_oracle_call_rate": float(ev.rate[j]),
+                "oof_mean_cost": float(ev.cost[j]),
+                "schedules_considered": [self.cands[k].stages for k in idx],
+            },
+            arbiter=self.arbiter,
+        )
+
+
 def fit_router(
     data: RoutingData,
     rows: np.ndarray,
@@ -180,69 +316,8 @@ def fit_router(
     adaptive: bool = True,
     seed: int = 0,
     traces: str = "",
+    arbiter: bool = True,
 ) -> CalibrationArtifact:
     """Fit calibrators and thresholds on ``rows`` (positions into ``data``) and return the artifact."""
-    rows = np.asarray(rows)
-    if len(rows) < 40:
-        raise ValueError(f"too few questions to calibrate: {len(rows)} (need at least 40)")
-    data.cost_model.require(cost_kind, [*data.committee, data.oracle])
-    oracle_ans = data.answers(data.oracle)
-    oracle_ok = data.correct(oracle_ans)[rows]
-    oracle_cost = data.call_costs(cost_kind, data.oracle)[rows]
-    full_top = data.features(feature_set, data.committee)[1]
-    # The oracle's answer, or the committee's when the oracle gave none (Router.final_answer).
-    final = [o if o is not None else c for o, c in zip(oracle_ans, full_top)]
-    oracle_final = data.correct(final)[rows]
-
-    fitted: dict[tuple[str, ...], tuple[np.ndarray, object, np.ndarray]] = {}
-    cands, evs = [], []
-    for shape in schedule_shapes(data.committee, adaptive):
-        for agents in shape:
-            if tuple(agents) not in fitted:
-                X, tops = data.features(feature_set, agents)
-                y = data.correct(tops)[rows]
-                oof, cal = _oof_and_fit(X[rows], y, calibrator, seed)
-                fitted[tuple(agents)] = (oof, cal, y)
-        parts = [fitted[tuple(a)] for a in shape]
-        cand = Candidate(shape, [p[1] for p in parts], [p[0] for p in parts], [p[2] for p in parts])
-        prev: list[str] = []
-        stage_costs = []
-        for agents in shape:
-            extra = [a for a in agents if a not in prev]
-            stage_costs.append(sum(data.call_costs(cost_kind, a)[rows] for a in extra))
-            prev = agents
-        cands.append(cand)
-        evs.append(evaluate_grid(cand, oracle_final, stage_costs, oracle_cost))
-    ci, j = choose(evs, target, float(oracle_ok.mean()), len(rows))
-    cand, ev = cands[ci], evs[ci]
-    stages = []
-    for agents, cal, tau in zip(cand.stages, cand.calibrators, ev.taus[j]):
-        fs = make_feature_set(feature_set, agents, numeric=data.task != "text")
-        stages.append(
-            {"agents": agents, "feature_names": fs.names, "calibrator": cal.to_dict(), "threshold": float(tau)}
-        )
-    return CalibrationArtifact(
-        committee=list(data.committee),
-        oracle=data.oracle,
-        feature_set=feature_set,
-        calibrator=calibrator,
-        stages=stages,
-        target=target.to_dict() | {"cost_model": cost_kind},
-        cost_model=data.cost_model,
-        fitted_on={
-            "traces": traces,
-            "n_questions": len(rows),
-            "idx": [data.idxs[r] for r in rows],
-            "inner_folds": INNER_FOLDS,
-            "seed": seed,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-        task=data.task,
-        fit_summary={
-            "oof_accuracy": float(ev.acc[j]),
-            "oracle_accuracy": float(oracle_ok.mean()),
-            "oof_oracle_call_rate": float(ev.rate[j]),
-            "oof_mean_cost": float(ev.cost[j]),
-            "schedules_considered": [c.stages for c in cands],
-        },
-    )
+    fit = RouterFit(data, rows, cost_kind, feature_set, calibrator, adaptive, seed, arbiter, traces)
+    return fit.artifact(target)

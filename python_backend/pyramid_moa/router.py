@@ -23,7 +23,8 @@ from typing import Literal
 
 from .answers import AnswerTask, get_task
 from .calibration import Calibrator
-from .features import AgentOutput, FeatureSet, Vote
+from .answers import answer_key
+from .features import AgentOutput, FeatureSet, Vote, arbiter_features
 
 Action = Literal["accept", "next", "escalate"]
 TIERS = ("committee", "oracle")
@@ -73,7 +74,9 @@ def validate_threshold(value: float | None, what: str = "escalation_threshold") 
 class Router:
     """Stage schedule + oracle name; decides, and can drive a whole route offline."""
 
-    def __init__(self, stages: Sequence[Stage], oracle: str, task: str = "gsm8k") -> None:
+    def __init__(
+        self, stages: Sequence[Stage], oracle: str, task: str = "gsm8k", arbiter: Calibrator | None = None
+    ) -> None:
         if not stages:
             raise ValueError("a router needs at least one stage")
         for prev, nxt in zip(stages, stages[1:]):
@@ -82,6 +85,7 @@ class Router:
         self.stages = list(stages)
         self.oracle = oracle
         self.task: AnswerTask = get_task(task)
+        self.arbiter = arbiter
 
     @property
     def agents(self) -> list[str]:
@@ -111,11 +115,30 @@ class Router:
             action = "escalate"
         return StageDecision(stage, action, p, vote, vote.count / len(outputs), all_failed)
 
-    def final_answer(self, committee_answer: str | None, oracle: AgentOutput | None) -> tuple[str | None, bool]:
-        """The oracle's answer; the committee's when the oracle failed or gave none (fallback)."""
-        if oracle is not None and not oracle.failed and oracle.answer is not None:
-            return oracle.answer, False
-        return committee_answer, True
+    def final_answer(
+        self, question: str, outputs: Sequence[AgentOutput], decision: StageDecision, oracle: AgentOutput | None
+    ) -> tuple[str | None, bool]:
+        """The answer after escalation, and whether it is the committee's instead of the oracle's.
+
+        The oracle's answer, except: the committee's when the oracle failed or
+        gave none; and, with an arbiter, the committee's when the two differ and
+        the arbiter judges the oracle's answer less likely right (P < 0.5).
+        """
+        vote = decision.vote
+        if oracle is None or oracle.failed or oracle.answer is None:
+            return vote.answer, True
+        numeric = self.task.numeric
+        if (
+            self.arbiter is not None
+            and vote.answer is not None
+            and answer_key(oracle.answer, numeric) != vote.key
+            and self.arbiter.predict_one(
+                arbiter_features(question, outputs, vote, oracle, decision.confidence, numeric)
+            )
+            < 0.5
+        ):
+            return vote.answer, True
+        return oracle.answer, False
 
     def route(
         self,
@@ -150,5 +173,6 @@ class Router:
         d = decisions[-1]
         oracle_out = call(self.oracle)
         calls.append(self.oracle)
-        answer, fallback = self.final_answer(d.vote.answer, oracle_out)
+        stage_outputs = [got[a] for a in self.stages[d.stage].agents]
+        answer, fallback = self.final_answer(question, stage_outputs, d, oracle_out)
         return RouteResult(answer, "oracle", True, d.confidence, d.agreement, calls, decisions, d.vote.answer, fallback)
