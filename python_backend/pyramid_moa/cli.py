@@ -7,7 +7,6 @@ outputs are written only after everything succeeded (atomic rename).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,12 @@ def _target(a: argparse.Namespace) -> Target:
 def _data(a: argparse.Namespace):
     committee = [c.strip() for c in a.committee.split(",") if c.strip()]
     return load_routing_data(
-        a.traces, committee, a.oracle, a.task, parse_overrides(a.params, "--params"), parse_overrides(a.price, "--price")
+        a.traces,
+        committee,
+        a.oracle,
+        a.task,
+        parse_overrides(a.params, "--params"),
+        parse_overrides(a.price, "--price"),
     )
 
 
@@ -109,7 +113,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             bar.update(1)
 
     result = evaluate(
-        data, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.folds, a.seed, art, progress,
+        data,
+        target,
+        a.cost,
+        a.features,
+        a.calibrator,
+        not a.no_adaptive,
+        a.folds,
+        a.seed,
+        art,
+        progress,
         not a.no_arbiter,
     )
     if bar is not None:

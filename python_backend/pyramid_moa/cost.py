@@ -74,4 +74,6 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CostModel:
-        return cls({n: ModelCost(v.get("params_b"), v.get("price_in_per_1k"), v.get("price_out_per_1k")) for n, v in d.items()})
+        return cls(
+            {n: ModelCost(v.get("params_b"), v.get("price_in_per_1k"), v.get("price_out_per_1k")) for n, v in d.items()}
+        )

@@ -51,7 +51,10 @@ class RoutingData:
         if key not in self._cost_cache:
             outs = self.outputs[name]
             self._cost_cache[key] = np.array(
-                [self.cost_model.call_cost(kind, name, self.prompt_tokens(i, o), o.output_tokens or 0) for i, o in enumerate(outs)]
+                [
+                    self.cost_model.call_cost(kind, name, self.prompt_tokens(i, o), o.output_tokens or 0)
+                    for i, o in enumerate(outs)
+                ]
             )
         return self._cost_cache[key]
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .artifact import CalibrationArtifact
-from .calibration import make_calibrator
 from .dataset import RoutingData
 from .fitting import Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
 from .metrics import apgr, auroc, brier, ece, mcnemar_p, reliability
@@ -190,7 +189,9 @@ class Evaluator:
         called = {a: com for a in d.committee} | {d.oracle: esc.astype(float)}
         return Outcome(np.where(esc, self.oracle_ok[rows], ok[rows]), esc, self.calls_cost(rows, called), tau)
 
-    def _grid_eval(self, p: np.ndarray, ok: np.ndarray, fin: np.ndarray, fit_rows: np.ndarray, committee_first: bool) -> Evaluated:
+    def _grid_eval(
+        self, p: np.ndarray, ok: np.ndarray, fin: np.ndarray, fit_rows: np.ndarray, committee_first: bool
+    ) -> Evaluated:
         d = self.data
         grid = np.unique(np.r_[0.0, p, np.nextafter(p, 2.0), 1.0 + 1e-9])
         esc = p[None, :] < grid[:, None]
@@ -370,7 +371,12 @@ def evaluate(
             "reliability": reliability(cal_p[rows_all], ok_rows),
             "of": "held-out P(full-committee plurality answer is correct)",
         },
-        "apgr": apgr(np.array([s["oracle_call_rate"] for s in sweep]), np.array([s["accuracy"] for s in sweep]), weak, sweep[-1]["accuracy"]),
+        "apgr": apgr(
+            np.array([s["oracle_call_rate"] for s in sweep]),
+            np.array([s["accuracy"] for s in sweep]),
+            weak,
+            sweep[-1]["accuracy"],
+        ),
         "budget_targeting_error": _targeting(target, op),
         "mcnemar_p": mcnemar_p(ours_o.correct[rows_all], ev.oracle_ok[rows_all]),
         "schedules": schedules,

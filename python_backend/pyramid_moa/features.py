@@ -162,11 +162,7 @@ class FullFeatures(FeatureSet):
             sum(o.failed for o in outputs) / n,
         ]
         f += agrees
-        f += [
-            float(keys[i] is not None and keys[i] == keys[j])
-            for i in range(n)
-            for j in range(i + 1, n)
-        ]
+        f += [float(keys[i] is not None and keys[i] == keys[j]) for i in range(n) for j in range(i + 1, n)]
         qnums = _question_numbers(question)
         top = None
         if vote.answer is not None:
@@ -251,7 +247,12 @@ def _integral(answer: str | None) -> float:
 
 
 def arbiter_features(
-    question: str, outputs: Sequence[AgentOutput], vote: Vote, oracle: AgentOutput, confidence: float, numeric: bool = True
+    question: str,
+    outputs: Sequence[AgentOutput],
+    vote: Vote,
+    oracle: AgentOutput,
+    confidence: float,
+    numeric: bool = True,
 ) -> list[float]:
     """Features for choosing between the oracle's and the committee's answer when they differ.
 

@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from .answers import answer_key
 from .artifact import CalibrationArtifact
 from .calibration import make_calibrator
 from .dataset import RoutingData
-from .answers import answer_key
 from .features import ARBITER_FEATURES, arbiter_features, committee_vote, make_feature_set
 
 TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop")
@@ -249,7 +249,9 @@ class RouterFit:
             outs = [d.outputs[a][r] for a in agents]
             vote = committee_vote(outs, numeric)
             o = oracle[r]
-            differ.append(o.answer is not None and vote.answer is not None and answer_key(o.answer, numeric) != vote.key)
+            differ.append(
+                o.answer is not None and vote.answer is not None and answer_key(o.answer, numeric) != vote.key
+            )
             feats.append(arbiter_features(d.questions[r], outs, vote, o, float(full_oof[j]), numeric))
         F = np.array(feats, float)
         differ = np.array(differ)

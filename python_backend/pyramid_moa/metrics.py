@@ -26,7 +26,15 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict]:
     for b in range(bins):
         m = which == b
         if m.any():
-            out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "mean_p": float(p[m].mean()), "freq": float(y[m].mean()), "n": int(m.sum())})
+            out.append(
+                {
+                    "lo": float(edges[b]),
+                    "hi": float(edges[b + 1]),
+                    "mean_p": float(p[m].mean()),
+                    "freq": float(y[m].mean()),
+                    "n": int(m.sum()),
+                }
+            )
     return out
 
 

@@ -14,14 +14,27 @@ def plot(result: dict, path: str | Path) -> None:
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     sw = result["sweep"]
-    ax.plot([s["mean_cost"] for s in sw], [s["accuracy"] for s in sw], "-", color="tab:blue", alpha=0.6, label="ours: τ sweep")
+    ax.plot(
+        [s["mean_cost"] for s in sw],
+        [s["accuracy"] for s in sw],
+        "-",
+        color="tab:blue",
+        alpha=0.6,
+        label="ours: τ sweep",
+    )
     op = result["operating_point"]
     ax.plot(op["mean_cost"], op["accuracy"], "*", ms=16, color="tab:blue", label="ours: operating point")
     for name, b in result["baselines"].items():
         if b is None:
             continue
         ax.plot(b["mean_cost"], b["accuracy"], "o", ms=6)
-        ax.annotate(name.replace("agent:", ""), (b["mean_cost"], b["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            name.replace("agent:", ""),
+            (b["mean_cost"], b["accuracy"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.axhline(op["oracle_accuracy"], color="gray", ls=":", lw=1)
     ax.set_xlabel(f"mean cost relative to always-oracle ({op['cost_model']}, committee included)")
     ax.set_ylabel("accuracy")
@@ -68,7 +81,11 @@ def markdown(result: dict) -> str:
         _row("**ours**", op),
     ]
     for name, b in result["baselines"].items():
-        lines.append(_row(name, b) if b is not None else f"| {name} | target unreachable on a fitting fold | | " + "| " * len(kinds) + "|")
+        lines.append(
+            _row(name, b)
+            if b is not None
+            else f"| {name} | target unreachable on a fitting fold | | " + "| " * len(kinds) + "|"
+        )
     lines += [
         "",
         f"Oracle accuracy {op['oracle_accuracy']:.4f}; ours {op['accuracy']:.4f} "
@@ -84,5 +101,7 @@ def markdown(result: dict) -> str:
         "",
     ]
     for k, sch in enumerate(result["schedules"]):
-        lines.append(f"- fold {k + 1}: " + " → ".join(f"{'+'.join(st['agents'])} (τ={st['threshold']:.3f})" for st in sch))
+        lines.append(
+            f"- fold {k + 1}: " + " → ".join(f"{'+'.join(st['agents'])} (τ={st['threshold']:.3f})" for st in sch)
+        )
     return "\n".join(lines) + "\n"

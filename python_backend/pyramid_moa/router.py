@@ -21,9 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .answers import AnswerTask, get_task
+from .answers import AnswerTask, answer_key, get_task
 from .calibration import Calibrator
-from .answers import answer_key
 from .features import AgentOutput, FeatureSet, Vote, arbiter_features
 
 Action = Literal["accept", "next", "escalate"]
@@ -167,7 +166,9 @@ class Router:
             d = self.decide(s, question, [got[a] for a in self.stages[s].agents], threshold)
             decisions.append(d)
             if force_tier == "committee" or d.action == "accept":
-                return RouteResult(d.vote.answer, "committee", False, d.confidence, d.agreement, calls, decisions, d.vote.answer)
+                return RouteResult(
+                    d.vote.answer, "committee", False, d.confidence, d.agreement, calls, decisions, d.vote.answer
+                )
             if d.action == "escalate":
                 break
         d = decisions[-1]

@@ -95,9 +95,7 @@ class TraceSet:
     def source(self, name: str) -> SourceInfo:
         if name not in self.sources:
             known = ", ".join(sorted(self.sources)[:8])
-            raise TraceError(
-                f"unknown source {name!r}: not in {self.root / 'sources.json'} (e.g. {known}, ...)"
-            )
+            raise TraceError(f"unknown source {name!r}: not in {self.root / 'sources.json'} (e.g. {known}, ...)")
         return self.sources[name]
 
     def samples(self, name: str) -> dict[int, list[Sample]]:
@@ -128,8 +126,7 @@ class TraceSet:
                 )
             if missing:
                 print(
-                    f"warning: source {name!r} has no record for idx {missing}; "
-                    "counted as failed calls (no answer)",
+                    f"warning: source {name!r} has no record for idx {missing}; counted as failed calls (no answer)",
                     file=sys.stderr,
                 )
             aligned[name] = [rows[i][0] if i in rows and rows[i] else None for i in idxs]
