@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)  ## benchmarks A and B on the shared traces + in-process decision latency
-	bash scripts/bench.sh $(SHARED_TRACES) $(OUT)/bench
+	$(PY) scripts/bench.py $(SHARED_TRACES) $(OUT)/bench | tee $(OUT)/bench.md
 
 clean:
 	rm -rf $(OUT) .pytest_cache .benchmarks
