@@ -14,7 +14,7 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup eval test lint bench clean
+.PHONY: setup demo eval test lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,8 @@ eval: $(STAMP)  ## main job: cross-fitted evaluation of the router on the shippe
 	$(VENV)/bin/pyramid evaluate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
 	  --cost $(COST) --json $(OUT)/eval.json --report $(OUT)/eval.md --plot $(OUT)/eval.png
 	@cat $(OUT)/eval.md
+
+demo: eval  ## main job; until the Triton deployment lands it is the offline evaluation
 
 test: $(STAMP)  ## lint + all tests
 	$(VENV)/bin/ruff check .
