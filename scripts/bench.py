@@ -24,8 +24,14 @@ SETUPS = {
         # Open models have no price in the traces: assumed per-1k-token prices (not measured), so the
         # dollar view can be shown beside FLOPs. Change them here to match your provider.
         "extra": [
-            "--price", "metamath_7b=0.0002,0.0002", "--price", "abelrepo_7b=0.0002,0.0002",
-            "--price", "tora_7b=0.0002,0.0002", "--price", "tora_70b=0.0009,0.0009",
+            "--price",
+            "metamath_7b=0.0002,0.0002",
+            "--price",
+            "abelrepo_7b=0.0002,0.0002",
+            "--price",
+            "tora_7b=0.0002,0.0002",
+            "--price",
+            "tora_70b=0.0009,0.0009",
         ],
     },
     "B": {
@@ -40,9 +46,23 @@ SETUPS = {
 def run(traces: str, out: Path, name: str, setup: dict, *flags: str) -> dict:
     path = out / f"{name}.json"
     cmd = [
-        sys.executable, "-m", "pyramid_moa", "evaluate", "--quiet", "--traces", traces,
-        "--committee", setup["committee"], "--oracle", setup["oracle"], "--cost", setup["cost"],
-        *setup["extra"], *flags, "--json", str(path),
+        sys.executable,
+        "-m",
+        "pyramid_moa",
+        "evaluate",
+        "--quiet",
+        "--traces",
+        traces,
+        "--committee",
+        setup["committee"],
+        "--oracle",
+        setup["oracle"],
+        "--cost",
+        setup["cost"],
+        *setup["extra"],
+        *flags,
+        "--json",
+        str(path),
     ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
@@ -75,7 +95,12 @@ def main() -> int:
     ]
     for name, setup in SETUPS.items():
         lines.append(row(f"{name}: oracle parity (adaptive, arbiter)", run(traces, out, f"{name}_parity", setup)))
-        lines.append(row(f"{name}: one stage, no arbiter", run(traces, out, f"{name}_plain", setup, "--no-adaptive", "--no-arbiter")))
+        lines.append(
+            row(
+                f"{name}: one stage, no arbiter",
+                run(traces, out, f"{name}_plain", setup, "--no-adaptive", "--no-arbiter"),
+            )
+        )
     lines += ["", "| oracle-rate target | setup | requested | realised | error (points) |", "|---|---|---|---|---|"]
     for name, setup in SETUPS.items():
         for rate in (0.2, 0.3, 0.4):
@@ -84,9 +109,19 @@ def main() -> int:
             lines.append(f"| {rate} | {name} | {b['requested']:.3f} | {b['realised']:.3f} | {100 * b['error']:+.1f} |")
     print("\n".join(lines))
     bench = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "tests/test_bench_decision.py", "--benchmark-enable",
-         "--benchmark-columns=min,median,mean,max", "-p", "no:cacheprovider"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "tests/test_bench_decision.py",
+            "--benchmark-enable",
+            "--benchmark-columns=min,median,mean,max",
+            "-p",
+            "no:cacheprovider",
+        ],
+        capture_output=True,
+        text=True,
     )
     print("\nRouting decision micro-benchmark (pytest-benchmark, one decision: features + calibrator + policy):")
     print("\n".join(x for x in bench.stdout.splitlines() if "test_routing_decision_speed" in x or "Name" in x))
