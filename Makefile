@@ -14,12 +14,15 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup demo eval test lint bench clean
+.PHONY: setup demo eval test lint bench clean render serve
+CALIBRATION ?= $(OUT)/calibration/replay.json
+SERVE_REPO ?= $(OUT)/model_repository/replay
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-serve.txt scripts/install_triton.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	bash scripts/install_triton.sh $(VENV)
 	touch $@
 
 setup: $(STAMP)
@@ -42,6 +45,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## benchmarks A and B on the shared traces + in-process decision latency
 	$(PY) scripts/bench.py $(SHARED_TRACES) $(OUT)/bench | tee $(OUT)/bench.md
+
+$(CALIBRATION): $(STAMP)
+	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
+	  --cost $(COST) --fit-fraction 0.5 --out $@
+
+render: $(STAMP) $(CALIBRATION)  ## render the replay model repository from deploy/replay.yaml
+	$(PY) scripts/render_repository.py deploy/replay.yaml --out $(SERVE_REPO) --calibration $(CALIBRATION)
+
+serve: render  ## real tritonserver in the foreground with the replay profile (Ctrl-C stops)
+	$(PY) -m pyramid_triton.server $(SERVE_REPO)
 
 clean:
 	rm -rf $(OUT) .pytest_cache .benchmarks

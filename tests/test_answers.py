@@ -1,4 +1,5 @@
 import pytest
+
 from pyramid_moa.answers import extract_gsm8k, get_task, normalize_number, normalize_text, numbers_equal
 
 

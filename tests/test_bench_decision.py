@@ -1,6 +1,7 @@
 """Micro-benchmark of one routing decision (features + calibrator + policy); `make bench` reports it."""
 
 import numpy as np
+
 from pyramid_moa.fitting import RouterFit, Target
 
 

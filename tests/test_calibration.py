@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from pyramid_moa.calibration import calibrator_from_dict, calibrator_names, make_calibrator
 from pyramid_moa.metrics import auroc, ece
 

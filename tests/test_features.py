@@ -1,4 +1,5 @@
 import pytest
+
 from pyramid_moa.features import AgentOutput, committee_vote, make_feature_set
 
 

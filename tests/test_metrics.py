@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from pyramid_moa.metrics import apgr, brier, ece, mcnemar_p
 
 

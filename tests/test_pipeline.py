@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from conftest import COMMITTEE, ORACLE
+
 from pyramid_moa.artifact import ArtifactError, load_artifact
 from pyramid_moa.cli import main
 from pyramid_moa.evaluation import Evaluator

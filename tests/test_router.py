@@ -1,4 +1,5 @@
 import pytest
+
 from pyramid_moa.calibration import LogisticCalibrator
 from pyramid_moa.features import AgentOutput, make_feature_set
 from pyramid_moa.router import Router, Stage

@@ -2,6 +2,7 @@ import json
 
 import pytest
 from conftest import write_traces
+
 from pyramid_moa.dataset import load_routing_data
 from pyramid_moa.traces import TraceError, TraceSet
 

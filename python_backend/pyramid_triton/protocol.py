@@ -1,0 +1,175 @@
+"""Pure request/response types of the engine text API and of the Pyramid router.
+
+No Triton import here: the Triton glue (``tensors``) converts tensors to and from
+these dataclasses, and everything that decides lives in plain Python, so it is
+testable without a server.
+
+The text API follows TensorRT-LLM's ensemble / BLS models so that the router
+cannot tell engines apart and standard tools work unchanged: ``text_input``
+(STRING), ``max_tokens`` (INT32), optional ``temperature``, ``seed``,
+``return_log_probs``; outputs ``text_output``, ``cum_log_probs``, ``output_tokens``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+TIERS = ("committee", "oracle")
+
+# Error codes, mirroring Triton's TritonError codes by name (``tensors`` maps them).
+INVALID_ARG = "INVALID_ARG"
+NOT_FOUND = "NOT_FOUND"
+UNAVAILABLE = "UNAVAILABLE"
+INTERNAL = "INTERNAL"
+
+
+class ServeError(Exception):
+    """An error to send back to the client as a Triton error response with ``code``."""
+
+    code = INTERNAL
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(ServeError):
+    """A request input is missing or out of range; the message names the input."""
+
+    code = INVALID_ARG
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"invalid input '{field_name}': {problem}")
+        self.field = field_name
+
+
+class NotFound(ServeError):
+    """The replay engine has no recorded output for this question."""
+
+    code = NOT_FOUND
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-deployment caps on request inputs (from the model config)."""
+
+    max_input_chars: int = 20_000
+    max_tokens_cap: int = 8192
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    text_input: str
+    max_tokens: int
+    temperature: float | None = None
+    seed: int | None = None
+    return_log_probs: bool = False
+
+
+@dataclass(frozen=True)
+class EngineResponse:
+    """One engine reply. ``answer``/``has_answer``: an engine that parses its own final
+    answer (the replay engine returns the answer recorded with the trace, e.g. the
+    result of executing a Faithful-CoT program) says so; otherwise the router extracts
+    the answer from ``text_output`` with the task's extractor."""
+
+    text_output: str
+    output_tokens: int | None = None
+    cum_log_prob: float | None = None
+    answer: str | None = None
+    has_answer: bool = False
+
+
+@dataclass(frozen=True)
+class PyramidRequest:
+    text_input: str
+    max_tokens: int
+    escalation_threshold: float | None = None
+    force_tier: str | None = None
+    temperature: float | None = None
+    seed: int | None = None
+
+    def engine_request(self) -> EngineRequest:
+        return EngineRequest(self.text_input, self.max_tokens, self.temperature, self.seed)
+
+
+@dataclass
+class PyramidResponse:
+    text_output: str
+    answer: str | None
+    tier: str
+    escalated: bool
+    confidence: float
+    agreement: float
+    agent_answers: dict[str, str | None] = field(default_factory=dict)
+    failed_agents: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    degraded: bool = False
+    cost: float = float("nan")
+
+
+def validate_text(name: str, value: str | None, limits: Limits) -> str:
+    if value is None:
+        raise InvalidArgument(name, "is required")
+    if not value.strip():
+        raise InvalidArgument(name, "must not be empty")
+    if len(value) > limits.max_input_chars:
+        raise InvalidArgument(name, f"is {len(value)} characters long; the limit is {limits.max_input_chars}")
+    return value
+
+
+def validate_max_tokens(value: int | None, limits: Limits, default: int | None = None) -> int:
+    if value is None:
+        if default is None:
+            raise InvalidArgument("max_tokens", "is required")
+        return default
+    if value <= 0:
+        raise InvalidArgument("max_tokens", f"must be > 0, got {value}")
+    if value > limits.max_tokens_cap:
+        raise InvalidArgument("max_tokens", f"must be <= {limits.max_tokens_cap}, got {value}")
+    return int(value)
+
+
+def validate_engine_request(
+    text_input: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    seed: int | None,
+    return_log_probs: bool | None,
+    limits: Limits,
+) -> EngineRequest:
+    text = validate_text("text_input", text_input, limits)
+    mt = validate_max_tokens(max_tokens, limits)
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidArgument("temperature", f"must be a finite number >= 0, got {temperature}")
+    return EngineRequest(text, mt, temperature, seed, bool(return_log_probs))
+
+
+def validate_pyramid_request(
+    text_input: str | None,
+    max_tokens: int | None,
+    escalation_threshold: float | None,
+    force_tier: str | None,
+    temperature: float | None,
+    seed: int | None,
+    limits: Limits,
+    default_max_tokens: int,
+) -> PyramidRequest:
+    text = validate_text("text_input", text_input, limits)
+    mt = validate_max_tokens(max_tokens, limits, default_max_tokens)
+    if escalation_threshold is not None:
+        t = float(escalation_threshold)
+        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+            raise InvalidArgument("escalation_threshold", f"must be within [0, 1], got {escalation_threshold}")
+        escalation_threshold = t
+    if force_tier is not None:
+        force_tier = force_tier.strip()
+        if force_tier == "":
+            force_tier = None  # an empty optional string means "not set"
+        elif force_tier not in TIERS:
+            raise InvalidArgument("force_tier", f"must be one of {', '.join(TIERS)}, got {force_tier!r}")
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidArgument("temperature", f"must be a finite number >= 0, got {temperature}")
+    return PyramidRequest(text, mt, escalation_threshold, force_tier, temperature, seed)

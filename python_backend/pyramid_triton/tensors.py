@@ -1,0 +1,186 @@
+"""Triton tensor glue: ``triton_python_backend_utils`` tensors <-> ``protocol`` dataclasses.
+
+Every function takes the ``pb_utils`` module as its first argument instead of
+importing it, so the glue is importable outside the Python-backend stub.
+Shapes follow TensorRT-LLM's text API with ``max_batch_size: 1``: each
+input/output is ``[1, 1]`` (batch, element); any shape with exactly one element
+is accepted on input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from .protocol import (
+    EngineRequest,
+    EngineResponse,
+    InvalidArgument,
+    Limits,
+    PyramidRequest,
+    PyramidResponse,
+    ServeError,
+    validate_engine_request,
+    validate_pyramid_request,
+)
+
+ENGINE_OUTPUTS = ("text_output", "output_tokens", "cum_log_probs")
+PARSED_ANSWER_OUTPUT = "answer"
+
+
+def _one(pb: Any, request: Any, name: str) -> Any | None:
+    """The single element of optional input ``name``, or None if absent."""
+    t = pb.get_input_tensor_by_name(request, name)
+    if t is None:
+        return None
+    arr = t.as_numpy()
+    if arr.size != 1:
+        raise InvalidArgument(name, f"must hold exactly one element, got shape {list(arr.shape)}")
+    return arr.reshape(-1)[0]
+
+
+def get_string(pb: Any, request: Any, name: str) -> str | None:
+    v = _one(pb, request, name)
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(name, "is not valid UTF-8") from None
+    return str(v)
+
+
+def get_int(pb: Any, request: Any, name: str) -> int | None:
+    v = _one(pb, request, name)
+    return None if v is None else int(v)
+
+
+def get_float(pb: Any, request: Any, name: str) -> float | None:
+    v = _one(pb, request, name)
+    return None if v is None else float(v)
+
+
+def get_bool(pb: Any, request: Any, name: str) -> bool | None:
+    v = _one(pb, request, name)
+    return None if v is None else bool(v)
+
+
+def _str_tensor(pb: Any, name: str, value: str) -> Any:
+    return pb.Tensor(name, np.array([[value.encode("utf-8")]], dtype=np.object_))
+
+
+def _scalar_tensor(pb: Any, name: str, value: Any, dtype: Any) -> Any:
+    return pb.Tensor(name, np.array([[value]], dtype=dtype))
+
+
+def error_code(pb: Any, code: str) -> Any:
+    return getattr(pb.TritonError, code, getattr(pb.TritonError, "INTERNAL", None))
+
+
+def error_response(pb: Any, exc: BaseException) -> Any:
+    code = exc.code if isinstance(exc, ServeError) else "INTERNAL"
+    message = str(exc) if isinstance(exc, ServeError) else f"internal error: {type(exc).__name__}: {exc}"
+    # Triton's gRPC stream (the only way to reach a decoupled model) carries an error's message but
+    # not its code, so the code also leads the message: "[INVALID_ARG] invalid input 'max_tokens': ...".
+    message = f"[{code}] {message}"
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, error_code(pb, code)))
+
+
+# --- engine text API -------------------------------------------------------------------------
+
+
+def parse_engine_request(pb: Any, request: Any, limits: Limits) -> EngineRequest:
+    return validate_engine_request(
+        get_string(pb, request, "text_input"),
+        get_int(pb, request, "max_tokens"),
+        get_float(pb, request, "temperature"),
+        get_int(pb, request, "seed"),
+        get_bool(pb, request, "return_log_probs"),
+        limits,
+    )
+
+
+def engine_response_tensors(pb: Any, resp: EngineResponse, with_answer: bool) -> list[Any]:
+    out = [
+        _str_tensor(pb, "text_output", resp.text_output),
+        _scalar_tensor(pb, "output_tokens", -1 if resp.output_tokens is None else resp.output_tokens, np.int32),
+    ]
+    if resp.cum_log_prob is not None:
+        out.append(_scalar_tensor(pb, "cum_log_probs", resp.cum_log_prob, np.float32))
+    if with_answer and resp.has_answer:
+        out.append(_str_tensor(pb, PARSED_ANSWER_OUTPUT, resp.answer or ""))
+    return out
+
+
+def engine_request_tensors(pb: Any, req: EngineRequest) -> list[Any]:
+    out = [
+        _str_tensor(pb, "text_input", req.text_input),
+        _scalar_tensor(pb, "max_tokens", req.max_tokens, np.int32),
+    ]
+    if req.temperature is not None:
+        out.append(_scalar_tensor(pb, "temperature", req.temperature, np.float32))
+    if req.seed is not None:
+        out.append(_scalar_tensor(pb, "seed", req.seed, np.uint64))
+    if req.return_log_probs:
+        out.append(_scalar_tensor(pb, "return_log_probs", True, np.bool_))
+    return out
+
+
+def _out(pb: Any, resp: Any, name: str) -> Any | None:
+    t = pb.get_output_tensor_by_name(resp, name)
+    if t is None:
+        return None
+    arr = t.as_numpy().reshape(-1)
+    return arr[0] if arr.size else None
+
+
+def parse_engine_response(pb: Any, resp: Any, with_answer: bool) -> EngineResponse:
+    text = _out(pb, resp, "text_output")
+    text = text.decode("utf-8") if isinstance(text, bytes) else ("" if text is None else str(text))
+    tokens = _out(pb, resp, "output_tokens")
+    tokens = None if tokens is None or int(tokens) < 0 else int(tokens)
+    lp = _out(pb, resp, "cum_log_probs")
+    lp = None if lp is None or not math.isfinite(float(lp)) else float(lp)
+    answer, has_answer = None, False
+    if with_answer:
+        a = _out(pb, resp, PARSED_ANSWER_OUTPUT)
+        if a is not None:
+            has_answer = True
+            a = a.decode("utf-8") if isinstance(a, bytes) else str(a)
+            answer = a or None
+    return EngineResponse(text, tokens, lp, answer, has_answer)
+
+
+# --- pyramid router API ----------------------------------------------------------------------
+
+
+def parse_pyramid_request(pb: Any, request: Any, limits: Limits, default_max_tokens: int) -> PyramidRequest:
+    return validate_pyramid_request(
+        get_string(pb, request, "text_input"),
+        get_int(pb, request, "max_tokens"),
+        get_float(pb, request, "escalation_threshold"),
+        get_string(pb, request, "force_tier"),
+        get_float(pb, request, "temperature"),
+        get_int(pb, request, "seed"),
+        limits,
+        default_max_tokens,
+    )
+
+
+def pyramid_response_tensors(pb: Any, resp: PyramidResponse) -> list[Any]:
+    details = {"agent_answers": resp.agent_answers, "failed": resp.failed_agents, "calls": resp.calls}
+    return [
+        _str_tensor(pb, "text_output", resp.text_output),
+        _str_tensor(pb, "answer", resp.answer or ""),
+        _str_tensor(pb, "tier", resp.tier),
+        _scalar_tensor(pb, "escalated", resp.escalated, np.bool_),
+        _scalar_tensor(pb, "confidence", resp.confidence, np.float32),
+        _scalar_tensor(pb, "agreement", resp.agreement, np.float32),
+        _str_tensor(pb, "agent_answers", json.dumps(details, separators=(",", ":"))),
+        _scalar_tensor(pb, "degraded", resp.degraded, np.bool_),
+        _scalar_tensor(pb, "cost", resp.cost, np.float32),
+    ]
