@@ -17,7 +17,7 @@ A per-request threshold override replaces the threshold of every stage, so
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -139,28 +139,29 @@ class Router:
             return vote.answer, True
         return oracle.answer, False
 
-    def route(
-        self,
-        question: str,
-        call: Callable[[str], AgentOutput],
-        threshold: float | None = None,
-        force_tier: str | None = None,
-    ) -> RouteResult:
-        """Drive a whole route synchronously (offline evaluation, tests, record tooling)."""
+    def plan(
+        self, question: str, threshold: float | None = None, force_tier: str | None = None
+    ) -> Generator[list[str], dict[str, AgentOutput], RouteResult]:
+        """The route as a generator: yields the models to call next, receives their outputs.
+
+        One stage loop serves every driver: ``route`` calls the models one by
+        one (offline), the Triton router awaits them concurrently; neither can
+        drift from the other because neither holds any routing logic.
+        """
         threshold = validate_threshold(threshold)
         if force_tier is not None and force_tier not in TIERS:
             raise ValueError(f"force_tier must be one of {TIERS}, got {force_tier!r}")
         if force_tier == "oracle":
-            out = call(self.oracle)
+            out = (yield [self.oracle])[self.oracle]
             return RouteResult(out.answer, "oracle", True, 0.0, 0.0, [self.oracle])
         got: dict[str, AgentOutput] = {}
         calls: list[str] = []
         decisions: list[StageDecision] = []
         last = len(self.stages) - 1
         for s in range(len(self.stages)):
-            for agent in self.new_agents(s):
-                got[agent] = call(agent)
-                calls.append(agent)
+            new = self.new_agents(s)
+            got.update((yield new))
+            calls.extend(new)
             if force_tier == "committee" and s < last:
                 continue
             d = self.decide(s, question, [got[a] for a in self.stages[s].agents], threshold)
@@ -172,8 +173,24 @@ class Router:
             if d.action == "escalate":
                 break
         d = decisions[-1]
-        oracle_out = call(self.oracle)
+        oracle_out = (yield [self.oracle])[self.oracle]
         calls.append(self.oracle)
         stage_outputs = [got[a] for a in self.stages[d.stage].agents]
         answer, fallback = self.final_answer(question, stage_outputs, d, oracle_out)
         return RouteResult(answer, "oracle", True, d.confidence, d.agreement, calls, decisions, d.vote.answer, fallback)
+
+    def route(
+        self,
+        question: str,
+        call: Callable[[str], AgentOutput],
+        threshold: float | None = None,
+        force_tier: str | None = None,
+    ) -> RouteResult:
+        """Drive ``plan`` synchronously (offline evaluation, tests, record tooling)."""
+        steps = self.plan(question, threshold, force_tier)
+        try:
+            names = next(steps)
+            while True:
+                names = steps.send({n: call(n) for n in names})
+        except StopIteration as stop:
+            return stop.value

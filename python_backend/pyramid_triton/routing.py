@@ -1,9 +1,10 @@
 """The asynchronous routing driver used in-server.
 
-It makes exactly the decisions of ``pyramid_moa.router.Router.route`` (the
-synchronous reference driver): stage by stage, the stage's *new* agents are
-called concurrently, then ``Router.decide`` accepts, asks the next stage, or
-escalates; the oracle is called only on escalation (or ``force_tier="oracle"``).
+It drives ``pyramid_moa.router.Router.plan``, the same stage loop the
+offline ``Router.route`` drives, so decisions cannot differ: stage by stage
+the stage's *new* agents are called concurrently, then ``Router.decide``
+accepts, asks the next stage, or escalates; the oracle is called only on
+escalation (or ``force_tier="oracle"``).
 
 Faults: an agent whose call fails is passed to ``decide`` as
 ``AgentOutput(failed=True)`` and the result is marked ``degraded``; all agents
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from pyramid_moa.cost import CostModel, estimate_tokens
 from pyramid_moa.features import AgentOutput
-from pyramid_moa.router import Router, RouteResult, StageDecision
+from pyramid_moa.router import Router, RouteResult
 
 from .protocol import NOT_FOUND, UNAVAILABLE, EngineResponse, PyramidResponse, ServeError
 
@@ -60,41 +61,18 @@ async def route_async(
     threshold: float | None = None,
     force_tier: str | None = None,
 ) -> tuple[RouteResult, dict[str, AgentOutput]]:
-    """``Router.route`` with each stage's agents called concurrently; also returns every output."""
+    """Drive ``Router.plan`` with each step's models called concurrently; also returns every output."""
     got: dict[str, AgentOutput] = {}
-    if force_tier == "oracle":
-        out = await call(router.oracle)
-        got[router.oracle] = out
-        return RouteResult(out.answer, "oracle", True, 0.0, 0.0, [router.oracle]), got
-    calls: list[str] = []
-    decisions: list[StageDecision] = []
-    last = len(router.stages) - 1
-    for s in range(len(router.stages)):
-        new = router.new_agents(s)
-        outs = await asyncio.gather(*(call(a) for a in new))
-        for agent, out in zip(new, outs):
-            got[agent] = out
-            calls.append(agent)
-        if force_tier == "committee" and s < last:
-            continue
-        d = router.decide(s, question, [got[a] for a in router.stages[s].agents], threshold)
-        decisions.append(d)
-        if force_tier == "committee" or d.action == "accept":
-            result = RouteResult(
-                d.vote.answer, "committee", False, d.confidence, d.agreement, calls, decisions, d.vote.answer
-            )
-            return result, got
-        if d.action == "escalate":
-            break
-    d = decisions[-1]
-    oracle_out = await call(router.oracle)
-    got[router.oracle] = oracle_out
-    calls.append(router.oracle)
-    stage_outputs = [got[a] for a in router.stages[d.stage].agents]
-    answer, fallback = router.final_answer(question, stage_outputs, d, oracle_out)
-    return RouteResult(
-        answer, "oracle", True, d.confidence, d.agreement, calls, decisions, d.vote.answer, fallback
-    ), got
+    steps = router.plan(question, threshold, force_tier)
+    try:
+        names = next(steps)
+        while True:
+            outs = await asyncio.gather(*(call(a) for a in names))
+            batch = dict(zip(names, outs))
+            got.update(batch)
+            names = steps.send(batch)
+    except StopIteration as stop:
+        return stop.value, got
 
 
 def call_cost(cost_model: CostModel | None, kind: str | None, question: str, outputs: dict[str, AgentOutput]) -> float:
