@@ -20,7 +20,7 @@ from .answers import answer_key
 from .artifact import CalibrationArtifact
 from .calibration import make_calibrator
 from .dataset import RoutingData
-from .features import ARBITER_FEATURES, arbiter_features, committee_vote, make_feature_set
+from .features import ARBITER_FEATURES, AgentOutput, arbiter_features, committee_vote, make_feature_set
 
 TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop")
 INNER_FOLDS = 5
@@ -303,9 +303,19 @@ class RouterFit:
                 "oof_oracle_call_rate": float(ev.rate[j]),
                 "oof_mean_cost": float(ev.cost[j]),
                 "schedules_considered": [self.cands[k].stages for k in idx],
+                # What one call of each model costs on average (the server's "relative to one oracle
+                # call" needs the oracle's output length on requests where it is not called).
+                "mean_output_tokens": {
+                    name: _mean_tokens([d.outputs[name][r] for r in self.rows]) for name in [*d.committee, d.oracle]
+                },
             },
             arbiter=self.arbiter,
         )
+
+
+def _mean_tokens(outputs: list[AgentOutput]) -> float | None:
+    toks = [o.output_tokens for o in outputs if not o.failed and o.output_tokens is not None]
+    return float(np.mean(toks)) if toks else None
 
 
 def fit_router(

@@ -11,18 +11,37 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import traceback
 from typing import Any
 
 from pyramid_moa.artifact import load_artifact
+from pyramid_moa.features import AgentOutput
 
 from . import tensors
 from .config import REQUIRED, ModelParams
-from .protocol import INTERNAL, EngineRequest, Limits, ServeError
-from .routing import CallFailure, build_response, call_cost, failed_output, route_async, to_agent_output
+from .protocol import INTERNAL, UNAVAILABLE, EngineRequest, Limits, PyramidRequest, ServeError
+from .routing import (
+    CallFailure,
+    Routed,
+    build_response,
+    discard_outcome,
+    failed_output,
+    relative_costs,
+    route_async,
+    to_agent_output,
+)
 
 _CODE_PREFIX = re.compile(r"^\[([A-Z_]+)\] ")
 _CODE_NAMES = ("NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "CANCELLED", "INTERNAL", "UNKNOWN")
+
+
+class CallError(Exception):
+    """A child model answered with an error (code name and message, the "[CODE] " prefix removed)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
 
 
 class PyramidModel:
@@ -44,6 +63,8 @@ class PyramidModel:
         self.agent_timeout_us = int(p.get_float("agent_timeout_s", 0.0) * 1e6)
         self.oracle_timeout_us = int(p.get_float("oracle_timeout_s", 0.0) * 1e6)
         self.parsed_answer_models = set(p.get_list("parsed_answer_models"))
+        self.decoupled_models = set(p.get_list("decoupled_models"))
+        self.reference_tokens = dict(self.artifact.fit_summary.get("mean_output_tokens", {}))
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
     async def execute(self, requests: list[Any]) -> None:
@@ -51,6 +72,7 @@ class PyramidModel:
 
     async def handle(self, request: Any) -> None:
         pb = self.pb
+        arrived = time.monotonic()
         sender = request.get_response_sender()
         try:
             req = tensors.parse_pyramid_request(pb, request, self.limits, self.default_max_tokens)
@@ -60,46 +82,80 @@ class PyramidModel:
             async def call(agent: str):
                 return await self._call(agent, ereq, failures)
 
-            result, outputs = await route_async(
-                self.router, req.text_input, call, req.escalation_threshold, req.force_tier
+            async def send_provisional(routed: Routed) -> None:
+                self._send(sender, self._response(req, routed, failures), final=False)
+
+            routed = await route_async(
+                self.router,
+                req.text_input,
+                call,
+                req.escalation_threshold,
+                req.force_tier,
+                deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
+                on_provisional=send_provisional if req.stream else None,
             )
-            cost = call_cost(self.artifact.cost_model, self.cost_kind, req.text_input, outputs)
-            resp = build_response(self.router, req.text_input, result, outputs, failures, cost)
-            response = pb.InferenceResponse(output_tensors=tensors.pyramid_response_tensors(pb, resp))
+            response = self._response(req, routed, failures)
         except Exception as exc:  # noqa: BLE001 - answered as an error response, then FINAL
             if not isinstance(exc, ServeError):
                 pb.Logger.log_error(f"{self.name}: {traceback.format_exc()}")
             response = tensors.error_response(pb, exc)
+        self._send(sender, response, final=True)
+
+    def _response(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> Any:
+        costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)
+        resp = build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
+        return self.pb.InferenceResponse(output_tensors=tensors.pyramid_response_tensors(self.pb, resp))
+
+    def _send(self, sender: Any, response: Any, final: bool) -> None:
         try:
-            sender.send(response, flags=self.final)
+            sender.send(response, flags=self.final if final else 0)
         except Exception:  # noqa: BLE001 - the client may be gone (cancelled); nothing left to do
-            pb.Logger.log_warn(f"{self.name}: could not send the response: {traceback.format_exc()}")
+            self.pb.Logger.log_warn(f"{self.name}: could not send the response: {traceback.format_exc()}")
 
     async def _call(self, agent: str, ereq: EngineRequest, failures: dict[str, CallFailure]):
-        pb = self.pb
-        with_answer = agent in self.parsed_answer_models
-        names = list(tensors.ENGINE_OUTPUTS[:2]) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
-        timeout = self.oracle_timeout_us if agent == self.oracle else self.agent_timeout_us
-        kwargs = {"timeout": timeout} if timeout > 0 else {}
+        """One engine call, bounded by the per-call timeout; any failure is a failed output.
+
+        The timeout is enforced here (a BLS request's own ``timeout`` bounds only its queueing);
+        a call that overruns is left to finish in the background, since Triton 2.51 cannot
+        cancel a BLS child, and its result is discarded."""
+        timeout_s = (self.oracle_timeout_us if agent == self.oracle else self.agent_timeout_us) / 1e6
+        task = asyncio.ensure_future(self._exec(agent, ereq))
+        done, _ = await asyncio.wait({task}, timeout=timeout_s if timeout_s > 0 else None)
+        if not done:
+            task.add_done_callback(discard_outcome)
+            failures[agent] = CallFailure(agent, f"no answer within {timeout_s:g} s", UNAVAILABLE)
+            return failed_output(agent)
         try:
-            infer = pb.InferenceRequest(
-                model_name=agent,
-                requested_output_names=names,
-                inputs=tensors.engine_request_tensors(pb, ereq),
-                **kwargs,
-            )
-            resp = await infer.async_exec()
-            if resp.has_error():
-                err = resp.error()
-                code, message = self._code_name(err)
-                failures[agent] = CallFailure(agent, message, code)
-                return failed_output(agent)
-            return to_agent_output(
-                agent, tensors.parse_engine_response(pb, resp, with_answer), self.router.task.extract
-            )
+            return task.result()
+        except CallError as exc:
+            failures[agent] = CallFailure(agent, exc.message, exc.code)
         except Exception as exc:  # noqa: BLE001 - a failed call is a failed agent, not a failed request
             failures[agent] = CallFailure(agent, f"{type(exc).__name__}: {exc}", INTERNAL)
-            return failed_output(agent)
+        return failed_output(agent)
+
+    async def _exec(self, agent: str, ereq: EngineRequest) -> AgentOutput:
+        pb = self.pb
+        with_answer = agent in self.parsed_answer_models
+        names = list(tensors.ENGINE_OUTPUTS) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
+        infer = pb.InferenceRequest(
+            model_name=agent, requested_output_names=names, inputs=tensors.engine_request_tensors(pb, ereq)
+        )
+        if agent in self.decoupled_models:
+            # A decoupled engine's responses come through a blocking iterator: drain it off the loop.
+            stream = await infer.async_exec(decoupled=True)
+            responses = await asyncio.to_thread(list, stream)
+        else:
+            responses = [await infer.async_exec()]
+        parts = []
+        for resp in responses:
+            if resp.has_error():
+                code, message = self._code_name(resp.error())
+                raise CallError(message, code)
+            if resp.output_tensors():
+                parts.append(tensors.parse_engine_response(pb, resp, with_answer))
+        if not parts:
+            raise CallError("the engine sent no output", INTERNAL)
+        return to_agent_output(agent, tensors.merge_engine_responses(parts), self.router.task.extract)
 
     def _code_name(self, err: Any) -> tuple[str, str]:
         """(code name, message without its "[CODE] " prefix) of a child model's error."""

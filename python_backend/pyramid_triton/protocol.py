@@ -84,12 +84,19 @@ class EngineResponse:
 
 @dataclass(frozen=True)
 class PyramidRequest:
+    """One routed request. ``deadline_ms``: anytime bound on waiting for the oracle (None: wait);
+    ``stream``: send the committee's provisional answer before the oracle's; ``strict``: an oracle
+    failure is an error rather than a degraded committee answer."""
+
     text_input: str
     max_tokens: int
     escalation_threshold: float | None = None
     force_tier: str | None = None
     temperature: float | None = None
     seed: int | None = None
+    deadline_ms: int | None = None
+    stream: bool = False
+    strict: bool = False
 
     def engine_request(self) -> EngineRequest:
         return EngineRequest(self.text_input, self.max_tokens, self.temperature, self.seed)
@@ -107,7 +114,10 @@ class PyramidResponse:
     failed_agents: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     degraded: bool = False
-    cost: float = float("nan")
+    cost: float = float("nan")  # relative to one oracle call, in the calibration's cost model
+    costs: dict[str, float | None] = field(default_factory=dict)  # both cost models, relative
+    provisional: bool = False
+    latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 def validate_text(name: str, value: str | None, limits: Limits) -> str:
@@ -156,6 +166,9 @@ def validate_pyramid_request(
     seed: int | None,
     limits: Limits,
     default_max_tokens: int,
+    deadline_ms: int | None = None,
+    stream: bool | None = None,
+    strict: bool | None = None,
 ) -> PyramidRequest:
     text = validate_text("text_input", text_input, limits)
     mt = validate_max_tokens(max_tokens, limits, default_max_tokens)
@@ -172,4 +185,10 @@ def validate_pyramid_request(
             raise InvalidArgument("force_tier", f"must be one of {', '.join(TIERS)}, got {force_tier!r}")
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise InvalidArgument("temperature", f"must be a finite number >= 0, got {temperature}")
-    return PyramidRequest(text, mt, escalation_threshold, force_tier, temperature, seed)
+    if deadline_ms is not None:
+        if deadline_ms < 0:
+            raise InvalidArgument("deadline_ms", f"must be >= 0 (0: no deadline), got {deadline_ms}")
+        deadline_ms = int(deadline_ms) or None
+    return PyramidRequest(
+        text, mt, escalation_threshold, force_tier, temperature, seed, deadline_ms, bool(stream), bool(strict)
+    )

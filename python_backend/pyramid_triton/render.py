@@ -182,7 +182,8 @@ def render(
     out.mkdir(parents=True)
     python_path = str(PACKAGE_ROOT)
     limits = {"max_input_chars": router["max_input_chars"], "max_tokens_cap": router["max_tokens_cap"]}
-    parsed_answer_models = []
+    parsed_answer_models: list[str] = []
+    decoupled_models: list[str] = []  # engines whose kind is a decoupled (streaming) model
 
     for entry in [*models, oracle]:
         e = {**engine_default, **{k: v for k, v in entry.items() if k != "name"}}
@@ -216,6 +217,7 @@ def render(
             "agents": ",".join(names[:-1]),
             "oracle": oracle["name"],
             "parsed_answer_models": ",".join(parsed_answer_models),
+            "decoupled_models": ",".join(decoupled_models),
             "instance_count": int(router["instance_count"]),
             "default_max_tokens": int(router["default_max_tokens"]),
             "agent_timeout_s": float(router["agent_timeout_s"]),

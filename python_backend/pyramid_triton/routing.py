@@ -9,17 +9,25 @@ escalation (or ``force_tier="oracle"``).
 Faults: an agent whose call fails is passed to ``decide`` as
 ``AgentOutput(failed=True)`` and the result is marked ``degraded``; all agents
 failing escalates (``decide`` does that); an oracle failure falls back to the
-committee answer (``Router.final_answer``), marked degraded.
+committee answer (``Router.final_answer``), marked degraded, or is an error in
+strict mode.
+
+Anytime: with a deadline, the committee's answer is returned *provisional* when
+the oracle has not answered in time; with streaming it is sent before the
+oracle is called. Both use ``committee_fallback``: the same route replayed with
+a failed oracle, so the provisional answer is exactly what an oracle failure
+would give.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from pyramid_moa.cost import CostModel, estimate_tokens
+from pyramid_moa.cost import COST_MODELS, CostModel, estimate_tokens
 from pyramid_moa.features import AgentOutput
 from pyramid_moa.router import Router, RouteResult
 
@@ -54,64 +62,161 @@ def failed_output(agent: str) -> AgentOutput:
     return AgentOutput(agent, None, None, 0, failed=True)
 
 
+@dataclass
+class Routed:
+    """A route as driven in-server: the offline ``RouteResult`` plus what only serving has.
+
+    ``provisional``: the oracle had not answered by the request's deadline, so ``result``
+    carries the committee's answer; ``oracle_abandoned``: the oracle was called but its
+    answer not awaited (its cost is spent all the same); ``latency_ms``: wall time per step.
+    """
+
+    result: RouteResult
+    outputs: dict[str, AgentOutput]
+    provisional: bool = False
+    oracle_abandoned: bool = False
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+OnProvisional = Callable[[Routed], Awaitable[None]]
+
+
+def committee_fallback(
+    router: Router, question: str, got: dict[str, AgentOutput], threshold: float | None, force_tier: str | None
+) -> RouteResult:
+    """The answer the route gives if the oracle fails: ``Router.route`` replayed on the outputs
+    already in hand with a failed oracle (pure and cheap: no model is called), reported as the
+    committee's."""
+    result = router.route(question, lambda n: got.get(n) or failed_output(n), threshold, force_tier)
+    calls = [c for c in result.calls if c != router.oracle]
+    return replace(result, tier="committee", calls=calls, oracle_fallback=False)
+
+
 async def route_async(
     router: Router,
     question: str,
     call: AgentCall,
     threshold: float | None = None,
     force_tier: str | None = None,
-) -> tuple[RouteResult, dict[str, AgentOutput]]:
-    """Drive ``Router.plan`` with each step's models called concurrently; also returns every output."""
+    deadline: float | None = None,
+    on_provisional: OnProvisional | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Routed:
+    """Drive ``Router.plan`` with each step's models called concurrently.
+
+    Anytime behaviour, where a committee answer exists when the route escalates:
+    ``on_provisional`` (streaming) is awaited with the committee's answer before the
+    oracle is called; with ``deadline`` (a ``clock()`` time) the oracle is awaited until
+    then, and if it has not answered the committee's answer is returned, provisional (the
+    oracle is not called at all when the deadline has already passed).
+    """
     got: dict[str, AgentOutput] = {}
+    latency: dict[str, float] = {}
     steps = router.plan(question, threshold, force_tier)
     try:
         names = next(steps)
+        stage = 0
         while True:
-            outs = await asyncio.gather(*(call(a) for a in names))
+            t0 = clock()
+            is_oracle = names == [router.oracle]
+            anytime = deadline is not None or on_provisional is not None
+            if is_oracle and anytime and any(not o.failed for o in got.values()):
+                fallback = committee_fallback(router, question, got, threshold, force_tier)
+                if on_provisional is not None:
+                    await on_provisional(Routed(fallback, dict(got), provisional=True))
+                task = None
+                if deadline is None or deadline > clock():
+                    task = asyncio.ensure_future(call(router.oracle))
+                    if deadline is not None:
+                        await asyncio.wait({task}, timeout=max(0.0, deadline - clock()))
+                if task is None or not task.done() and deadline is not None:
+                    if task is not None:
+                        task.add_done_callback(discard_outcome)
+                    latency["oracle"] = (clock() - t0) * 1000
+                    return Routed(fallback, got, True, task is not None, latency)
+                outs = [await task]
+            else:
+                outs = list(await asyncio.gather(*(call(a) for a in names)))
+            latency["oracle" if is_oracle else f"stage{stage}"] = (clock() - t0) * 1000
+            stage += 0 if is_oracle else 1
             batch = dict(zip(names, outs))
             got.update(batch)
             names = steps.send(batch)
     except StopIteration as stop:
-        return stop.value, got
+        return Routed(stop.value, got, latency_ms=latency)
 
 
-def call_cost(cost_model: CostModel | None, kind: str | None, question: str, outputs: dict[str, AgentOutput]) -> float:
-    """Cost of the calls made, in the artifact's cost model (absolute units; NaN when unknown)."""
-    if cost_model is None or kind is None or not cost_model.available(kind, list(outputs)):
-        return math.nan
-    total = 0.0
-    for name, o in outputs.items():
-        if o.failed:
+def discard_outcome(task: asyncio.Future) -> None:
+    """Consume an abandoned call's outcome so that nothing is logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def relative_costs(
+    cost_model: CostModel | None,
+    oracle: str,
+    reference_tokens: dict[str, float | None],
+    question: str,
+    routed: Routed,
+) -> dict[str, float | None]:
+    """Cost of the calls made, relative to one oracle call on this question, per cost model.
+
+    The reference is the oracle's own call when it was made and its length is known, else
+    a call of the oracle's mean output length on the calibration questions
+    (``reference_tokens``, from the artifact). An abandoned oracle call (deadline) counts
+    as one reference call. None where a cost model lacks a price or size it needs.
+    """
+    prompt = estimate_tokens(question)
+    made = {n: o for n, o in routed.outputs.items() if not o.failed}
+    out: dict[str, float | None] = {}
+    for kind in COST_MODELS:
+        if cost_model is None or not cost_model.available(kind, [*made, oracle]):
+            out[kind] = None
             continue
-        prompt = o.prompt_tokens if o.prompt_tokens is not None else estimate_tokens(question)
-        total += cost_model.call_cost(kind, name, prompt, o.output_tokens or 0)
-    return total
+        o = made.get(oracle)
+        tokens = o.output_tokens if o is not None and o.output_tokens is not None else reference_tokens.get(oracle)
+        if tokens is None:
+            out[kind] = None
+            continue
+        ref = cost_model.call_cost(kind, oracle, _prompt(o, prompt) if o is not None else prompt, tokens)
+        total = sum(cost_model.call_cost(kind, n, _prompt(m, prompt), m.output_tokens or 0) for n, m in made.items())
+        total += ref if routed.oracle_abandoned else 0.0
+        out[kind] = total / ref if ref > 0 else None
+    return out
+
+
+def _prompt(o: AgentOutput, default: int) -> int:
+    return o.prompt_tokens if o.prompt_tokens is not None else default
 
 
 def build_response(
     router: Router,
-    question: str,
-    result: RouteResult,
-    outputs: dict[str, AgentOutput],
+    routed: Routed,
     failures: dict[str, CallFailure],
-    cost: float = math.nan,
+    costs: dict[str, float | None] | None = None,
+    cost_kind: str | None = None,
+    strict: bool = False,
 ) -> PyramidResponse:
-    """The client-facing response; raises ServeError when no model produced anything."""
+    """The client-facing response. Raises ServeError when no model produced anything, and in
+    ``strict`` mode when the oracle was asked and failed (instead of a degraded committee answer)."""
+    result, outputs = routed.result, routed.outputs
+    failures = {a: f for a, f in failures.items() if a in outputs}  # not an abandoned call's late failure
     if failures and len(failures) == len(outputs):
         codes = {f.code for f in failures.values()}
         code = NOT_FOUND if codes == {NOT_FOUND} else UNAVAILABLE
         detail = "; ".join(f"{f.agent}: {f.message}" for f in failures.values())
         raise ServeError(f"every model called failed ({detail})", code)
-    if (
-        result.tier == "oracle"
-        and router.oracle in outputs
-        and not outputs[router.oracle].failed
-        and not result.oracle_fallback
-    ):
-        text = outputs[router.oracle].text or ""
+    if strict and router.oracle in failures:
+        f = failures[router.oracle]
+        raise ServeError(f"strict: the oracle {f.agent} failed ({f.message})", f.code)
+    oracle_out = outputs.get(router.oracle)
+    if result.tier == "oracle" and oracle_out is not None and not oracle_out.failed and not result.oracle_fallback:
+        text = oracle_out.text or ""
     else:
         text = _committee_text(router, result, outputs)
     committee = [a for a in result.calls if a != router.oracle]
+    costs = dict(costs or {})
+    cost = costs.get(cost_kind) if cost_kind else None
     return PyramidResponse(
         text_output=text,
         answer=result.answer,
@@ -123,7 +228,10 @@ def build_response(
         failed_agents=sorted(failures),
         calls=list(result.calls),
         degraded=bool(failures),
-        cost=cost,
+        cost=math.nan if cost is None else float(cost),
+        costs=costs,
+        provisional=routed.provisional,
+        latency_ms=dict(routed.latency_ms),
     )
 
 

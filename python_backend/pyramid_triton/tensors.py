@@ -168,11 +168,20 @@ def parse_pyramid_request(pb: Any, request: Any, limits: Limits, default_max_tok
         get_int(pb, request, "seed"),
         limits,
         default_max_tokens,
+        get_int(pb, request, "deadline_ms"),
+        get_bool(pb, request, "stream"),
+        get_bool(pb, request, "strict"),
     )
 
 
 def pyramid_response_tensors(pb: Any, resp: PyramidResponse) -> list[Any]:
-    details = {"agent_answers": resp.agent_answers, "failed": resp.failed_agents, "calls": resp.calls}
+    details = {
+        "agent_answers": resp.agent_answers,
+        "failed": resp.failed_agents,
+        "calls": resp.calls,
+        "cost": {k: _json_num(v) for k, v in resp.costs.items()},
+        "latency_ms": {k: round(v, 3) for k, v in resp.latency_ms.items()},
+    }
     return [
         _str_tensor(pb, "text_output", resp.text_output),
         _str_tensor(pb, "answer", resp.answer or ""),
@@ -183,4 +192,27 @@ def pyramid_response_tensors(pb: Any, resp: PyramidResponse) -> list[Any]:
         _str_tensor(pb, "agent_answers", json.dumps(details, separators=(",", ":"))),
         _scalar_tensor(pb, "degraded", resp.degraded, np.bool_),
         _scalar_tensor(pb, "cost", resp.cost, np.float32),
+        _scalar_tensor(pb, "provisional", resp.provisional, np.bool_),
     ]
+
+
+def _json_num(v: float | None) -> float | None:
+    """JSON has no NaN: an unknown cost is null."""
+    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+
+
+def merge_engine_responses(parts: list[EngineResponse]) -> EngineResponse:
+    """One reply from a decoupled engine's responses: streamed text deltas concatenated, token
+    counts and log-probabilities summed where every part has them (a single part is returned as is)."""
+    if len(parts) == 1:
+        return parts[0]
+    tokens = [p.output_tokens for p in parts]
+    lps = [p.cum_log_prob for p in parts]
+    last = next((p for p in reversed(parts) if p.has_answer), None)
+    return EngineResponse(
+        text_output="".join(p.text_output for p in parts),
+        output_tokens=None if None in tokens else sum(tokens),  # type: ignore[arg-type]
+        cum_log_prob=None if None in lps else float(sum(lps)),  # type: ignore[arg-type]
+        answer=last.answer if last else None,
+        has_answer=last is not None,
+    )

@@ -12,6 +12,7 @@ routing decision can still be compared with ``Router.route``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -78,7 +79,7 @@ def deployment(tmp_path_factory) -> Deployment:
     try:
         import tritonclient.grpc  # noqa: F401
 
-        from pyramid_triton.server import ServerError, TritonServer, find_tritonserver
+        from pyramid_triton.server import find_tritonserver
 
         find_tritonserver()
     except (ImportError, RuntimeError) as exc:
@@ -86,7 +87,6 @@ def deployment(tmp_path_factory) -> Deployment:
 
     from pyramid_moa.artifact import load_artifact
     from pyramid_moa.traces import TraceSet
-    from pyramid_triton.render import render
 
     tmp = tmp_path_factory.mktemp("triton")
     calibration = tmp / "calibration.json"
@@ -110,18 +110,34 @@ def deployment(tmp_path_factory) -> Deployment:
     assert len(oracle_missing) == N_ORACLE_MISSING
     _drop(traces / "traces" / f"{ORACLE}.jsonl", set(oracle_missing))
 
-    spec = yaml_spec(SPEC, traces)
     spec_path = tmp / "replay.yaml"
-    spec_path.write_text(spec, encoding="utf-8")
-    repo = render(spec_path, tmp / "model_repository", calibration=calibration).out
-    log = tmp / "tritonserver.log"
+    spec_path.write_text(yaml_spec(SPEC, traces), encoding="utf-8")
+    with serve(spec_path, calibration, tmp / "model_repository", tmp / "tritonserver.log") as server:
+        yield Deployment(
+            server.grpc_url,
+            server.http_url,
+            server.model_repository,
+            calibration,
+            traces,
+            server.log_path,
+            oracle_missing,
+        )
+
+
+@contextlib.contextmanager
+def serve(spec_path: Path, calibration: Path, repo: Path, log: Path):
+    """Render ``spec_path`` into ``repo`` and run a real tritonserver on it (stopped on exit)."""
+    from pyramid_triton.render import render
+    from pyramid_triton.server import ServerError, TritonServer
+
+    repo = render(spec_path, repo, calibration=calibration).out
     server = TritonServer(repo, log_path=log)
     try:
         server.start(timeout_s=120)
     except ServerError as exc:
         pytest.fail(str(exc))
     try:
-        yield Deployment(server.grpc_url, server.http_url, repo, calibration, traces, log, oracle_missing)
+        yield server
     finally:
         server.stop()
 
