@@ -1,0 +1,148 @@
+"""A stand-in for ``triton_python_backend_utils``, for unit tests of the Triton glue only.
+
+It implements the handful of calls the glue makes (tensors, requests, responses, errors,
+response senders, BLS ``InferenceRequest.async_exec``) with plain Python objects. BLS calls
+are answered by in-process ``engines``: ``{model_name: callable(EngineRequest) -> reply}``
+where a reply is an ``EngineResponse``, a list of them (a decoupled engine's stream), or an
+exception to raise as an error response. The integration tests run the real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
+
+class TritonError:
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        self._message, self._code = message, code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class Tensor:
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class InferenceResponse:
+    def __init__(self, output_tensors: list[Tensor] | None = None, error: TritonError | None = None) -> None:
+        self._tensors = list(output_tensors or [])
+        self._error = error
+
+    def output_tensors(self) -> list[Tensor]:
+        return self._tensors
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> TritonError | None:
+        return self._error
+
+
+class ResponseSender:
+    def __init__(self) -> None:
+        self.sent: list[tuple[InferenceResponse | None, int]] = []
+
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        if self.sent and self.sent[-1][1] & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            raise RuntimeError("send after the final flag")
+        self.sent.append((response, flags))
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+class Request:
+    """An incoming request: ``inputs`` maps name -> numpy array."""
+
+    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+        self.inputs = [Tensor(k, v) for k, v in inputs.items()]
+        self.sender = ResponseSender()
+
+    def get_response_sender(self) -> ResponseSender:
+        return self.sender
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def get_input_tensor_by_name(request: Request, name: str) -> Tensor | None:
+    return next((t for t in request.inputs if t.name() == name), None)
+
+
+def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    return next((t for t in response.output_tensors() if t.name() == name), None)
+
+
+class Logger:
+    lines: list[tuple[str, str]] = []
+
+    @classmethod
+    def log_error(cls, msg: str) -> None:
+        cls.lines.append(("error", msg))
+
+    @classmethod
+    def log_warn(cls, msg: str) -> None:
+        cls.lines.append(("warn", msg))
+
+    @classmethod
+    def log_info(cls, msg: str) -> None:
+        cls.lines.append(("info", msg))
+
+
+# BLS: model name -> callable(EngineRequest) -> EngineResponse | list[EngineResponse]; may raise.
+engines: dict[str, Callable[[Any], Any]] = {}
+calls: list[tuple[str, bool]] = []  # (model, decoupled) of every BLS call, in order
+
+
+class InferenceRequest:
+    def __init__(self, model_name: str, requested_output_names: list[str], inputs: list[Tensor], **kw: Any) -> None:
+        self.model_name, self.requested, self.inputs, self.kw = model_name, requested_output_names, inputs, kw
+
+    async def async_exec(self, decoupled: bool = False) -> Any:
+        from pyramid_triton import tensors
+        from pyramid_triton.protocol import Limits, ServeError
+
+        calls.append((self.model_name, decoupled))
+        await asyncio.sleep(0)
+        req = Request({t.name(): t.as_numpy() for t in self.inputs})
+        try:
+            engine_req = tensors.parse_engine_request(_module(), req, Limits())
+            reply = engines[self.model_name](engine_req)
+        except ServeError as exc:
+            return _as(decoupled, [tensors.error_response(_module(), exc)])
+        parts = reply if isinstance(reply, list) else [reply]
+        responses = [
+            InferenceResponse(tensors.engine_response_tensors(_module(), p, "answer" in self.requested)) for p in parts
+        ]
+        if decoupled:
+            responses.append(InferenceResponse([]))  # the final flag's empty response
+        return _as(decoupled, responses)
+
+
+def _as(decoupled: bool, responses: list[InferenceResponse]) -> Any:
+    return iter(responses) if decoupled else responses[0]
+
+
+def _module() -> Any:
+    import sys
+
+    return sys.modules[__name__]

@@ -1,0 +1,268 @@
+"""Unit tests of the Triton glue (tensors, the BLS router model, the async driver) with a fake
+``triton_python_backend_utils`` (tests/fake_pb_utils.py). Routing logic is the real one; the
+real server is exercised by tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import fake_pb_utils as pb  # tests/ is on sys.path (rootdir conftest)
+import numpy as np
+import pytest
+
+from pyramid_moa.artifact import CalibrationArtifact
+from pyramid_moa.calibration import LogisticCalibrator
+from pyramid_moa.cost import CostModel, ModelCost
+from pyramid_moa.features import AgentOutput, make_feature_set
+from pyramid_triton import tensors
+from pyramid_triton.bls import PyramidModel
+from pyramid_triton.protocol import EngineResponse, InvalidArgument, Limits, NotFound
+from pyramid_triton.routing import Routed, relative_costs, route_async
+
+AGENTS = ["a", "b", "c"]
+ORACLE = "o"
+Q_AGREE, Q_SPLIT, Q_ALLFAIL = "What is 2+2?", "What is 3+3?", "What is 4+4?"
+# model -> question -> answer ("FAIL": the engine errors); a logistic on vote share makes a
+# unanimous committee accept (P=0.95) and a 2-of-3 split escalate (P=0.42 < 0.5).
+ANSWERS = {
+    "a": {Q_AGREE: "4", Q_SPLIT: "6", Q_ALLFAIL: "FAIL"},
+    "b": {Q_AGREE: "4", Q_SPLIT: "6", Q_ALLFAIL: "FAIL"},
+    "c": {Q_AGREE: "4", Q_SPLIT: "7", Q_ALLFAIL: "FAIL"},
+    "o": {Q_AGREE: "4", Q_SPLIT: "6", Q_ALLFAIL: "8"},
+}
+
+
+def engine(model: str):
+    def run(req):
+        a = ANSWERS[model].get(req.text_input)
+        if a is None:
+            raise NotFound(f"{model}: unknown question")
+        if a == "FAIL":
+            raise RuntimeError("engine crashed")
+        return EngineResponse(f"The answer is {a}.\n#### {a}", output_tokens=10 if model != ORACLE else 40)
+
+    return run
+
+
+@pytest.fixture()
+def model(tmp_path):
+    fs = make_feature_set("agreement", AGENTS)
+    art = CalibrationArtifact(
+        committee=AGENTS,
+        oracle=ORACLE,
+        feature_set="agreement",
+        calibrator="logistic",
+        stages=[
+            {
+                "agents": AGENTS,
+                "feature_names": fs.names,
+                "calibrator": LogisticCalibrator([10.0, 0.0, 0.0, 0.0], -7.0).to_dict(),
+                "threshold": 0.5,
+            }
+        ],
+        target={"kind": "oracle_rate", "value": 0.3, "cost_model": "flops"},
+        cost_model=CostModel({m: ModelCost(params_b=70.0 if m == ORACLE else 7.0) for m in [*AGENTS, ORACLE]}),
+        fitted_on={"idx": []},
+        fit_summary={"mean_output_tokens": {ORACLE: 40.0}},
+    )
+    art.save(tmp_path / "calibration.json")
+    params = {
+        "calibration": "calibration.json",
+        "agents": ",".join(AGENTS),
+        "oracle": ORACLE,
+        "max_tokens_cap": "256",
+        "max_input_chars": "100",
+        "agent_timeout_s": "5",
+    }
+    args = {
+        "model_config": json.dumps(
+            {"name": "pyramid", "parameters": {k: {"string_value": v} for k, v in params.items()}}
+        ),
+        "model_repository": str(tmp_path),
+    }
+    pb.engines.clear()
+    pb.engines.update({m: engine(m) for m in [*AGENTS, ORACLE]})
+    pb.calls.clear()
+    return PyramidModel(pb, args)
+
+
+def request(**inputs) -> pb.Request:
+    arrays = {}
+    for k, v in inputs.items():
+        if isinstance(v, np.ndarray):
+            arrays[k] = v
+        elif isinstance(v, str):
+            arrays[k] = np.array([[v.encode()]], dtype=np.object_)
+        elif isinstance(v, bool):
+            arrays[k] = np.array([[v]], dtype=np.bool_)
+        elif isinstance(v, int):
+            arrays[k] = np.array([[v]], dtype=np.int32)
+        else:
+            arrays[k] = np.array([[v]], dtype=np.float32)
+    return pb.Request(arrays)
+
+
+def run(model: PyramidModel, *requests: pb.Request) -> None:
+    asyncio.run(model.execute(list(requests)))
+
+
+def outputs(response) -> dict:
+    d = {}
+    for t in response.output_tensors():
+        v = t.as_numpy().reshape(-1)[0]
+        d[t.name()] = v.decode() if isinstance(v, bytes) else v
+    details = json.loads(d.pop("agent_answers"))
+    d["costs"] = details.pop("cost")
+    d.update(details)
+    return d
+
+
+def test_accepts_unanimous_committee_with_one_final_response(model):
+    r = request(text_input=Q_AGREE)
+    run(model, r)
+    assert [flags for _, flags in r.sender.sent] == [pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
+    out = outputs(r.sender.sent[0][0])
+    assert (out["answer"], out["tier"], bool(out["escalated"]), bool(out["provisional"])) == (
+        "4",
+        "committee",
+        False,
+        False,
+    )
+    assert out["calls"] == AGENTS and ORACLE not in {m for m, _ in pb.calls}
+    # 3 agents x 7B x (prompt + 10) / (70B x (prompt + 40)), prompt = len(question)/4 rounded
+    p = round(len(Q_AGREE) / 4)
+    assert out["cost"] == pytest.approx(3 * 7 * (p + 10) / (70 * (p + 40)), rel=1e-5)
+    assert out["costs"]["flops"] == pytest.approx(out["cost"], rel=1e-5)
+    assert out["costs"]["usd"] is None  # no prices in this cost model
+
+
+def test_split_committee_escalates(model):
+    r = request(text_input=Q_SPLIT)
+    run(model, r)
+    out = outputs(r.sender.sent[0][0])
+    assert (out["answer"], out["tier"], bool(out["escalated"])) == ("6", "oracle", True)
+    assert out["calls"] == [*AGENTS, ORACLE] and out["cost"] > 1
+    assert out["text_output"].startswith("The answer is 6")
+
+
+def test_stream_sends_provisional_then_final(model):
+    r = request(text_input=Q_SPLIT, stream=True)
+    run(model, r)
+    assert [flags for _, flags in r.sender.sent] == [0, pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL]
+    first, final = (outputs(resp) for resp, _ in r.sender.sent)
+    assert bool(first["provisional"]) and first["tier"] == "committee" and first["answer"] == "6"
+    assert first["calls"] == AGENTS
+    assert not final["provisional"] and final["tier"] == "oracle"
+
+
+def test_failing_agents_escalate_and_mark_degraded(model):
+    r = request(text_input=Q_ALLFAIL)
+    run(model, r)
+    out = outputs(r.sender.sent[0][0])
+    assert out["answer"] == "8" and out["tier"] == "oracle" and bool(out["degraded"])
+    assert out["failed"] == AGENTS
+
+
+@pytest.mark.parametrize(
+    ("inputs", "field"),
+    [
+        ({"text_input": ""}, "text_input"),
+        ({"text_input": "x" * 101}, "text_input"),
+        ({"text_input": Q_AGREE, "max_tokens": 0}, "max_tokens"),
+        ({"text_input": Q_AGREE, "max_tokens": 257}, "max_tokens"),
+        ({"text_input": Q_AGREE, "escalation_threshold": 1.5}, "escalation_threshold"),
+        ({"text_input": Q_AGREE, "force_tier": "cloud"}, "force_tier"),
+        ({"text_input": Q_AGREE, "deadline_ms": -1}, "deadline_ms"),
+        ({"text_input": np.array([[b"a", b"b"]], dtype=np.object_)}, "text_input"),
+        ({"text_input": np.array([[b"\xff\xfe"]], dtype=np.object_)}, "text_input"),
+    ],
+)
+def test_bad_input_is_one_error_response_naming_the_field(model, inputs, field):
+    r = request(**inputs)
+    run(model, r)
+    assert len(r.sender.sent) == 1
+    response, flags = r.sender.sent[0]
+    assert flags == pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL and response.has_error()
+    assert response.error().message().startswith(f"[INVALID_ARG] invalid input '{field}'")
+    assert response.error().code() == pb.TritonError.INVALID_ARG
+    assert pb.calls == []  # no model was called
+
+
+def test_requests_in_one_execute_are_answered_independently(model):
+    rs = [request(text_input=q) for q in (Q_AGREE, "", Q_SPLIT)]
+    run(model, *rs)
+    assert outputs(rs[0].sender.sent[0][0])["answer"] == "4"
+    assert rs[1].sender.sent[0][0].has_error()
+    assert outputs(rs[2].sender.sent[0][0])["answer"] == "6"
+
+
+def test_decoupled_engine_stream_is_merged(model):
+    model.decoupled_models = {"c"}
+    pb.engines["c"] = lambda req: [EngineResponse("The answer ", 2), EngineResponse("is 4.\n#### 4", 5)]
+    r = request(text_input=Q_AGREE)
+    run(model, r)
+    out = outputs(r.sender.sent[0][0])
+    assert out["agent_answers"]["c"] == "4" and out["tier"] == "committee"
+    assert ("c", True) in pb.calls and ("a", False) in pb.calls
+
+
+def test_strict_makes_an_oracle_failure_an_error(model):
+    pb.engines[ORACLE] = engine("missing")  # raises: no such model in ANSWERS
+    ANSWERS["missing"] = {}
+    r = request(text_input=Q_SPLIT)
+    run(model, r)
+    out = outputs(r.sender.sent[0][0])
+    assert out["answer"] == "6" and bool(out["degraded"]) and out["failed"] == [ORACLE]
+    r = request(text_input=Q_SPLIT, strict=True)
+    run(model, r)
+    err = r.sender.sent[0][0].error().message()
+    assert err.startswith("[NOT_FOUND] strict: the oracle o failed")
+
+
+# --- the async driver, without Triton -------------------------------------------------------------
+
+
+def test_route_async_deadline_returns_provisional_committee_answer(model):
+    router = model.router
+
+    async def call(name):
+        if name == ORACLE:
+            await asyncio.sleep(10)
+        return AgentOutput(name, "", ANSWERS[name][Q_SPLIT], 10)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        routed = await route_async(router, Q_SPLIT, call, deadline=t0 + 0.05, clock=loop.time)
+        return routed, loop.time() - t0
+
+    routed, elapsed = asyncio.run(go())
+    assert routed.provisional and routed.oracle_abandoned and elapsed < 5
+    assert routed.result.answer == "6" and routed.result.tier == "committee" and routed.result.escalated
+    assert ORACLE not in routed.outputs
+
+
+def test_relative_costs_count_every_call_and_an_abandoned_oracle():
+    cm = CostModel({"a": ModelCost(7, 1.0, 2.0), ORACLE: ModelCost(70, 10.0, 20.0)})
+    q = "x" * 40  # 10 prompt tokens
+    routed = Routed(
+        result=None,  # type: ignore[arg-type]  # relative_costs reads only outputs and flags
+        outputs={"a": AgentOutput("a", "", "1", 10), "b": AgentOutput("b", None, None, 0, failed=True)},
+    )
+    got = relative_costs(cm, ORACLE, {ORACLE: 30.0}, q, routed)
+    assert got["flops"] == pytest.approx(7 * 20 / (70 * 40))
+    assert got["usd"] == pytest.approx((1 * 10 + 2 * 10) / (10 * 10 + 20 * 30))
+    routed.oracle_abandoned = True
+    assert relative_costs(cm, ORACLE, {ORACLE: 30.0}, q, routed)["flops"] == pytest.approx(1 + 7 * 20 / (70 * 40))
+    assert relative_costs(cm, ORACLE, {}, q, routed) == {"flops": None, "usd": None}  # no reference length
+
+
+def test_engine_request_tensors_round_trip():
+    from pyramid_triton.protocol import EngineRequest
+
+    req = EngineRequest("hello", 32, 0.5, 7, True)
+    r = pb.Request({t.name(): t.as_numpy() for t in tensors.engine_request_tensors(pb, req)})
+    assert tensors.parse_engine_request(pb, r, Limits()) == req
+    with pytest.raises(InvalidArgument, match="max_tokens"):
+        tensors.parse_engine_request(pb, pb.Request({"text_input": np.array([[b"q"]], dtype=np.object_)}), Limits())
