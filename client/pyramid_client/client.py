@@ -1,149 +1,152 @@
-"""Talk to the ``pyramid`` router model over gRPC and get a typed result.
+"""Talk to the ``pyramid`` router model and get typed results, over gRPC (default) or HTTP.
 
-The router is a *decoupled* model (one response, then FINAL), so requests go
-over Triton's bidirectional gRPC stream: the sync client opens a stream per
-call; the asyncio client (``tritonclient.grpc.aio``) too, so many calls run
-concurrently from one event loop. Retries happen only on UNAVAILABLE (server
-not reachable yet); every other error is raised as ``PyramidError`` with the
-server's code and message (a bad input's message names the input).
+    with PyramidClient("localhost:8001") as c:              # gRPC
+        r = c.ask("question", threshold=0.8, deadline_ms=2000)
+    with PyramidClient("http://localhost:8000") as c:       # HTTP (generate extension)
+        for r in c.ask_stream("question"):                  # provisional, then final
+            print(r.provisional, r.answer)
+
+The protocol comes from ``protocol=`` or the URL's scheme (``grpc://``, ``http://``,
+``https://``); a bare ``host:port`` is gRPC. ``AsyncPyramidClient`` is the same for asyncio
+(many calls may run concurrently from one event loop).
+
+Timeouts and retries: ``timeout_s`` bounds a whole call (retries and, for ``ask_stream``, every
+response included; DEADLINE_EXCEEDED past it). A call is retried only when it fails with
+UNAVAILABLE (nothing listening, server not ready) before any response arrived, at most
+``retries`` times, sleeping ``backoff_s * 2**k`` (capped at ``max_backoff_s``) in between; every
+other error is raised at once as ``PyramidError`` with the server's code and message (a bad
+input's message names the input).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
-import queue
-import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import numpy as np
+from .types import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    UNAVAILABLE,
+    PyramidError,
+    PyramidResult,
+    build_inputs,
+    result_from_outputs,
+)
 
-OUTPUTS = ("text_output", "answer", "tier", "escalated", "confidence", "agreement", "agent_answers", "degraded", "cost")
-DEFAULT_URL = "localhost:8001"
+OUTPUTS = (
+    "text_output",
+    "answer",
+    "tier",
+    "escalated",
+    "confidence",
+    "agreement",
+    "agent_answers",
+    "degraded",
+    "cost",
+    "provisional",
+)
+PROTOCOLS = ("grpc", "http")
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+DEFAULT_URL = "localhost:8001"  # gRPC
+DEFAULT_HTTP_URL = "localhost:8000"
 
-
-class PyramidError(RuntimeError):
-    """The server answered with an error, or did not answer in time."""
-
-    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
-        super().__init__(f"{code}: {message}" if code else message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class PyramidResult:
-    answer: str | None
-    text: str
-    tier: str
-    escalated: bool
-    confidence: float
-    agreement: float
-    agent_answers: dict[str, str | None] = field(default_factory=dict)
-    failed_agents: list[str] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)
-    degraded: bool = False
-    cost: float | None = None
-    latency_s: float = 0.0
-    request_id: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+RetryHook = Callable[[int, PyramidError, float], None]
 
 
-def _inputs(mod: Any, question: str, max_tokens: int | None, threshold: float | None, force_tier: str | None) -> list:
-    def add(name: str, arr: np.ndarray, dtype: str) -> None:
-        t = mod.InferInput(name, list(arr.shape), dtype)
-        t.set_data_from_numpy(arr)
-        out.append(t)
-
-    out: list = []
-    add("text_input", np.array([[question.encode("utf-8")]], dtype=np.object_), "BYTES")
-    if max_tokens is not None:
-        add("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32")
-    if threshold is not None:
-        add("escalation_threshold", np.array([[threshold]], dtype=np.float32), "FP32")
-    if force_tier is not None:
-        add("force_tier", np.array([[force_tier.encode("utf-8")]], dtype=np.object_), "BYTES")
-    return out
-
-
-_CODE_PREFIX = re.compile(r"^\[([A-Z_]+)\] ")
-
-
-def _status(exc: Any) -> str:
-    """'INVALID_ARG', 'NOT_FOUND', 'UNAVAILABLE', ... from a tritonclient exception.
-
-    Errors on a gRPC stream carry no status, only a message; the router puts its code first
-    in the message ("[INVALID_ARG] ..."), which is used then."""
-    raw = ""
-    try:
-        raw = str(exc.status() or "")
-    except Exception:  # noqa: BLE001
-        pass
-    raw = raw.replace("StatusCode.", "")
-    if not raw:
-        m = _CODE_PREFIX.match(_raw_message(exc))
-        raw = m.group(1) if m else ""
-    return {"INVALID_ARGUMENT": "INVALID_ARG"}.get(raw, raw or "UNKNOWN")
+def resolve_endpoint(url: str | None, protocol: str | None) -> tuple[str, str]:
+    """(protocol, url for that transport) from a URL (``host:port``, ``grpc://``, ``http[s]://``)
+    and an optional explicit protocol; ValueError when they disagree."""
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    scheme = url.split("://", 1)[0].lower() if url and "://" in url else None
+    if scheme is not None and scheme not in ("grpc", "http", "https"):
+        raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r} (grpc://, http://, https://)")
+    implied = None if scheme is None else ("grpc" if scheme == "grpc" else "http")
+    if protocol and implied and protocol != implied:
+        raise ValueError(f"URL {url!r} is {implied}, but protocol={protocol!r}")
+    proto = protocol or implied or "grpc"
+    if not url:
+        url = f"localhost:{DEFAULT_PORTS[proto]}"
+    if proto == "grpc" and scheme == "grpc":
+        url = url.split("://", 1)[1]
+    return proto, url
 
 
-def _raw_message(exc: Any) -> str:
-    try:
-        return str(exc.message())
-    except Exception:  # noqa: BLE001
-        return str(exc)
+class _Base:
+    def __init__(
+        self,
+        url: str | None,
+        model: str,
+        timeout_s: float,
+        retries: int,
+        protocol: str | None,
+        backoff_s: float,
+        max_backoff_s: float,
+        on_retry: RetryHook | None,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.protocol, self.url = resolve_endpoint(url, protocol)
+        self.model, self.timeout_s, self.retries = model, float(timeout_s), int(retries)
+        self.backoff_s, self.max_backoff_s, self.on_retry = backoff_s, max_backoff_s, on_retry
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+
+    def _retry_delay(self, exc: PyramidError, attempt: int, yielded: bool, deadline: float) -> float | None:
+        """The delay before the next attempt, or None to raise ``exc``."""
+        exc.attempts = attempt
+        if exc.code != UNAVAILABLE or yielded or attempt > self.retries:
+            return None
+        delay = self.backoff(attempt)
+        if time.monotonic() + delay >= deadline:
+            return None  # the call's timeout would pass while waiting
+        if self.on_retry is not None:
+            self.on_retry(attempt, exc, delay)
+        return delay
+
+    def _prepare(self, question: str, timeout_s: float | None, request_id: str | None, **kw: Any):
+        timeout = self.timeout_s if timeout_s is None else float(timeout_s)
+        if timeout <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout}")
+        return build_inputs(question, **kw), request_id or uuid.uuid4().hex, timeout
 
 
-def _message(exc: Any) -> str:
-    return _CODE_PREFIX.sub("", _raw_message(exc), count=1)
+class PyramidClient(_Base):
+    """Synchronous client. ``protocol``: ``"grpc"`` or ``"http"`` (default: from the URL's scheme,
+    else gRPC). Safe to share between threads (gRPC: one connection per thread)."""
 
+    def __init__(
+        self,
+        url: str | None = None,
+        model: str = "pyramid",
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        *,
+        protocol: str | None = None,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        super().__init__(url, model, timeout_s, retries, protocol, backoff_s, max_backoff_s, on_retry)
+        if self.protocol == "http":
+            from .http_transport import HttpTransport  # noqa: PLC0415
 
-def _result(resp: Any, request_id: str, t0: float) -> PyramidResult:
-    def one(name: str) -> Any:
-        arr = resp.as_numpy(name)
-        return None if arr is None else arr.reshape(-1)[0]
+            self._transport: Any = HttpTransport(self.url, model)
+        else:
+            from .grpc_transport import GrpcTransport  # noqa: PLC0415
 
-    def text(name: str) -> str:
-        v = one(name)
-        return v.decode("utf-8") if isinstance(v, bytes) else ("" if v is None else str(v))
-
-    details = json.loads(text("agent_answers") or "{}")
-    cost = one("cost")
-    cost = None if cost is None or math.isnan(float(cost)) else float(cost)
-    return PyramidResult(
-        answer=text("answer") or None,
-        text=text("text_output"),
-        tier=text("tier"),
-        escalated=bool(one("escalated")),
-        confidence=float(one("confidence")),
-        agreement=float(one("agreement")),
-        agent_answers=details.get("agent_answers", {}),
-        failed_agents=details.get("failed", []),
-        calls=details.get("calls", []),
-        degraded=bool(one("degraded")),
-        cost=cost,
-        latency_s=time.perf_counter() - t0,
-        request_id=request_id,
-    )
-
-
-class PyramidClient:
-    """Synchronous gRPC client: ``PyramidClient("localhost:8001").ask("question")``."""
-
-    def __init__(self, url: str = DEFAULT_URL, model: str = "pyramid", timeout_s: float = 60.0, retries: int = 3):
-        import tritonclient.grpc as grpcclient  # noqa: PLC0415
-
-        self._mod = grpcclient
-        self.url, self.model, self.timeout_s, self.retries = url, model, timeout_s, retries
-        self._client = grpcclient.InferenceServerClient(url)
+            self._transport = GrpcTransport(self.url, model)
+        self._sleep = time.sleep
 
     def close(self) -> None:
-        self._client.close()
+        self._transport.close()
 
     def __enter__(self) -> PyramidClient:
         return self
@@ -158,56 +161,95 @@ class PyramidClient:
         threshold: float | None = None,
         force_tier: str | None = None,
         max_tokens: int | None = None,
+        deadline_ms: int | None = None,
+        strict: bool | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> PyramidResult:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        rid = request_id or uuid.uuid4().hex
-        inputs = _inputs(self._mod, question, max_tokens, threshold, force_tier)
-        outputs = [self._mod.InferRequestedOutput(n) for n in OUTPUTS]
-        for attempt in range(self.retries + 1):
+        """One question, one answer (the final one; a provisional one only when ``deadline_ms``
+        passed before the oracle answered)."""
+        inputs, rid, timeout = self._prepare(
+            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
+            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed,
+        )  # fmt: skip
+        last = None
+        for r in self._run(inputs, rid, timeout):
+            last = r
+        if last is None:
+            raise PyramidError("the server ended the request without a response", INTERNAL)
+        return last
+
+    def ask_stream(
+        self,
+        question: str,
+        *,
+        threshold: float | None = None,
+        force_tier: str | None = None,
+        max_tokens: int | None = None,
+        deadline_ms: int | None = None,
+        strict: bool | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[PyramidResult]:
+        """Every response as it arrives: on escalation the committee's answer
+        (``provisional=True``), then the oracle's final one; otherwise just the final one."""
+        inputs, rid, timeout = self._prepare(
+            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
+            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed, stream=True,
+        )  # fmt: skip
+        return self._run(inputs, rid, timeout)
+
+    def _run(self, inputs: dict[str, Any], rid: str, timeout: float) -> Iterator[PyramidResult]:
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
             t0 = time.perf_counter()
-            got: queue.Queue = queue.Queue()
+            yielded = False
             try:
-                self._client.start_stream(callback=lambda result, error: got.put((result, error)))
-                answered = False
-                try:
-                    self._client.async_stream_infer(self.model, inputs, request_id=rid, outputs=outputs)
-                    try:
-                        result, error = got.get(timeout=timeout)
-                        answered = True
-                    except queue.Empty:
-                        raise PyramidError(f"no response within {timeout} s", "DEADLINE_EXCEEDED") from None
-                finally:
-                    # Cancel only an unanswered request: cancelling a decoupled request on Triton 2.51
-                    # can leave the model unable to unload.
-                    self._client.stop_stream(cancel_requests=not answered)
-            except self._mod.InferenceServerException as exc:
-                error, result = exc, None
-            if error is not None:
-                code = _status(error)
-                if code == "UNAVAILABLE" and attempt < self.retries:
-                    time.sleep(0.5 * (attempt + 1))
-                    continue
-                raise PyramidError(_message(error), code)
-            return _result(result, rid, t0)
-        raise AssertionError("unreachable")
+                for out in self._transport.stream(inputs, rid, deadline, timeout):
+                    yielded = True
+                    yield result_from_outputs(out, rid, time.perf_counter() - t0)
+                return
+            except PyramidError as exc:
+                delay = self._retry_delay(exc, attempt, yielded, deadline)
+                if delay is None:
+                    raise
+            self._sleep(delay)
 
 
-class AsyncPyramidClient:
-    """asyncio gRPC client; many ``await client.ask(...)`` may run concurrently."""
+class AsyncPyramidClient(_Base):
+    """asyncio client; many ``await client.ask(...)`` may run concurrently."""
 
-    def __init__(self, url: str = DEFAULT_URL, model: str = "pyramid", timeout_s: float = 60.0, retries: int = 3):
-        import tritonclient.grpc as grpcclient  # noqa: PLC0415
-        import tritonclient.grpc.aio as aioclient  # noqa: PLC0415
+    def __init__(
+        self,
+        url: str | None = None,
+        model: str = "pyramid",
+        timeout_s: float = 60.0,
+        retries: int = 3,
+        *,
+        protocol: str | None = None,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
+        on_retry: RetryHook | None = None,
+    ) -> None:
+        super().__init__(url, model, timeout_s, retries, protocol, backoff_s, max_backoff_s, on_retry)
+        if self.protocol == "http":
+            from .http_transport import AsyncHttpTransport  # noqa: PLC0415
 
-        self._mod = grpcclient
-        self._aio = aioclient
-        self.url, self.model, self.timeout_s, self.retries = url, model, timeout_s, retries
-        self._client = aioclient.InferenceServerClient(url)
+            self._transport: Any = AsyncHttpTransport(self.url, model)
+        else:
+            from .grpc_transport import AsyncGrpcTransport  # noqa: PLC0415
+
+            self._transport = AsyncGrpcTransport(self.url, model)
+        self._sleep = asyncio.sleep
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._transport.close()
 
     async def __aenter__(self) -> AsyncPyramidClient:
         return self
@@ -222,88 +264,72 @@ class AsyncPyramidClient:
         threshold: float | None = None,
         force_tier: str | None = None,
         max_tokens: int | None = None,
+        deadline_ms: int | None = None,
+        strict: bool | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> PyramidResult:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        rid = request_id or uuid.uuid4().hex
-        request = {
-            "model_name": self.model,
-            "inputs": _inputs(self._mod, question, max_tokens, threshold, force_tier),
-            "outputs": [self._mod.InferRequestedOutput(n) for n in OUTPUTS],
-            "request_id": rid,
-        }
-        for attempt in range(self.retries + 1):
+        inputs, rid, timeout = self._prepare(
+            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
+            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed,
+        )  # fmt: skip
+        last = None
+        async for r in self._run(inputs, rid, timeout):
+            last = r
+        if last is None:
+            raise PyramidError("the server ended the request without a response", INTERNAL)
+        return last
+
+    def ask_stream(
+        self,
+        question: str,
+        *,
+        threshold: float | None = None,
+        force_tier: str | None = None,
+        max_tokens: int | None = None,
+        deadline_ms: int | None = None,
+        strict: bool | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[PyramidResult]:
+        """``async for r in client.ask_stream(q)``: provisional (on escalation), then final."""
+        inputs, rid, timeout = self._prepare(
+            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
+            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed, stream=True,
+        )  # fmt: skip
+        return self._run(inputs, rid, timeout)
+
+    async def _run(self, inputs: dict[str, Any], rid: str, timeout: float) -> AsyncIterator[PyramidResult]:
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
             t0 = time.perf_counter()
-
-            async def requests():
-                yield request
-
+            yielded = False
             try:
-                result, error = await asyncio.wait_for(self._first(requests()), timeout)
-            except asyncio.TimeoutError:
-                raise PyramidError(f"no response within {timeout} s", "DEADLINE_EXCEEDED") from None
-            except self._mod.InferenceServerException as exc:
-                result, error = None, exc
-            if error is not None:
-                code = _status(error)
-                if code == "UNAVAILABLE" and attempt < self.retries:
-                    await asyncio.sleep(0.5 * (attempt + 1))
-                    continue
-                raise PyramidError(_message(error), code)
-            got_id = result.get_response().id
-            if got_id != rid:
-                raise PyramidError(f"response for request id {got_id!r}, expected {rid!r}", "INTERNAL")
-            return _result(result, rid, t0)
-        raise AssertionError("unreachable")
-
-    async def _first(self, requests: Any) -> tuple[Any, Any]:
-        """The stream's first (result, error); the stream is then read to its end rather than
-        cancelled (cancelling a decoupled request on Triton 2.51 can leave the model unable to unload)."""
-        stream = self._client.stream_infer(requests)
-        first = None
-        try:
-            async for item in stream:
-                if first is None:
-                    first = item
-        except BaseException:
-            stream.cancel()
-            raise
-        if first is None:
-            raise PyramidError("the stream closed without a response", "INTERNAL")
-        return first
+                async for out in self._transport.stream(inputs, rid, deadline, timeout):
+                    yielded = True
+                    yield result_from_outputs(out, rid, time.perf_counter() - t0)
+                return
+            except PyramidError as exc:
+                delay = self._retry_delay(exc, attempt, yielded, deadline)
+                if delay is None:
+                    raise
+            await self._sleep(delay)
 
 
-def ask_main(argv: list[str] | None = None) -> int:
-    """``pyramid ask "question" [--url HOST:PORT] [--threshold T] [--force-tier TIER] [--json]``."""
-    import argparse  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    ap = argparse.ArgumentParser(prog="pyramid ask", description="Ask a Pyramid MoA Triton deployment one question")
-    ap.add_argument("question")
-    ap.add_argument("--url", default=DEFAULT_URL, help=f"gRPC HOST:PORT (default {DEFAULT_URL})")
-    ap.add_argument("--model", default="pyramid")
-    ap.add_argument("--threshold", type=float, help="per-request escalation threshold in [0, 1]")
-    ap.add_argument("--force-tier", choices=["committee", "oracle"])
-    ap.add_argument("--max-tokens", type=int)
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds")
-    ap.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    args = ap.parse_args(argv)
-    try:
-        with PyramidClient(args.url, args.model, args.timeout) as client:
-            r = client.ask(
-                args.question, threshold=args.threshold, force_tier=args.force_tier, max_tokens=args.max_tokens
-            )
-    except PyramidError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(r.to_dict(), indent=1))
-    else:
-        flags = " (degraded)" if r.degraded else ""
-        print(
-            f"answer: {r.answer}\ntier: {r.tier}{flags}  confidence: {r.confidence:.3f}  agreement: {r.agreement:.2f}"
-        )
-        print(f"agents: {', '.join(f'{a}={v}' for a, v in r.agent_answers.items())}")
-        print(f"latency: {r.latency_s * 1000:.1f} ms")
-    return 0
+__all__ = [
+    "DEADLINE_EXCEEDED",
+    "DEFAULT_HTTP_URL",
+    "DEFAULT_URL",
+    "OUTPUTS",
+    "AsyncPyramidClient",
+    "PyramidClient",
+    "PyramidError",
+    "PyramidResult",
+    "resolve_endpoint",
+]

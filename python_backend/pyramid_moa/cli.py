@@ -1,4 +1,5 @@
-"""`pyramid` command line: calibrate a router and evaluate it on recorded traces.
+"""`pyramid` command line: calibrate a router and evaluate it on recorded traces; ``ask`` and
+``run-gsm8k`` talk to a running deployment (``pyramid_client.cli``).
 
 Every failure is one line on stderr naming the cause and a non-zero exit;
 outputs are written only after everything succeeded (atomic rename).
@@ -163,10 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", help="markdown report")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(fn=cmd_evaluate)
+    # Client subcommands: listed here for --help; main() hands their arguments to pyramid_client.cli,
+    # imported only then (calibrate/evaluate never need tritonclient).
+    for name, text in CLIENT_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
+CLIENT_COMMANDS = {
+    "ask": "ask a running deployment one question (pyramid ask --help)",
+    "run-gsm8k": "send GSM8K questions through a running deployment; accuracy, cost, latency (--help)",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from pyramid_client.cli import ask_main, run_gsm8k_main
+
+        return {"ask": ask_main, "run-gsm8k": run_gsm8k_main}[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
