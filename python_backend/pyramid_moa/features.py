@@ -7,7 +7,8 @@ converge on one answer it is usually right. Agents differ in reliability, so
 the agent list, so a calibrator fitted offline applies unchanged in-server.
 
 Feature sets are registered by name; a new one is one subclass of
-``FeatureSet`` plus ``register_feature_set``.
+``FeatureSet`` plus ``register_feature_set``. ``symmetric`` has no per-agent
+feature at all, so its names do not depend on the agents.
 """
 
 from __future__ import annotations
@@ -134,10 +135,10 @@ class FullFeatures(FeatureSet):
     @property
     def names(self) -> list[str]:
         a = self.agents
-        names = ["vote_share", "distinct_frac", "vote_entropy", "parse_fail_frac", "failed_frac"]
+        names = list(_VOTE_STATS)
         names += [f"agrees[{x}]" for x in a]
         names += [f"pair[{a[i]},{a[j]}]" for i in range(len(a)) for j in range(i + 1, len(a))]
-        names += ["top_integral", "top_negative", "top_log_magnitude", "top_in_question"]
+        names += _PLAUSIBILITY
         names += [f"log_tokens[{x}]" for x in a]
         names += ["log_tokens_mean_agreeing", "log_tokens_mean_dissenting"]
         names += [f"error_marker[{x}]" for x in a]
@@ -148,37 +149,11 @@ class FullFeatures(FeatureSet):
     def compute(self, question: str, outputs: Sequence[AgentOutput], vote: Vote) -> list[float]:
         n = len(outputs)
         keys = vote.keys
-        counts: dict[str, int] = {}
-        for k in keys:
-            if k is not None:
-                counts[k] = counts.get(k, 0) + 1
-        entropy = -sum((c / n) * math.log(c / n) for c in counts.values())
         agrees = [float(k is not None and k == vote.key) for k in keys]
-        f = [
-            vote.count / n,
-            len(counts) / n,
-            entropy,
-            sum(k is None for k in keys) / n,
-            sum(o.failed for o in outputs) / n,
-        ]
+        f = _vote_stats(outputs, vote)
         f += agrees
         f += [float(keys[i] is not None and keys[i] == keys[j]) for i in range(n) for j in range(i + 1, n)]
-        qnums = _question_numbers(question)
-        top = None
-        if vote.answer is not None:
-            try:
-                top = float(vote.answer)
-            except ValueError:
-                top = None
-        if top is None:
-            f += [0.0, 0.0, 0.0, 0.0]
-        else:
-            f += [
-                float(abs(top - round(top)) < 1e-9),
-                float(top < 0),
-                math.log10(1.0 + abs(top)),
-                float(any(abs(top - q) < 1e-4 for q in qnums)),
-            ]
+        f += _plausibility(question, vote)
         logtok = [math.log1p(o.output_tokens or 0) for o in outputs]
         f += logtok
         agree_tok = [t for t, g in zip(logtok, agrees) if g]
@@ -195,8 +170,66 @@ class FullFeatures(FeatureSet):
         ]
         has_lp = any(o.cum_log_prob is not None for o in outputs)
         f += [float(has_lp), sum(lps) / len(lps) if lps else 0.0]
-        f += [math.log1p(len(question)), float(len(qnums))]
+        f += [math.log1p(len(question)), float(len(_question_numbers(question)))]
         return f
+
+
+class SymmetricFeatures(FeatureSet):
+    """Features that are the same whichever agent said what: names independent of the agent list.
+
+    Vote statistics and the plausibility of the plurality answer only; nothing per agent. For a
+    committee of exchangeable agents (one model sampled with different seeds), and for moving a
+    calibration fitted on one committee to another committee of the same size (scripts/
+    relabel_calibration.py), where per-agent weights would have no meaning.
+    """
+
+    name = "symmetric"
+
+    @property
+    def names(self) -> list[str]:
+        return [*_VOTE_STATS, *_PLAUSIBILITY]
+
+    def compute(self, question: str, outputs: Sequence[AgentOutput], vote: Vote) -> list[float]:
+        return _vote_stats(outputs, vote) + _plausibility(question, vote)
+
+
+_VOTE_STATS = ["vote_share", "distinct_frac", "vote_entropy", "parse_fail_frac", "failed_frac"]
+_PLAUSIBILITY = ["top_integral", "top_negative", "top_log_magnitude", "top_in_question"]
+
+
+def _vote_stats(outputs: Sequence[AgentOutput], vote: Vote) -> list[float]:
+    """The values of ``_VOTE_STATS``."""
+    n = len(outputs)
+    counts: dict[str, int] = {}
+    for k in vote.keys:
+        if k is not None:
+            counts[k] = counts.get(k, 0) + 1
+    entropy = -sum((c / n) * math.log(c / n) for c in counts.values())
+    return [
+        vote.count / n,
+        len(counts) / n,
+        entropy,
+        sum(k is None for k in vote.keys) / n,
+        sum(o.failed for o in outputs) / n,
+    ]
+
+
+def _plausibility(question: str, vote: Vote) -> list[float]:
+    """The values of ``_PLAUSIBILITY`` (all 0 when the plurality answer is not a number)."""
+    top = None
+    if vote.answer is not None:
+        try:
+            top = float(vote.answer)
+        except ValueError:
+            top = None
+    if top is None:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [
+        float(abs(top - round(top)) < 1e-9),
+        float(top < 0),
+        math.log10(1.0 + abs(top)),
+        float(any(abs(top - q) < 1e-4 for q in _question_numbers(question))),
+    ]
 
 
 _FEATURE_SETS: dict[str, Callable[..., FeatureSet]] = {}
@@ -223,6 +256,7 @@ def feature_set_names() -> list[str]:
 
 register_feature_set(AgreementFeatures)
 register_feature_set(FullFeatures)
+register_feature_set(SymmetricFeatures)
 
 
 ARBITER_FEATURES = [

@@ -15,10 +15,18 @@ Spec (paths relative to the spec file)::
     agents: [{name: A}, {name: B, seconds_per_token: 0.01}, ...]
     oracle: {name: O}
     router: {model_name: pyramid, instance_count: 1, default_max_tokens: 512, ...}
+
+``engine`` holds the defaults of every model; a model's entry overrides them, its ``kind``
+included (a model of another kind than ``engine``'s inherits only ``instance_count``). Each
+kind has its own keys (``KIND_KEYS``); a key the model's kind does not have is an error.
+``llamacpp`` models are decoupled (streaming) models: they are listed in the router's
+``decoupled_models`` and never in ``parsed_answer_models`` (they return text only). Their prompt
+template and stop strings go to ``prompt.json`` beside the model's ``config.pbtxt``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import string
@@ -30,15 +38,33 @@ import yaml
 
 from pyramid_moa.artifact import load_artifact
 
+from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
 PROJECT_ROOT = PACKAGE_ROOT.parent
 TEMPLATES = PROJECT_ROOT / "deploy" / "templates"
 MARKER = ".rendered-by-pyramid"
 CALIBRATION_FILE = "calibration.json"
-ENGINE_KINDS = ("replay",)
+PROMPT_FILE = "prompt.json"
 
 TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router"}
-ENGINE_KEYS = {"kind", "traces", "source", "seconds_per_token", "instance_count", "return_answer"}
+COMMON_ENGINE_KEYS = {"kind", "instance_count"}
+# The keys of each engine kind (besides COMMON_ENGINE_KEYS), and their defaults.
+KIND_KEYS: dict[str, set[str]] = {
+    "replay": {"traces", "source", "seconds_per_token", "return_answer"},
+    "llamacpp": {
+        "gguf", "n_threads", "n_ctx", "prompt_template", "stop", "temperature", "seed", "max_tokens", "top_k", "top_p",
+    },
+}  # fmt: skip
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "replay": {"seconds_per_token": 0.0, "instance_count": 1, "return_answer": True},
+    # gguf: default_gguf_path(); prompt_template / stop: llamacpp.DEFAULT_TEMPLATE / DEFAULT_STOP
+    "llamacpp": {"instance_count": 1, "n_threads": 1, "n_ctx": 2048, "temperature": 0.0, "seed": 0,
+                 "max_tokens": 256, "top_k": 40, "top_p": 0.95},
+}  # fmt: skip
+ENGINE_KINDS = tuple(KIND_KEYS)
+DECOUPLED_KINDS = {"llamacpp"}
+ENGINE_KEYS = COMMON_ENGINE_KEYS.union(*KIND_KEYS.values())  # any kind's (the kind-specific check comes after)
 MODEL_KEYS = {"name"} | ENGINE_KEYS
 ROUTER_DEFAULTS: dict[str, Any] = {
     "model_name": "pyramid",
@@ -49,7 +75,6 @@ ROUTER_DEFAULTS: dict[str, Any] = {
     "agent_timeout_s": 60.0,
     "oracle_timeout_s": 120.0,
 }
-ENGINE_DEFAULTS: dict[str, Any] = {"seconds_per_token": 0.0, "instance_count": 1, "return_answer": True}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -117,6 +142,15 @@ def _model_entry(entry: Any, where: str) -> dict[str, Any]:
     return entry
 
 
+def _check_kind(e: dict[str, Any], where: str) -> str:
+    """``e``'s engine kind, after checking that every key of ``e`` is one of that kind's."""
+    kind = e.get("kind")
+    if kind not in ENGINE_KINDS:
+        raise SpecError(f"{where}: engine kind {kind!r} is not one of {ENGINE_KINDS}")
+    _check_keys({k: v for k, v in e.items() if k != "name"}, COMMON_ENGINE_KEYS | KIND_KEYS[kind], where)
+    return kind
+
+
 def load_spec(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -131,7 +165,9 @@ def load_spec(path: str | Path) -> dict[str, Any]:
             raise SpecError(f"{path}: '{key}' is required")
     if not isinstance(spec["agents"], list) or not spec["agents"]:
         raise SpecError(f"{path}: 'agents' must be a non-empty list")
-    _check_keys(spec.get("engine", {}), ENGINE_KEYS, f"{path}: engine")
+    engine = _check_keys(spec.get("engine", {}), ENGINE_KEYS, f"{path}: engine")
+    if "kind" in engine:
+        _check_kind(engine, f"{path}: engine")
     _check_keys(spec.get("router", {}), set(ROUTER_DEFAULTS), f"{path}: router")
     return spec
 
@@ -151,7 +187,7 @@ def render(
         p = Path(str(p))
         return p if p.is_absolute() else (base / p).resolve()
 
-    engine_default = {**ENGINE_DEFAULTS, **spec.get("engine", {})}
+    engine_block = spec.get("engine", {})
     models = [_model_entry(e, f"{spec_path}: agents[{i}]") for i, e in enumerate(spec["agents"])]
     oracle = _model_entry(spec["oracle"], f"{spec_path}: oracle")
     names = [m["name"] for m in models] + [oracle["name"]]
@@ -174,37 +210,47 @@ def render(
     if art.oracle != oracle["name"]:
         raise SpecError(f"calibration {cal_path} has oracle {art.oracle!r}; the spec's oracle is {oracle['name']!r}")
 
+    python_path = str(PACKAGE_ROOT)
+    limits = {"max_input_chars": router["max_input_chars"], "max_tokens_cap": router["max_tokens_cap"]}
+    parsed_answer_models: list[str] = []
+    decoupled_models: list[str] = []  # engines whose kind is a decoupled (streaming) model
+    planned: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []  # name, kind, values, prompt
+
+    for entry in [*models, oracle]:  # everything is checked before anything is written
+        name = entry["name"]
+        where = f"{spec_path}: model {name!r}"
+        kind = entry.get("kind", engine_block.get("kind"))
+        inherited = (
+            engine_block
+            if engine_block.get("kind") == kind
+            else {k: v for k, v in engine_block.items() if k in COMMON_ENGINE_KEYS - {"kind"}}
+        )
+        e = {**inherited, **{k: v for k, v in entry.items() if k != "name"}, "kind": kind}
+        _check_kind(e, where)
+        e = {**KIND_DEFAULTS[kind], **e}
+        common = {"model_name": name, "python_path": python_path, "instance_count": int(e["instance_count"]), **limits}
+        prompt = None
+        if kind == "replay":
+            values = {**common, **_replay_values(e, name, rel, where)}
+            if values["return_answer"]:
+                parsed_answer_models.append(name)
+        else:
+            values = {**common, **_llamacpp_values(e, rel, where)}
+            prompt = _prompt_format(e, where).to_dict()
+        if kind in DECOUPLED_KINDS:
+            decoupled_models.append(name)
+        planned.append((name, kind, values, prompt))
+
     out = Path(out).resolve()
     if out.exists():
         if not (out / MARKER).is_file() and any(out.iterdir()):
             raise SpecError(f"{out} exists and was not rendered by this tool; refusing to overwrite it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    python_path = str(PACKAGE_ROOT)
-    limits = {"max_input_chars": router["max_input_chars"], "max_tokens_cap": router["max_tokens_cap"]}
-    parsed_answer_models: list[str] = []
-    decoupled_models: list[str] = []  # engines whose kind is a decoupled (streaming) model
-
-    for entry in [*models, oracle]:
-        e = {**engine_default, **{k: v for k, v in entry.items() if k != "name"}}
-        kind = e.get("kind")
-        if kind not in ENGINE_KINDS:
-            raise SpecError(f"{spec_path}: model {entry['name']!r}: engine kind {kind!r} is not one of {ENGINE_KINDS}")
-        if "traces" not in e:
-            raise SpecError(f"{spec_path}: model {entry['name']!r}: replay engine needs 'traces'")
-        values = {
-            "model_name": entry["name"],
-            "python_path": python_path,
-            "source": e.get("source", entry["name"]),
-            "traces": str(rel(e["traces"])),
-            "seconds_per_token": float(e["seconds_per_token"]),
-            "instance_count": int(e["instance_count"]),
-            "return_answer": bool(e["return_answer"]),
-            **limits,
-        }
-        if values["return_answer"]:
-            parsed_answer_models.append(entry["name"])
-        _write_model(templates / kind, out / entry["name"], values, f"model {entry['name']!r}")
+    for name, kind, values, prompt in planned:
+        _write_model(templates / kind, out / name, values, f"model {name!r}")
+        if prompt is not None:
+            (out / name / PROMPT_FILE).write_text(json.dumps(prompt, indent=1) + "\n", encoding="utf-8")
 
     rdir = out / router["model_name"]
     _write_model(
@@ -229,6 +275,59 @@ def render(
     shutil.copyfile(cal_path, rdir / CALIBRATION_FILE)
     (out / MARKER).write_text(f"rendered from {spec_path}\n", encoding="utf-8")
     return Rendered(out, router["model_name"], names[:-1], oracle["name"], [*names, router["model_name"]])
+
+
+def _replay_values(e: dict[str, Any], name: str, rel: Any, where: str) -> dict[str, Any]:
+    if "traces" not in e:
+        raise SpecError(f"{where}: replay engine needs 'traces'")
+    return {
+        "source": e.get("source", name),
+        "traces": str(rel(e["traces"])),
+        "seconds_per_token": float(e["seconds_per_token"]),
+        "return_answer": bool(e["return_answer"]),
+    }
+
+
+def _llamacpp_values(e: dict[str, Any], rel: Any, where: str) -> dict[str, Any]:
+    gguf = rel(e["gguf"]) if e.get("gguf") is not None else default_gguf_path()
+    try:
+        s = LlamaCppSettings(
+            model_path=gguf,
+            n_ctx=int(e["n_ctx"]),
+            n_threads=int(e["n_threads"]),
+            seed=int(e["seed"]),
+            temperature=float(e["temperature"]),
+            max_tokens=int(e["max_tokens"]),
+            top_k=int(e["top_k"]),
+            top_p=float(e["top_p"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    # The GGUF need not exist at render time (rendering is cheap and testable anywhere); the model
+    # fails to load with the path and the install command if it is still missing then.
+    return {
+        "gguf": str(s.model_path),
+        "prompt": PROMPT_FILE,
+        "n_threads": s.n_threads,
+        "n_ctx": s.n_ctx,
+        "temperature": s.temperature,
+        "seed": s.seed,
+        "max_tokens": s.max_tokens,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+    }
+
+
+def _prompt_format(e: dict[str, Any], where: str) -> PromptFormat:
+    stop = e.get("stop", DEFAULT_STOP)
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)):
+        raise SpecError(f"{where}: 'stop' must be a string or a list of strings")
+    try:
+        return PromptFormat(e.get("prompt_template", DEFAULT_TEMPLATE), tuple(stop))
+    except ValueError as exc:
+        raise SpecError(f"{where}: {exc}") from None
 
 
 def _write_model(template_dir: Path, dest: Path, values: dict[str, Any], what: str) -> None:

@@ -1,0 +1,30 @@
+"""llama.cpp engine model (thin: the logic lives in pyramid_triton.engines / pyramid_triton.llamacpp).
+
+Decoupled with a synchronous ``execute``: an instance serves its requests one at a time, sending
+each one's responses through its response sender, the last with the FINAL flag.
+"""
+
+import json
+import sys
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # The Python-backend stub ignores PYTHONPATH: the rendered config says where the project's code is.
+        params = json.loads(args["model_config"]).get("parameters", {})
+        path = params.get("python_path", {}).get("string_value", "")
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+        from pyramid_triton.engines import LlamaCppModel
+
+        self.impl = LlamaCppModel(pb_utils, args)
+
+    def execute(self, requests):
+        return self.impl.execute(requests)
+
+    def finalize(self):
+        if self.impl is not None:
+            self.impl.finalize()
+        self.impl = None
