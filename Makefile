@@ -14,7 +14,7 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup demo eval test lint bench clean render serve
+.PHONY: setup demo eval test lint bench bench-serving clean render serve
 # Deployment profile: deploy/$(PROFILE).yaml (replay: recorded outputs; llamacpp: Gemma 3 270M on llama.cpp).
 PROFILE ?= replay
 CALIBRATION ?= $(OUT)/calibration/$(PROFILE).json
@@ -52,6 +52,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## benchmarks A and B on the shared traces + in-process decision latency
 	$(PY) scripts/bench.py $(SHARED_TRACES) $(OUT)/bench | tee $(OUT)/bench.md
+
+bench-serving: $(STAMP) $(OUT)/calibration/replay.json  ## router overhead and routed/direct throughput on a real tritonserver
+	$(PY) scripts/bench_serving.py --calibration $(OUT)/calibration/replay.json --out $(OUT)/bench_serving
 
 $(OUT)/calibration/replay.json: $(STAMP)
 	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
