@@ -266,3 +266,21 @@ def test_engine_request_tensors_round_trip():
     assert tensors.parse_engine_request(pb, r, Limits()) == req
     with pytest.raises(InvalidArgument, match="max_tokens"):
         tensors.parse_engine_request(pb, pb.Request({"text_input": np.array([[b"q"]], dtype=np.object_)}), Limits())
+
+
+def test_log_probs_are_requested_only_from_logprob_models(model):
+    seen = {}
+
+    def recording(name):
+        inner = engine(name)
+
+        def run(req):
+            seen[name] = req.return_log_probs
+            return inner(req)
+
+        return run
+
+    pb.engines.update({m: recording(m) for m in AGENTS})
+    model.logprob_models = {"a"}
+    run(model, request(text_input=Q_AGREE))
+    assert seen == {"a": True, "b": False, "c": False}

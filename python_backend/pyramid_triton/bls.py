@@ -13,6 +13,7 @@ import asyncio
 import re
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 from pyramid_moa.artifact import load_artifact
@@ -64,6 +65,7 @@ class PyramidModel:
         self.oracle_timeout_us = int(p.get_float("oracle_timeout_s", 0.0) * 1e6)
         self.parsed_answer_models = set(p.get_list("parsed_answer_models"))
         self.decoupled_models = set(p.get_list("decoupled_models"))
+        self.logprob_models = set(p.get_list("logprob_models"))
         self.reference_tokens = dict(self.artifact.fit_summary.get("mean_output_tokens", {}))
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -136,6 +138,8 @@ class PyramidModel:
     async def _exec(self, agent: str, ereq: EngineRequest) -> AgentOutput:
         pb = self.pb
         with_answer = agent in self.parsed_answer_models
+        if agent in self.logprob_models:
+            ereq = replace(ereq, return_log_probs=True)
         names = list(tensors.ENGINE_OUTPUTS) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
         infer = pb.InferenceRequest(
             model_name=agent, requested_output_names=names, inputs=tensors.engine_request_tensors(pb, ereq)

@@ -48,7 +48,8 @@ CALIBRATION_FILE = "calibration.json"
 PROMPT_FILE = "prompt.json"
 
 TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router"}
-COMMON_ENGINE_KEYS = {"kind", "instance_count"}
+# log_probs: the router asks this engine for cum_log_probs (calibration features that use them).
+COMMON_ENGINE_KEYS = {"kind", "instance_count", "log_probs"}
 # The keys of each engine kind (besides COMMON_ENGINE_KEYS), and their defaults.
 KIND_KEYS: dict[str, set[str]] = {
     "replay": {"traces", "source", "seconds_per_token", "return_answer"},
@@ -214,6 +215,7 @@ def render(
     limits = {"max_input_chars": router["max_input_chars"], "max_tokens_cap": router["max_tokens_cap"]}
     parsed_answer_models: list[str] = []
     decoupled_models: list[str] = []  # engines whose kind is a decoupled (streaming) model
+    logprob_models: list[str] = []  # engines the router asks for cum_log_probs
     planned: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []  # name, kind, values, prompt
 
     for entry in [*models, oracle]:  # everything is checked before anything is written
@@ -228,6 +230,8 @@ def render(
         e = {**inherited, **{k: v for k, v in entry.items() if k != "name"}, "kind": kind}
         _check_kind(e, where)
         e = {**KIND_DEFAULTS[kind], **e}
+        if bool(e.pop("log_probs", False)):
+            logprob_models.append(name)
         common = {"model_name": name, "python_path": python_path, "instance_count": int(e["instance_count"]), **limits}
         prompt = None
         if kind == "replay":
@@ -264,6 +268,7 @@ def render(
             "oracle": oracle["name"],
             "parsed_answer_models": ",".join(parsed_answer_models),
             "decoupled_models": ",".join(decoupled_models),
+            "logprob_models": ",".join(logprob_models),
             "instance_count": int(router["instance_count"]),
             "default_max_tokens": int(router["default_max_tokens"]),
             "agent_timeout_s": float(router["agent_timeout_s"]),
