@@ -3,8 +3,8 @@
 It implements the handful of calls the glue makes (tensors, requests, responses, errors,
 response senders, BLS ``InferenceRequest.async_exec``) with plain Python objects. BLS calls
 are answered by in-process ``engines``: ``{model_name: callable(EngineRequest) -> reply}``
-where a reply is an ``EngineResponse``, a list of them (a decoupled engine's stream), or an
-exception to raise as an error response. The integration tests run the real server.
+where a reply is an ``EngineResponse``, a list of them (a decoupled engine's stream), a
+coroutine giving one of those (a slow engine), or an exception to raise as an error response. The integration tests run the real server.
 """
 
 from __future__ import annotations
@@ -71,17 +71,22 @@ class ResponseSender:
 
 
 class Request:
-    """An incoming request: ``inputs`` maps name -> numpy array."""
+    """An incoming request: ``inputs`` maps name -> numpy array; ``cancelled`` flips when the test says."""
 
-    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "") -> None:
         self.inputs = [Tensor(k, v) for k, v in inputs.items()]
         self.sender = ResponseSender()
+        self.cancelled = False
+        self._id = request_id
 
     def get_response_sender(self) -> ResponseSender:
         return self.sender
 
     def is_cancelled(self) -> bool:
-        return False
+        return self.cancelled
+
+    def request_id(self) -> str:
+        return self._id
 
 
 def get_input_tensor_by_name(request: Request, name: str) -> Tensor | None:
@@ -107,6 +112,47 @@ class Logger:
     def log_info(cls, msg: str) -> None:
         cls.lines.append(("info", msg))
 
+    @classmethod
+    def log_verbose(cls, msg: str) -> None:
+        cls.lines.append(("verbose", msg))
+
+
+class Metric:
+    def __init__(self, family: MetricFamily, labels: dict[str, str], buckets: list[float] | None = None) -> None:
+        if (family.kind == MetricFamily.HISTOGRAM) != (buckets is not None):
+            raise ValueError("histograms, and only histograms, take buckets")
+        self.family, self.labels, self.buckets = family, labels, buckets
+        self.value = 0.0
+        self.observations: list[float] = []
+
+    def increment(self, value: float) -> None:
+        if self.family.kind != MetricFamily.COUNTER or value < 0:
+            raise ValueError("counters only go up")
+        self.value += value
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def observe(self, value: float) -> None:
+        if self.family.kind != MetricFamily.HISTOGRAM:
+            raise ValueError("observe is for histograms")
+        self.observations.append(value)
+
+
+class MetricFamily:
+    COUNTER, GAUGE, HISTOGRAM = range(3)
+    registry: dict[str, MetricFamily] = {}
+
+    def __init__(self, name: str, description: str, kind: int) -> None:
+        self.name, self.description, self.kind = name, description, kind
+        self.metrics: list[Metric] = []
+        MetricFamily.registry[name] = self
+
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None) -> Metric:  # noqa: N802 - the real API
+        m = Metric(self, labels, buckets)
+        self.metrics.append(m)
+        return m
+
 
 # BLS: model name -> callable(EngineRequest) -> EngineResponse | list[EngineResponse]; may raise.
 engines: dict[str, Callable[[Any], Any]] = {}
@@ -127,6 +173,8 @@ class InferenceRequest:
         try:
             engine_req = tensors.parse_engine_request(_module(), req, Limits())
             reply = engines[self.model_name](engine_req)
+            if asyncio.iscoroutine(reply):  # an engine that takes its time
+                reply = await reply
         except ServeError as exc:
             return _as(decoupled, [tensors.error_response(_module(), exc)])
         parts = reply if isinstance(reply, list) else [reply]

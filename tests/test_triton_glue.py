@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import fake_pb_utils as pb  # tests/ is on sys.path (rootdir conftest)
 import numpy as np
@@ -284,3 +285,85 @@ def test_log_probs_are_requested_only_from_logprob_models(model):
     model.logprob_models = {"a"}
     run(model, request(text_input=Q_AGREE))
     assert seen == {"a": True, "b": False, "c": False}
+
+
+def _metric(name: str, **labels) -> pb.Metric:
+    fam = pb.MetricFamily.registry[name]
+    return next(m for m in fam.metrics if all(m.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_and_log_lines_after_known_traffic(model):
+    pb.Logger.lines.clear()
+    run(model, request(text_input=Q_AGREE), request(text_input=Q_SPLIT), request(text_input=Q_ALLFAIL))
+    run(model, request(text_input=""))
+    assert _metric("pyramid_requests_total", outcome="ok").value == 3
+    assert _metric("pyramid_requests_total", outcome="error").value == 1
+    assert _metric("pyramid_tier_total", tier="committee").value == 1
+    assert _metric("pyramid_tier_total", tier="oracle").value == 2
+    assert _metric("pyramid_escalations_total").value == 2
+    assert _metric("pyramid_degraded_total").value == 1
+    assert _metric("pyramid_model_failures_total", target="a").value == 1
+    assert _metric("pyramid_model_failures_total", target=ORACLE).value == 0
+    assert len(_metric("pyramid_confidence").observations) == 3
+    assert len(_metric("pyramid_request_duration_seconds").observations) == 4
+    spent = _metric("pyramid_cost_oracle_calls_total", kind="spent").value
+    assert _metric("pyramid_cost_oracle_calls_total", kind="baseline").value == 3
+    p = [round(len(q) / 4) for q in (Q_AGREE, Q_SPLIT, Q_ALLFAIL)]
+    want = 3 * 7 * (p[0] + 10) / (70 * (p[0] + 40)) + (1 + 3 * 7 * (p[1] + 10) / (70 * (p[1] + 40))) + 1
+    assert spent == pytest.approx(want, rel=1e-6)
+    lines = [json.loads(msg) for level, msg in pb.Logger.lines if level == "verbose"]
+    assert [d["outcome"] for d in lines] == ["ok", "ok", "ok", "error"]
+    assert lines[1]["tier"] == "oracle" and set(lines[1]["step_ms"]) == {"stage0", "oracle"}
+    assert lines[2]["failed"] == AGENTS and "invalid input 'text_input'" in lines[3]["error"]
+
+
+def test_cancelled_request_gets_final_flag_only_and_the_oracle_is_not_called(model):
+    async def slow(req):
+        await asyncio.sleep(0.3)
+        return engine("c")(req)
+
+    pb.engines["c"] = slow
+    r = request(text_input=Q_SPLIT)
+
+    async def go():
+        task = asyncio.ensure_future(model.execute([r]))
+        await asyncio.sleep(0.1)
+        r.cancelled = True
+        await task
+
+    asyncio.run(go())
+    assert r.sender.sent == [(None, pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)]
+    assert ORACLE not in {m for m, _ in pb.calls}
+    assert _metric("pyramid_requests_total", outcome="cancelled").value >= 1
+
+
+def test_circuit_breaker_skips_a_crashed_engine_then_probes_it_again(model):
+    model.breaker_s = 0.2
+    crashed = {"on": True}
+
+    def flaky(req):
+        if crashed["on"]:
+            raise RuntimeError("stub process is not healthy")
+        return engine("c")(req)
+
+    pb.engines["c"] = flaky
+    for _ in range(3):
+        run(model, request(text_input=Q_AGREE))
+    assert [m for m, _ in pb.calls].count("c") == 1  # called once, then skipped while the circuit is open
+    r = request(text_input=Q_AGREE)
+    run(model, r)
+    assert outputs(r.sender.sent[0][0])["failed"] == ["c"]
+    crashed["on"] = False
+    time.sleep(0.25)
+    r = request(text_input=Q_AGREE)
+    run(model, r)
+    out = outputs(r.sender.sent[0][0])
+    assert out["failed"] == [] and not out["degraded"]  # probed, healthy again
+    assert [m for m, _ in pb.calls].count("c") == 2
+
+
+def test_not_found_does_not_open_the_circuit(model):
+    model.breaker_s = 60
+    for q in ("unknown question", Q_AGREE):
+        run(model, request(text_input=q))
+    assert [m for m, _ in pb.calls].count("c") == 2

@@ -21,7 +21,8 @@ from pyramid_moa.features import AgentOutput
 
 from . import tensors
 from .config import REQUIRED, ModelParams
-from .protocol import INTERNAL, UNAVAILABLE, EngineRequest, Limits, PyramidRequest, ServeError
+from .metrics import LOG_LEVELS, RequestRecord, RouterMetrics
+from .protocol import INTERNAL, UNAVAILABLE, EngineRequest, Limits, PyramidRequest, PyramidResponse, ServeError
 from .routing import (
     CallFailure,
     Routed,
@@ -68,49 +69,94 @@ class PyramidModel:
         self.logprob_models = set(p.get_list("logprob_models"))
         self.reference_tokens = dict(self.artifact.fit_summary.get("mean_output_tokens", {}))
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        # Circuit breaker: after an engine fails (timeout, crash: not a per-question NOT_FOUND or a bad
+        # argument), calls to it fail fast for breaker_s seconds; the next call after that probes it.
+        self.breaker_s = p.get_float("breaker_s", 0.0)
+        self._down_until: dict[str, float] = {}
+        self.request_log = p.get_str("request_log", "verbose")
+        if self.request_log not in LOG_LEVELS:
+            raise ValueError(f"model {self.name!r}: request_log must be one of {LOG_LEVELS}, got {self.request_log!r}")
+        self.metrics = (
+            RouterMetrics(pb, self.name, [*self.agents, self.oracle]) if p.get_bool("metrics", True) else None
+        )
 
     async def execute(self, requests: list[Any]) -> None:
         await asyncio.gather(*(self.handle(r) for r in requests))
 
     async def handle(self, request: Any) -> None:
+        """Answer one request: its response(s), then FINAL; an error response, then FINAL; or, when
+        the client cancelled, FINAL alone (the route is abandoned: no further model is called)."""
         pb = self.pb
         arrived = time.monotonic()
         sender = request.get_response_sender()
+        failures: dict[str, CallFailure] = {}
+        rec = RequestRecord(_request_id(request), "ok", 0.0)
+        response = None
         try:
             req = tensors.parse_pyramid_request(pb, request, self.limits, self.default_max_tokens)
-            failures: dict[str, CallFailure] = {}
-            ereq = req.engine_request()
-
-            async def call(agent: str):
-                return await self._call(agent, ereq, failures)
-
-            async def send_provisional(routed: Routed) -> None:
-                self._send(sender, self._response(req, routed, failures), final=False)
-
-            routed = await route_async(
-                self.router,
-                req.text_input,
-                call,
-                req.escalation_threshold,
-                req.force_tier,
-                deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
-                on_provisional=send_provisional if req.stream else None,
-            )
-            response = self._response(req, routed, failures)
+            work = asyncio.ensure_future(self._route(req, sender, failures, arrived))
+            if await _cancelled_before_done(work, request):
+                work.cancel()
+                rec.outcome = "cancelled"
+            else:
+                rec.response = work.result()
+                response = pb.InferenceResponse(output_tensors=tensors.pyramid_response_tensors(pb, rec.response))
         except Exception as exc:  # noqa: BLE001 - answered as an error response, then FINAL
             if not isinstance(exc, ServeError):
                 pb.Logger.log_error(f"{self.name}: {traceback.format_exc()}")
             response = tensors.error_response(pb, exc)
-        self._send(sender, response, final=True)
+            rec.outcome, rec.error = "error", str(exc)
+        self._send(sender, response, final=True)  # None: FINAL alone (cancelled)
+        rec.seconds = time.monotonic() - arrived
+        rec.failed = sorted(failures)
+        self._observe(rec)
 
-    def _response(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> Any:
-        costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)
-        resp = build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
-        return self.pb.InferenceResponse(output_tensors=tensors.pyramid_response_tensors(self.pb, resp))
+    async def _route(
+        self, req: PyramidRequest, sender: Any, failures: dict[str, CallFailure], arrived: float
+    ) -> PyramidResponse:
+        ereq = req.engine_request()
 
-    def _send(self, sender: Any, response: Any, final: bool) -> None:
+        async def call(agent: str):
+            return await self._call(agent, ereq, failures)
+
+        async def send_provisional(routed: Routed) -> None:
+            resp = self._build(req, routed, failures)
+            self._send(sender, self.pb.InferenceResponse(tensors.pyramid_response_tensors(self.pb, resp)), final=False)
+
+        routed = await route_async(
+            self.router,
+            req.text_input,
+            call,
+            req.escalation_threshold,
+            req.force_tier,
+            deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
+            on_provisional=send_provisional if req.stream else None,
+        )
+        return self._build(req, routed, failures)
+
+    def _observe(self, rec: RequestRecord) -> None:
         try:
-            sender.send(response, flags=self.final if final else 0)
+            if self.metrics is not None:
+                self.metrics.observe(rec)
+            if self.request_log != "off":
+                line = rec.log_line(self.name)
+                if self.request_log == "info":
+                    self.pb.Logger.log_info(line)
+                else:
+                    self.pb.Logger.log_verbose(line)
+        except Exception:  # noqa: BLE001 - observability must never fail a request
+            self.pb.Logger.log_warn(f"{self.name}: metrics/log failed: {traceback.format_exc()}")
+
+    def _build(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> PyramidResponse:
+        costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)
+        return build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
+
+    def _send(self, sender: Any, response: Any | None, final: bool) -> None:
+        try:
+            if response is None:
+                sender.send(flags=self.final)
+            else:
+                sender.send(response, flags=self.final if final else 0)
         except Exception:  # noqa: BLE001 - the client may be gone (cancelled); nothing left to do
             self.pb.Logger.log_warn(f"{self.name}: could not send the response: {traceback.format_exc()}")
 
@@ -121,18 +167,32 @@ class PyramidModel:
         a call that overruns is left to finish in the background, since Triton 2.51 cannot
         cancel a BLS child, and its result is discarded."""
         timeout_s = (self.oracle_timeout_us if agent == self.oracle else self.agent_timeout_us) / 1e6
+        now = time.monotonic()
+        down = self._down_until.get(agent, 0.0) - now
+        if down > 0:  # circuit open: fail fast instead of waiting on an engine that just failed
+            failures[agent] = CallFailure(agent, f"skipped: it failed {self.breaker_s - down:.1f} s ago", UNAVAILABLE)
+            return failed_output(agent)
         task = asyncio.ensure_future(self._exec(agent, ereq))
-        done, _ = await asyncio.wait({task}, timeout=timeout_s if timeout_s > 0 else None)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout_s if timeout_s > 0 else None)
+        except asyncio.CancelledError:  # the request was cancelled: the call finishes unobserved
+            task.add_done_callback(discard_outcome)
+            raise
         if not done:
             task.add_done_callback(discard_outcome)
-            failures[agent] = CallFailure(agent, f"no answer within {timeout_s:g} s", UNAVAILABLE)
-            return failed_output(agent)
-        try:
-            return task.result()
-        except CallError as exc:
-            failures[agent] = CallFailure(agent, exc.message, exc.code)
-        except Exception as exc:  # noqa: BLE001 - a failed call is a failed agent, not a failed request
-            failures[agent] = CallFailure(agent, f"{type(exc).__name__}: {exc}", INTERNAL)
+            failure = CallFailure(agent, f"no answer within {timeout_s:g} s", UNAVAILABLE)
+        else:
+            try:
+                out = task.result()
+                self._down_until.pop(agent, None)
+                return out
+            except CallError as exc:
+                failure = CallFailure(agent, exc.message, exc.code)
+            except Exception as exc:  # noqa: BLE001 - a failed call is a failed agent, not a failed request
+                failure = CallFailure(agent, f"{type(exc).__name__}: {exc}", INTERNAL)
+        failures[agent] = failure
+        if self.breaker_s > 0 and failure.code in BREAKER_CODES:
+            self._down_until[agent] = time.monotonic() + self.breaker_s
         return failed_output(agent)
 
     async def _exec(self, agent: str, ereq: EngineRequest) -> AgentOutput:
@@ -175,3 +235,25 @@ class PyramidModel:
             if getattr(self.pb.TritonError, name, object()) == code:
                 return name, message
         return INTERNAL, message
+
+
+CANCEL_POLL_S = 0.05
+BREAKER_CODES = {UNAVAILABLE, INTERNAL}
+
+
+async def _cancelled_before_done(work: asyncio.Future, request: Any) -> bool:
+    """Wait for ``work``; True if the client cancelled first. Polled (the Python backend has no
+    cancellation callback), only once a request has run ``CANCEL_POLL_S``: short ones never poll."""
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=CANCEL_POLL_S)
+        if done:
+            return False
+        if request.is_cancelled():
+            return True
+
+
+def _request_id(request: Any) -> str:
+    try:
+        return str(request.request_id() or "")
+    except Exception:  # noqa: BLE001
+        return ""

@@ -75,6 +75,9 @@ ROUTER_DEFAULTS: dict[str, Any] = {
     "max_input_chars": 20000,
     "agent_timeout_s": 60.0,
     "oracle_timeout_s": 120.0,
+    "request_log": "verbose",  # one JSON line per request: off | verbose (with --log-verbose=1) | info
+    "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
+    "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -273,6 +276,9 @@ def render(
             "default_max_tokens": int(router["default_max_tokens"]),
             "agent_timeout_s": float(router["agent_timeout_s"]),
             "oracle_timeout_s": float(router["oracle_timeout_s"]),
+            "request_log": str(router["request_log"]),
+            "metrics": bool(router["metrics"]),
+            "breaker_s": float(router["breaker_s"]),
             **limits,
         },
         f"router {router['model_name']!r}",

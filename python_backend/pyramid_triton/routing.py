@@ -128,7 +128,11 @@ async def route_async(
                 if deadline is None or deadline > clock():
                     task = asyncio.ensure_future(call(router.oracle))
                     if deadline is not None:
-                        await asyncio.wait({task}, timeout=max(0.0, deadline - clock()))
+                        try:
+                            await asyncio.wait({task}, timeout=max(0.0, deadline - clock()))
+                        except asyncio.CancelledError:
+                            task.cancel()
+                            raise
                 if task is None or not task.done() and deadline is not None:
                     if task is not None:
                         task.add_done_callback(discard_outcome)

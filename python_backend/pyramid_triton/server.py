@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .supervisor import SUPERVISED_ARGS, Supervisor
+
 SHM_GLOB = "triton_python_backend_shm_region_*"
 
 
@@ -88,7 +90,9 @@ class TritonServer:
     log_path: Path | None = None
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
+    supervise: bool = False  # reload an engine whose stub process died (see supervisor.py)
     proc: subprocess.Popen | None = None
+    supervisor: Supervisor | None = None
     _log_fh: object | None = None
     _shm_before: set[str] = field(default_factory=set)
 
@@ -118,6 +122,7 @@ class TritonServer:
             str(self.log_verbose),
             "--exit-on-error=true",
             "--strict-readiness=true",
+            *(SUPERVISED_ARGS if self.supervise else []),
             *self.extra_args,
         ]
 
@@ -145,6 +150,8 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self.supervisor = Supervisor(self.proc.pid, self.http_url).start()
         return self
 
     def is_ready(self) -> bool:
@@ -173,6 +180,9 @@ class TritonServer:
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGINT the server (its own PID), wait, SIGKILL its process group, remove its shm regions."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         proc, self.proc = self.proc, None
         if proc is not None:
             pgid = proc.pid  # start_new_session: the group id is the server's pid
@@ -250,8 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--metrics-port", type=int, default=8002)
+    ap.add_argument("--no-supervise", action="store_true", help="do not reload engines whose process died")
+    ap.add_argument("--log-verbose", type=int, default=0, help="1: also the router's per-request JSON lines")
     args = ap.parse_args(argv)
-    server = TritonServer(Path(args.repository), args.http_port, args.grpc_port, args.metrics_port)
+    server = TritonServer(
+        Path(args.repository),
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        log_verbose=args.log_verbose,
+        supervise=not args.no_supervise,
+    )
     try:
         server.start()
         print(f"ready: gRPC {server.grpc_url}, HTTP {server.http_url} (Ctrl-C stops)", flush=True)

@@ -46,6 +46,21 @@ class Deployment:
     traces: Path
     log: Path
     oracle_missing: tuple[int, ...]
+    metrics_url: str = ""
+
+
+def scrape(metrics_url: str, prefix: str = "pyramid_") -> dict[str, float]:
+    """Triton's /metrics as {'name{labels}': value}, for the series starting with ``prefix``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
 
 
 def _offline_route(router, ts, idx: int, threshold=None, force_tier=None):
@@ -121,17 +136,18 @@ def deployment(tmp_path_factory) -> Deployment:
             traces,
             server.log_path,
             oracle_missing,
+            f"127.0.0.1:{server.metrics_port}",
         )
 
 
 @contextlib.contextmanager
-def serve(spec_path: Path, calibration: Path, repo: Path, log: Path):
+def serve(spec_path: Path, calibration: Path, repo: Path, log: Path, **server_kw):
     """Render ``spec_path`` into ``repo`` and run a real tritonserver on it (stopped on exit)."""
     from pyramid_triton.render import render
     from pyramid_triton.server import ServerError, TritonServer
 
     repo = render(spec_path, repo, calibration=calibration).out
-    server = TritonServer(repo, log_path=log)
+    server = TritonServer(repo, log_path=log, **server_kw)
     try:
         server.start(timeout_s=120)
     except ServerError as exc:

@@ -234,6 +234,7 @@ def slow(deployment, tmp_path_factory):
     ]
     spec["oracle"] = {"name": ORACLE, "seconds_per_token": SLOW_ORACLE_S_PER_TOKEN}
     spec["router"]["agent_timeout_s"] = AGENT_TIMEOUT_S
+    spec["router"]["breaker_s"] = 0  # every request really waits for the slow agent's timeout
     spec_path = tmp / "slow.yaml"
     spec_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     with serve(spec_path, deployment.calibration, tmp / "repo", tmp / "tritonserver.log") as server:
