@@ -269,3 +269,40 @@ def test_without_a_deadline_the_slow_oracle_is_awaited(slow, router, traces, off
     got = ask(slow.grpc_url, traces.questions[idx].question, timeout_s=120)
     assert not got["provisional"] and got["tier"] == "oracle"
     assert got["answer"] == (want.answer or "") and got["degraded"]
+
+
+def test_client_cancellation_abandons_the_route(slow, router, traces, offline_route):
+    """Cancelled while the committee is still being asked: no response is sent, the oracle is never
+    called, the server counts it and goes on serving."""
+    import tritonclient.grpc as grpcclient
+
+    from .conftest import scrape
+
+    idx, want = escalating(router, traces, offline_route, 1, start=900, fail=(SLOW, BROKEN))[0]
+    metrics_url = f"127.0.0.1:{slow.metrics_port}"
+
+    def count(name, **labels):
+        m = scrape(metrics_url, name)
+        return sum(v for k, v in m.items() if all(f'{a}="{b}"' in k for a, b in labels.items()))
+
+    cancelled0 = count("pyramid_requests_total", outcome="cancelled")
+    oracle0 = count("nv_inference_request_success", model=ORACLE)
+    got: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(slow.grpc_url)
+    text = grpcclient.InferInput("text_input", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[traces.questions[idx].question.encode()]], dtype=np.object_))
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    client.async_stream_infer("pyramid", [text])
+    time.sleep(AGENT_TIMEOUT_S / 2)  # the slow agent has not timed out yet: no escalation so far
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and count("pyramid_requests_total", outcome="cancelled") == cancelled0:
+        time.sleep(0.1)
+    assert count("pyramid_requests_total", outcome="cancelled") == cancelled0 + 1
+    time.sleep(AGENT_TIMEOUT_S + 0.5)  # past the point where the route would have escalated
+    assert count("nv_inference_request_success", model=ORACLE) == oracle0
+    assert all(r is None or r.as_numpy("tier") is None for r, _ in list(got.queue))
+    assert ask(slow.grpc_url, traces.questions[idx].question, deadline_ms=1500)["answer"] == (
+        want.committee_answer or ""
+    )
