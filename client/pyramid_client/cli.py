@@ -1,4 +1,4 @@
-"""``pyramid ask`` and ``pyramid run-gsm8k`` (subcommands of the ``pyramid`` entry point).
+"""``pyramid ask``, ``pyramid run-gsm8k`` and ``pyramid record`` (subcommands of the ``pyramid`` entry point).
 
 Exit codes: 0 ok; 1 the server answered an error or could not be reached (run-gsm8k: any
 question failed; the summary is printed all the same); 2 usage errors (bad flags, unreadable
@@ -214,10 +214,17 @@ def run_gsm8k_main(argv: list[str] | None = None) -> int:
     return 1 if errors else 0
 
 
+def record_main(argv: list[str] | None = None) -> int:
+    """``pyramid record --questions FILE --out DIR [--url ...]``: see ``pyramid_client.record``."""
+    from .record import main as record  # noqa: PLC0415
+
+    return record(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pyramid_client ask|run-gsm8k ...``"""
+    """``python -m pyramid_client ask|run-gsm8k|record ...``"""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"ask": ask_main, "run-gsm8k": run_gsm8k_main}
+    commands = {"ask": ask_main, "run-gsm8k": run_gsm8k_main, "record": record_main}
     if not argv or argv[0] not in commands:
         print(f"usage: pyramid {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

@@ -24,6 +24,8 @@ INPUT_DATATYPES = {
     "force_tier": "BYTES",
     "deadline_ms": "INT32",
     "strict": "BOOL",
+    # engine text API (pyramid record calls the engines directly)
+    "return_log_probs": "BOOL",
 }
 TIERS = ("committee", "oracle")
 COST_MODELS = ("usd", "flops")

@@ -1,5 +1,6 @@
 """`pyramid` command line: calibrate a router and evaluate it on recorded traces; ``ask`` and
-``run-gsm8k`` talk to a running deployment (``pyramid_client.cli``).
+``run-gsm8k`` talk to a running deployment, ``record`` records its models' answers as traces
+(``pyramid_client.cli``).
 
 Every failure is one line on stderr naming the cause and a non-zero exit;
 outputs are written only after everything succeeded (atomic rename).
@@ -174,15 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
 CLIENT_COMMANDS = {
     "ask": "ask a running deployment one question (pyramid ask --help)",
     "run-gsm8k": "send GSM8K questions through a running deployment; accuracy, cost, latency (--help)",
+    "record": "record a deployment's committee and oracle on a question file as traces for calibrate (--help)",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in CLIENT_COMMANDS:
-        from pyramid_client.cli import ask_main, run_gsm8k_main
+        from pyramid_client.cli import ask_main, record_main, run_gsm8k_main
 
-        return {"ask": ask_main, "run-gsm8k": run_gsm8k_main}[argv[0]](argv[1:])
+        return {"ask": ask_main, "run-gsm8k": run_gsm8k_main, "record": record_main}[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -22,6 +22,14 @@ kind has its own keys (``KIND_KEYS``); a key the model's kind does not have is a
 ``llamacpp`` models are decoupled (streaming) models: they are listed in the router's
 ``decoupled_models`` and never in ``parsed_answer_models`` (they return text only). Their prompt
 template and stop strings go to ``prompt.json`` beside the model's ``config.pbtxt``.
+
+``trtllm`` models (GPU specs, ``deploy/gpu-*.yaml``) are TensorRT-LLM engines: each becomes four
+models in NVIDIA's ``inflight_batcher_llm`` layout (``trtllm_spec``): the ensemble ``NAME`` the
+router calls (decoupled), ``NAME_preprocessing``, ``NAME_tensorrt_llm`` and ``NAME_postprocessing``.
+Their GPU placement is checked across the spec (``trtllm_spec.check_placement``) against the
+optional top-level ``node: {gpus, gpu_memory_gb, gpu}``. ``engines_only`` renders the engines
+without the router (no calibration needed): what ``pyramid record`` needs to record traces of
+new models before there is a calibration for them.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import yaml
 
 from pyramid_moa.artifact import load_artifact
 
+from . import trtllm_spec
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
@@ -47,7 +56,7 @@ MARKER = ".rendered-by-pyramid"
 CALIBRATION_FILE = "calibration.json"
 PROMPT_FILE = "prompt.json"
 
-TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router"}
+TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router", "node"}
 # log_probs: the router asks this engine for cum_log_probs (calibration features that use them).
 COMMON_ENGINE_KEYS = {"kind", "instance_count", "log_probs"}
 # The keys of each engine kind (besides COMMON_ENGINE_KEYS), and their defaults.
@@ -56,15 +65,17 @@ KIND_KEYS: dict[str, set[str]] = {
     "llamacpp": {
         "gguf", "n_threads", "n_ctx", "prompt_template", "stop", "temperature", "seed", "max_tokens", "top_k", "top_p",
     },
+    "trtllm": trtllm_spec.TRTLLM_KEYS,  # defaults: trtllm_spec.TRTLLM_DEFAULTS
 }  # fmt: skip
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "replay": {"seconds_per_token": 0.0, "instance_count": 1, "return_answer": True},
     # gguf: default_gguf_path(); prompt_template / stop: llamacpp.DEFAULT_TEMPLATE / DEFAULT_STOP
     "llamacpp": {"instance_count": 1, "n_threads": 1, "n_ctx": 2048, "temperature": 0.0, "seed": 0,
                  "max_tokens": 256, "top_k": 40, "top_p": 0.95},
+    "trtllm": {"instance_count": 1},
 }  # fmt: skip
 ENGINE_KINDS = tuple(KIND_KEYS)
-DECOUPLED_KINDS = {"llamacpp"}
+DECOUPLED_KINDS = {"llamacpp", "trtllm"}
 ENGINE_KEYS = COMMON_ENGINE_KEYS.union(*KIND_KEYS.values())  # any kind's (the kind-specific check comes after)
 MODEL_KEYS = {"name"} | ENGINE_KEYS
 ROUTER_DEFAULTS: dict[str, Any] = {
@@ -181,8 +192,11 @@ def render(
     out: str | Path,
     calibration: str | Path | None = None,
     templates: Path = TEMPLATES,
+    engines_only: bool = False,
 ) -> Rendered:
-    """Render ``spec_path`` into the directory ``out`` (replaced if it holds an earlier rendering)."""
+    """Render ``spec_path`` into the directory ``out`` (replaced if it holds an earlier rendering).
+
+    ``engines_only``: the engines without the router, and no calibration needed."""
     spec_path = Path(spec_path).resolve()
     base = spec_path.parent
     spec = load_spec(spec_path)
@@ -201,52 +215,71 @@ def render(
     if router["model_name"] in names:
         raise SpecError(f"{spec_path}: router model_name {router['model_name']!r} clashes with an engine model")
 
-    cal = calibration if calibration is not None else spec.get("calibration")
-    if cal is None:
-        raise SpecError(f"{spec_path}: no calibration artifact given (spec key 'calibration' or --calibration)")
-    cal_path = Path(cal).resolve() if calibration is not None else rel(cal)
-    if not cal_path.is_file():
-        raise SpecError(
-            f"calibration artifact {cal_path} not found; create it with 'pyramid calibrate --traces ... "
-            f"--committee {','.join(names[:-1])} --oracle {names[-1]} --out {cal_path}'"
-        )
-    art = load_artifact(cal_path, known_agents=names)
-    if art.oracle != oracle["name"]:
-        raise SpecError(f"calibration {cal_path} has oracle {art.oracle!r}; the spec's oracle is {oracle['name']!r}")
+    try:
+        node = trtllm_spec.Node.from_spec(spec.get("node"), str(spec_path))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    cal_path = None
+    if not engines_only:
+        cal = calibration if calibration is not None else spec.get("calibration")
+        if cal is None:
+            raise SpecError(
+                f"{spec_path}: no calibration artifact given (spec key 'calibration' or --calibration); for new "
+                "models record traces first (render --engines-only, pyramid record, pyramid calibrate: docs/GPU.md)"
+            )
+        cal_path = Path(cal).resolve() if calibration is not None else rel(cal)
+        if not cal_path.is_file():
+            raise SpecError(
+                f"calibration artifact {cal_path} not found; create it with 'pyramid calibrate --traces ... "
+                f"--committee {','.join(names[:-1])} --oracle {names[-1]} --out {cal_path}'"
+            )
+        art = load_artifact(cal_path, known_agents=names)
+        if art.oracle != oracle["name"]:
+            raise SpecError(
+                f"calibration {cal_path} has oracle {art.oracle!r}; the spec's oracle is {oracle['name']!r}"
+            )
 
     python_path = str(PACKAGE_ROOT)
     limits = {"max_input_chars": router["max_input_chars"], "max_tokens_cap": router["max_tokens_cap"]}
     parsed_answer_models: list[str] = []
     decoupled_models: list[str] = []  # engines whose kind is a decoupled (streaming) model
     logprob_models: list[str] = []  # engines the router asks for cum_log_probs
-    planned: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = []  # name, kind, values, prompt
+    planned: list[trtllm_spec.PlannedModel] = []  # every model to write, in order
+    trtllm_models: list[trtllm_spec.TrtllmModel] = []
 
     for entry in [*models, oracle]:  # everything is checked before anything is written
         name = entry["name"]
         where = f"{spec_path}: model {name!r}"
-        kind = entry.get("kind", engine_block.get("kind"))
-        inherited = (
-            engine_block
-            if engine_block.get("kind") == kind
-            else {k: v for k, v in engine_block.items() if k in COMMON_ENGINE_KEYS - {"kind"}}
-        )
-        e = {**inherited, **{k: v for k, v in entry.items() if k != "name"}, "kind": kind}
-        _check_kind(e, where)
-        e = {**KIND_DEFAULTS[kind], **e}
+        kind, e = _merged_engine(entry, engine_block, where)
         if bool(e.pop("log_probs", False)):
             logprob_models.append(name)
         common = {"model_name": name, "python_path": python_path, "instance_count": int(e["instance_count"]), **limits}
-        prompt = None
         if kind == "replay":
             values = {**common, **_replay_values(e, name, rel, where)}
             if values["return_answer"]:
                 parsed_answer_models.append(name)
-        else:
+            planned.append(trtllm_spec.PlannedModel(name, kind, values))
+        elif kind == "llamacpp":
             values = {**common, **_llamacpp_values(e, rel, where)}
-            prompt = _prompt_format(e, where).to_dict()
+            prompt = json.dumps(_prompt_format(e, where).to_dict(), indent=1) + "\n"
+            planned.append(trtllm_spec.PlannedModel(name, kind, values, {PROMPT_FILE: prompt}))
+        else:  # trtllm: the ensemble the router calls, and the three models behind it
+            try:
+                tm = trtllm_spec.parse_model(name, {k: v for k, v in e.items() if k != "kind"}, rel, where)
+            except ValueError as exc:
+                raise SpecError(str(exc)) from None
+            trtllm_models.append(tm)
+            planned.extend(trtllm_spec.plan(tm, python_path, int(router["max_input_chars"])))
         if kind in DECOUPLED_KINDS:
             decoupled_models.append(name)
-        planned.append((name, kind, values, prompt))
+    try:
+        trtllm_spec.check_placement(trtllm_models, node, str(spec_path))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    written = [pm.name for pm in planned] + ([] if engines_only else [router["model_name"]])
+    clashes = sorted({n for n in written if written.count(n) > 1})
+    if clashes:
+        raise SpecError(f"{spec_path}: model name(s) {', '.join(clashes)} would be rendered twice")
 
     out = Path(out).resolve()
     if out.exists():
@@ -254,10 +287,13 @@ def render(
             raise SpecError(f"{out} exists and was not rendered by this tool; refusing to overwrite it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for name, kind, values, prompt in planned:
-        _write_model(templates / kind, out / name, values, f"model {name!r}")
-        if prompt is not None:
-            (out / name / PROMPT_FILE).write_text(json.dumps(prompt, indent=1) + "\n", encoding="utf-8")
+    for pm in planned:
+        _write_model(templates / pm.template, out / pm.name, pm.values, f"model {pm.name!r}")
+        for filename, text in pm.files.items():
+            (out / pm.name / filename).write_text(text, encoding="utf-8")
+    if engines_only:
+        (out / MARKER).write_text(f"rendered from {spec_path} (engines only, no router)\n", encoding="utf-8")
+        return Rendered(out, "", names[:-1], oracle["name"], written)
 
     rdir = out / router["model_name"]
     _write_model(
@@ -283,9 +319,54 @@ def render(
         },
         f"router {router['model_name']!r}",
     )
+    assert cal_path is not None
     shutil.copyfile(cal_path, rdir / CALIBRATION_FILE)
     (out / MARKER).write_text(f"rendered from {spec_path}\n", encoding="utf-8")
-    return Rendered(out, router["model_name"], names[:-1], oracle["name"], [*names, router["model_name"]])
+    return Rendered(out, router["model_name"], names[:-1], oracle["name"], written)
+
+
+def _merged_engine(entry: dict[str, Any], engine_block: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    """(kind, settings) of one model: its entry over the engine block's defaults (all of them if the
+    kinds match, else only the common keys) over the kind's defaults; keys checked against the kind."""
+    kind = entry.get("kind", engine_block.get("kind"))
+    inherited = (
+        engine_block
+        if engine_block.get("kind") == kind
+        else {k: v for k, v in engine_block.items() if k in COMMON_ENGINE_KEYS - {"kind"}}
+    )
+    e = {**inherited, **{k: v for k, v in entry.items() if k != "name"}, "kind": kind}
+    _check_kind(e, where)
+    return kind, {**KIND_DEFAULTS[kind], **e}
+
+
+def load_trtllm_models(spec_path: str | Path) -> tuple[list[trtllm_spec.TrtllmModel], trtllm_spec.Node]:
+    """The TensorRT-LLM engines of a spec, checked as ``render`` checks them (placement included),
+    without rendering: what ``scripts/build_engines.py`` builds."""
+    spec_path = Path(spec_path).resolve()
+    spec = load_spec(spec_path)
+
+    def rel(p: Any) -> Path:
+        p = Path(str(p))
+        return p if p.is_absolute() else (spec_path.parent / p).resolve()
+
+    engine_block = spec.get("engine", {})
+    entries = [_model_entry(e, f"{spec_path}: agents[{i}]") for i, e in enumerate(spec["agents"])]
+    entries.append(_model_entry(spec["oracle"], f"{spec_path}: oracle"))
+    out = []
+    try:
+        node = trtllm_spec.Node.from_spec(spec.get("node"), str(spec_path))
+        for entry in entries:
+            where = f"{spec_path}: model {entry['name']!r}"
+            kind, e = _merged_engine(entry, engine_block, where)
+            if kind == "trtllm":
+                e.pop("log_probs", None)
+                out.append(
+                    trtllm_spec.parse_model(entry["name"], {k: v for k, v in e.items() if k != "kind"}, rel, where)
+                )
+        trtllm_spec.check_placement(out, node, str(spec_path))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    return out, node
 
 
 def _replay_values(e: dict[str, Any], name: str, rel: Any, where: str) -> dict[str, Any]:
@@ -347,7 +428,8 @@ def _write_model(template_dir: Path, dest: Path, values: dict[str, Any], what: s
         raise SpecError(f"{what}: template {config} not found")
     (dest / "1").mkdir(parents=True)
     (dest / "config.pbtxt").write_text(fill(config.read_text(encoding="utf-8"), values, str(config)), encoding="utf-8")
-    shutil.copyfile(template_dir / "model.py", dest / "1" / "model.py")
+    if (template_dir / "model.py").is_file():  # Python models; ensembles and tensorrtllm models have none
+        shutil.copyfile(template_dir / "model.py", dest / "1" / "model.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,9 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("spec", help="deployment spec YAML, e.g. deploy/replay.yaml")
     ap.add_argument("--out", required=True, help="output model repository directory")
     ap.add_argument("--calibration", help="calibration artifact (overrides the spec's 'calibration')")
+    ap.add_argument(
+        "--engines-only",
+        action="store_true",
+        help="render the engines without the router (no calibration needed; to record traces with pyramid record)",
+    )
     args = ap.parse_args(argv)
     try:
-        r = render(args.spec, args.out, args.calibration)
+        r = render(args.spec, args.out, args.calibration, engines_only=args.engines_only)
     except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

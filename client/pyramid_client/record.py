@@ -1,0 +1,535 @@
+"""``pyramid record``: run the committee and the oracle of a live deployment over a question file and
+write traces in the project's format (docs/TRACES.md), so ``pyramid calibrate`` can fit the router
+for the deployment's own models.
+
+    pyramid record --url HOST:8001 --questions gsm8k-train.jsonl --out traces/mine
+    pyramid calibrate --traces traces/mine --committee A,B,C --oracle O --out calibration.json
+
+Every committee member and the oracle is asked every question directly (by its Triton model
+name, with the engine text API the router uses: ``text_input``, ``max_tokens``, and
+``return_log_probs`` for the engines the router reads log-probabilities from), so the traces hold
+what each model answers when the router calls it. Who the models are, which return
+log-probabilities, which return a parsed answer and the router's default ``max_tokens`` are read
+from the router's model config (``--router``, default ``pyramid``); ``--committee`` / ``--oracle``
+name them instead, e.g. for a repository rendered with ``--engines-only`` (no router yet).
+
+Questions: the project's ``{"idx", "question", "gold"}`` lines, or GSM8K's own ``{"question",
+"answer"}`` lines (``idx`` is then the line number from 0, ``gold`` what follows ``####``).
+
+Output (``--out DIR``): ``questions.jsonl``, ``sources.json`` (the model behind each engine and
+its size when the engine's config says so, ``--params`` / ``--price`` otherwise) and
+``traces/<model>.jsonl`` with one sample per question: ``text``, ``answer`` (the engine's own if it
+parses one, else extracted as the router does), ``output_tokens`` (the engine's count, or chars/4
+when it returns none), ``cum_log_prob`` when returned. Results are appended as they arrive, so
+``--resume`` continues an interrupted run; at the end each trace file is rewritten sorted by idx. A
+call that fails is left out (the trace format counts a missing record as a failed call), reported,
+and makes the exit code 1; ``--resume`` retries it. Exit 2: bad flags or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .client import resolve_endpoint
+from .gsm8k import Progress, Question, UsageError, select
+from .types import UNAVAILABLE, PyramidError
+
+LOG_PROB_POLICIES = ("auto", "always", "never")
+
+
+@dataclass
+class Deployment:
+    """What ``record`` needs to know about the deployment's models."""
+
+    committee: list[str]
+    oracle: str
+    logprob_models: set[str] = field(default_factory=set)
+    parsed_answer_models: set[str] = field(default_factory=set)
+    default_max_tokens: int | None = None
+    source: str = "flags"  # "router <name>" when read from the router's config
+
+    @property
+    def models(self) -> list[str]:
+        return [*self.committee, self.oracle]
+
+
+def _params(config: dict[str, Any]) -> dict[str, str]:
+    return {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+
+
+def _csv(v: str | None) -> list[str]:
+    return [x.strip() for x in (v or "").split(",") if x.strip()]
+
+
+def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """A model's config as JSON (Triton's model-configuration endpoint); PyramidError if unavailable."""
+    if protocol == "http":
+        from .http_transport import split_url  # noqa: PLC0415
+
+        scheme, host, port, prefix = split_url(url)
+        full = f"{scheme}://{host}:{port}{prefix}/v2/models/{quote(model, safe='')}/config"
+        try:
+            with urllib.request.urlopen(full, timeout=timeout_s) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            code = "NOT_FOUND" if exc.code in (400, 404) else UNAVAILABLE
+            raise PyramidError(f"model {model!r}: HTTP {exc.code} from {full}", code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise PyramidError(f"cannot reach {host}:{port}: {exc}", UNAVAILABLE) from None
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        return client.get_model_config(model, as_json=True, client_timeout=timeout_s)["config"]
+    except grpcclient.InferenceServerException as exc:
+        msg = str(exc.message() if hasattr(exc, "message") else exc)
+        code = "NOT_FOUND" if "unknown model" in msg.lower() or "not found" in msg.lower() else UNAVAILABLE
+        raise PyramidError(f"model {model!r}: {msg}", code) from None
+    finally:
+        client.close()
+
+
+def discover(protocol: str, url: str, router: str) -> Deployment:
+    """The committee, oracle, log-prob and parsed-answer engines and default max_tokens of ``router``."""
+    p = _params(model_config(protocol, url, router))
+    if "agents" not in p or "oracle" not in p:
+        raise PyramidError(f"model {router!r} is not a pyramid router (no 'agents' / 'oracle' parameters)", "NOT_FOUND")
+    mt = p.get("default_max_tokens", "")
+    return Deployment(
+        _csv(p["agents"]),
+        p["oracle"],
+        set(_csv(p.get("logprob_models"))),
+        set(_csv(p.get("parsed_answer_models"))),
+        int(mt) if mt.isdigit() else None,
+        f"router {router}",
+    )
+
+
+def engine_info(protocol: str, url: str, model: str) -> dict[str, Any]:
+    """``{"model", "params_b"}`` from an engine's config parameters (rendered for TensorRT-LLM engines)."""
+    try:
+        p = _params(model_config(protocol, url, model))
+    except PyramidError:
+        return {}
+    out: dict[str, Any] = {}
+    if p.get("hf_model"):
+        out["model"] = p["hf_model"]
+    try:
+        out["params_b"] = float(p["params_b"])
+    except (KeyError, ValueError):
+        pass
+    return out
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """The project's question lines, or GSM8K's ``{"question", "answer": "... #### N"}`` lines."""
+    from pyramid_moa.answers import normalize_number  # noqa: PLC0415
+
+    from . import gsm8k  # noqa: PLC0415
+
+    p = Path(path)
+    try:
+        first = next((ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()), "")
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        head = json.loads(first) if first else {}
+    except json.JSONDecodeError:
+        raise UsageError(f"{p}:1: not JSON") from None
+    if not isinstance(head, dict) or "idx" in head or "answer" not in head:
+        return gsm8k.load_questions(p)
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            text, answer = obj["question"], obj["answer"]
+            if not isinstance(text, str) or not isinstance(answer, str):
+                raise TypeError("'question' and 'answer' must be strings")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UsageError(f"{p}:{n + 1}: not a GSM8K line ({type(exc).__name__}: {exc})") from None
+        gold = answer.rsplit("####", 1)[1].strip() if "####" in answer else None
+        out.append(Question(n, text, normalize_number(gold) if gold else None))
+    if not out:
+        raise UsageError(f"{p}: no questions")
+    return out
+
+
+# --- one call --------------------------------------------------------------------------------------
+
+
+def _sample(model: str, parts: Sequence[dict[str, Any]], parsed_answer: bool, task: str) -> dict[str, Any]:
+    """A trace sample from an engine's responses (a decoupled engine may send several)."""
+    from pyramid_moa.answers import get_task  # noqa: PLC0415
+    from pyramid_moa.cost import estimate_tokens  # noqa: PLC0415
+
+    text = "".join(str(p.get("text_output", "")) for p in parts)
+    tokens = [p.get("output_tokens") for p in parts]
+    known = [int(t) for t in tokens if t is not None and int(t) >= 0]
+    lps = [p.get("cum_log_probs") for p in parts]
+    lp_known = [float(v) for v in lps if v is not None and v == v]  # drop NaN
+    answer = None
+    engine_answer = next((p["answer"] for p in reversed(parts) if "answer" in p), None)
+    if parsed_answer and engine_answer is not None:
+        answer = str(engine_answer) or None
+    else:
+        answer = get_task(task).extract(text)
+    sample: dict[str, Any] = {
+        "text": text,
+        "answer": answer,
+        "output_tokens": sum(known) if len(known) == len(parts) else estimate_tokens(text),
+    }
+    if lp_known and len(lp_known) == len(parts):
+        sample["cum_log_prob"] = float(sum(lp_known))
+    return sample
+
+
+class Caller:
+    """Calls engines directly over the client's transports, retrying only UNAVAILABLE."""
+
+    def __init__(self, protocol: str, url: str, timeout_s: float, retries: int) -> None:
+        self.protocol, self.url, self.timeout_s, self.retries = protocol, url, timeout_s, retries
+        self._transports: dict[str, Any] = {}
+
+    def transport(self, model: str) -> Any:
+        if model not in self._transports:
+            if self.protocol == "http":
+                from .http_transport import AsyncHttpTransport  # noqa: PLC0415
+
+                self._transports[model] = AsyncHttpTransport(self.url, model)
+            else:
+                from .grpc_transport import AsyncGrpcTransport  # noqa: PLC0415
+
+                self._transports[model] = AsyncGrpcTransport(self.url, model)
+        return self._transports[model]
+
+    async def close(self) -> None:
+        for t in self._transports.values():
+            await t.close()
+
+    async def call(self, model: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            parts: list[dict[str, Any]] = []
+            try:
+                async for out in self.transport(model).stream(inputs, uuid.uuid4().hex, deadline, self.timeout_s):
+                    parts.append(out)
+                if not parts:
+                    raise PyramidError("the engine sent no output", "INTERNAL")
+                return parts
+            except PyramidError as exc:
+                exc.attempts = attempt
+                delay = min(4.0, 0.25 * 2 ** (attempt - 1))
+                if exc.code != UNAVAILABLE or parts or attempt > self.retries or time.monotonic() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_trace(path: Path) -> dict[int, dict[str, Any]]:
+    """idx -> trace line of an existing (possibly interrupted) trace file; a torn last line is dropped."""
+    out: dict[int, dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            out[int(obj["idx"])] = obj
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            if n == len(lines):
+                print(f"pyramid record: {path}:{n}: dropping a torn last line (an interrupted run)", file=sys.stderr)
+                continue
+            raise UsageError(f"{path}:{n}: not a trace line") from None
+    return out
+
+
+@dataclass
+class Failure:
+    model: str
+    idx: int
+    error: PyramidError
+
+
+async def record(
+    deployment: Deployment,
+    questions: Sequence[Question],
+    out: Path,
+    caller: Caller,
+    max_tokens: int,
+    log_probs: str = "auto",
+    concurrency: int = 8,
+    task: str = "gsm8k",
+    progress: Progress | None = None,
+) -> tuple[dict[str, dict[int, dict[str, Any]]], list[Failure]]:
+    """Ask every model every question not yet in ``out``'s traces; append each result as it arrives."""
+    traces_dir = out / "traces"
+    traces_dir.mkdir(parents=True, exist_ok=True)
+    done = {m: read_trace(traces_dir / f"{m}.jsonl") for m in deployment.models}
+    from_router = deployment.source.startswith("router")
+    want_lp = {
+        m: log_probs == "always" or (log_probs == "auto" and (m in deployment.logprob_models or not from_router))
+        for m in deployment.models
+    }
+    files = {m: open(traces_dir / f"{m}.jsonl", "a", encoding="utf-8") for m in deployment.models}  # noqa: SIM115
+    failures: list[Failure] = []
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(q: Question, model: str) -> None:
+        inputs: dict[str, Any] = {"text_input": q.question, "max_tokens": int(max_tokens)}
+        if want_lp[model]:
+            inputs["return_log_probs"] = True
+        async with sem:
+            try:
+                parts = await caller.call(model, inputs)
+            except PyramidError as exc:
+                failures.append(Failure(model, q.idx, exc))
+                if progress:
+                    progress.update(False)
+                return
+        line = {"idx": q.idx, "samples": [_sample(model, parts, model in deployment.parsed_answer_models, task)]}
+        done[model][q.idx] = line
+        files[model].write(json.dumps(line) + "\n")
+        files[model].flush()
+        if progress:
+            progress.update(True)
+
+    try:
+        await asyncio.gather(*(one(q, m) for q in questions for m in deployment.models if q.idx not in done[m]))
+    finally:
+        for f in files.values():
+            f.close()
+    for m in deployment.models:  # sorted by idx, one line per question
+        rows = [done[m][i] for i in sorted(done[m])]
+        _write_atomic(traces_dir / f"{m}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return done, failures
+
+
+def write_metadata(
+    out: Path,
+    deployment: Deployment,
+    questions: Sequence[Question],
+    infos: dict[str, dict[str, Any]],
+    params: dict[str, list[float]],
+    prices: dict[str, list[float]],
+    meta: dict[str, Any],
+) -> None:
+    existing: dict[int, dict[str, Any]] = {}
+    qpath = out / "questions.jsonl"
+    if qpath.is_file():
+        for line in qpath.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                obj = json.loads(line)
+                existing[int(obj["idx"])] = obj
+    for q in questions:
+        existing[q.idx] = {"idx": q.idx, "question": q.question, "gold": q.gold}
+    _write_atomic(qpath, "".join(json.dumps(existing[i]) + "\n" for i in sorted(existing)))
+    sources = []
+    for m in deployment.models:
+        info = infos.get(m, {})
+        row: dict[str, Any] = {
+            "name": m,
+            "model": info.get("model", m),
+            "params_b": params[m][0] if m in params else info.get("params_b"),
+            "license": "unknown: the license of the model behind this engine applies",
+            "role": "oracle" if m == deployment.oracle else "agent",
+            "recorded_by": "pyramid record",
+            **meta,
+        }
+        if m in prices:
+            row["price_usd_per_1k_tokens"] = {"input": prices[m][0], "output": prices[m][1]}
+        sources.append(row)
+    _write_atomic(out / "sources.json", json.dumps(sources, indent=1) + "\n")
+
+
+def _overrides(items: list[str] | None, flag: str, n: int, names: Sequence[str]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for item in items or []:
+        name, sep, vals = item.partition("=")
+        try:
+            nums = [float(x) for x in vals.split(",")]
+        except ValueError:
+            nums = []
+        if not sep or len(nums) != n:
+            raise UsageError(f"{flag} {item!r}: expected NAME={'IN,OUT' if n == 2 else 'BILLIONS'}")
+        if name not in names:
+            raise UsageError(f"{flag} {item!r}: {name!r} is not one of the recorded models {list(names)}")
+        out[name] = nums
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pyramid record",
+        description="Record the committee's and the oracle's answers of a live deployment as traces for "
+        "pyramid calibrate",
+    )
+    ap.add_argument("--questions", required=True, help="questions.jsonl (project format) or GSM8K's jsonl")
+    ap.add_argument("--out", required=True, help="trace directory to write (docs/TRACES.md)")
+    ap.add_argument("--url", help="server HOST:PORT or grpc:// / http:// URL (default localhost:8001 gRPC)")
+    ap.add_argument("--protocol", choices=["grpc", "http"])
+    ap.add_argument("--router", default="pyramid", help="router model to read the committee from (default pyramid)")
+    ap.add_argument("--committee", help="comma-separated agent model names (instead of the router's)")
+    ap.add_argument("--oracle", help="oracle model name (with --committee)")
+    ap.add_argument("--n", type=int, help="number of questions (default: all)")
+    ap.add_argument("--seed", type=int, help="sample the questions at random with this seed (default: the first N)")
+    ap.add_argument("--idx", help="comma-separated question ids to choose from")
+    ap.add_argument("--max-tokens", type=int, help="per call (default: the router's default_max_tokens, else 512)")
+    ap.add_argument(
+        "--log-probs",
+        choices=LOG_PROB_POLICIES,
+        default="auto",
+        help="ask for cum_log_probs: auto (the router's logprob_models; all models without a router), always, never",
+    )
+    ap.add_argument("--concurrency", type=int, default=8, help="calls in flight (default 8)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per call, retries included (default 300)")
+    ap.add_argument("--retries", type=int, default=3, help="retries of a call while the server is unavailable")
+    ap.add_argument("--params", action="append", metavar="NAME=B", help="model size in billions (sources.json)")
+    ap.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="USD per 1k tokens (sources.json)")
+    ap.add_argument("--task", default="gsm8k", help="answer extraction task (gsm8k, text)")
+    ap.add_argument("--resume", action="store_true", help="continue into an existing --out directory")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    a = ap.parse_args(argv)
+    try:
+        protocol, url = resolve_endpoint(a.url, a.protocol)
+    except ValueError as exc:
+        ap.error(str(exc))
+    out = Path(a.out)
+    try:
+        if a.concurrency < 1:
+            raise UsageError(f"--concurrency must be >= 1, got {a.concurrency}")
+        if (a.committee is None) != (a.oracle is None):
+            raise UsageError("--committee and --oracle go together")
+        if out.exists() and any(out.iterdir()) and not a.resume:
+            raise UsageError(f"{out} is not empty: pass --resume to continue a run there, or another --out")
+        questions = load_questions(a.questions)
+        only = None
+        if a.idx:
+            try:
+                only = [int(x) for x in a.idx.split(",") if x.strip()]
+            except ValueError:
+                raise UsageError(f"--idx must be comma-separated integers, got {a.idx!r}") from None
+        chosen = select(questions, a.n, a.seed, (), only)
+    except UsageError as exc:
+        print(f"pyramid record: error: {exc}", file=sys.stderr)
+        return 2
+
+    try:
+        if a.committee is not None:
+            dep = Deployment(_csv(a.committee), a.oracle.strip())
+            if not dep.committee or not dep.oracle or len(set(dep.models)) != len(dep.models):
+                print("pyramid record: error: --committee / --oracle must name distinct models", file=sys.stderr)
+                return 2
+        else:
+            dep = discover(protocol, url, a.router)
+        infos = {m: engine_info(protocol, url, m) for m in dep.models}
+    except PyramidError as exc:
+        print(f"pyramid record: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        params = _overrides(a.params, "--params", 1, dep.models)
+        prices = _overrides(a.price, "--price", 2, dep.models)
+    except UsageError as exc:
+        print(f"pyramid record: error: {exc}", file=sys.stderr)
+        return 2
+    max_tokens = a.max_tokens or dep.default_max_tokens or 512
+    print(
+        f"recording {len(chosen)} questions x {len(dep.models)} models ({', '.join(dep.committee)} -> {dep.oracle}; "
+        f"from {dep.source}) over {protocol} {url}, max_tokens {max_tokens}",
+        file=sys.stderr,
+    )
+    meta = {"url": url, "protocol": protocol, "max_tokens": max_tokens, "recorded_at": time.strftime("%Y-%m-%d")}
+    try:
+        write_metadata(out, dep, chosen, infos, params, prices, meta)
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+        print(f"pyramid record: error: {out}: {exc}", file=sys.stderr)
+        return 2
+    progress = Progress(len(chosen) * len(dep.models), sys.stderr, enabled=not a.quiet)
+
+    async def run():
+        caller = Caller(protocol, url, a.timeout, a.retries)
+        try:
+            return await record(dep, chosen, out, caller, max_tokens, a.log_probs, a.concurrency, a.task, progress)
+        finally:
+            await caller.close()
+
+    try:
+        done, failures = asyncio.run(run())
+    except UsageError as exc:
+        print(f"pyramid record: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        progress.close()
+    print(summary(dep, chosen, done, failures, a.task))
+    for f in failures[:5]:
+        print(f"error: {f.model} on idx {f.idx}: {f.error}", file=sys.stderr)
+    if len(failures) > 5:
+        print(f"... and {len(failures) - 5} more failed calls (--resume retries them)", file=sys.stderr)
+    print(
+        f"next: pyramid calibrate --traces {out} --committee {','.join(dep.committee)} --oracle {dep.oracle} "
+        "--out calibration.json",
+        file=sys.stderr,
+    )
+    return 1 if failures else 0
+
+
+def summary(
+    dep: Deployment,
+    questions: Sequence[Question],
+    done: dict[str, dict[int, dict[str, Any]]],
+    failures: Sequence[Failure],
+    task: str,
+) -> str:
+    from .gsm8k import grade  # noqa: PLC0415
+
+    idxs = [q.idx for q in questions]
+    gold = {q.idx: q.gold for q in questions}
+    lines = [f"{'model':<40} {'recorded':>9} {'failed':>7} {'accuracy':>9} {'out tok':>8} {'log-probs':>9}"]
+    for m in dep.models:
+        rows = [done[m][i]["samples"][0] for i in idxs if i in done[m]]
+        graded = [grade(done[m][i]["samples"][0]["answer"], gold[i], task) for i in idxs if i in done[m] and gold[i]]
+        acc = f"{sum(graded) / len(graded):.3f}" if graded else "n/a"
+        toks = f"{sum(r['output_tokens'] or 0 for r in rows) / len(rows):.0f}" if rows else "n/a"
+        lp = sum("cum_log_prob" in r for r in rows)
+        nfail = sum(f.model == m for f in failures)
+        role = " (oracle)" if m == dep.oracle else ""
+        lines.append(f"{m + role:<40} {len(rows):>9} {nfail:>7} {acc:>9} {toks:>8} {lp:>9}")
+    return "\n".join(lines)

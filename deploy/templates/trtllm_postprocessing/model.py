@@ -1,0 +1,27 @@
+"""TensorRT-LLM postprocessing model (thin: the logic lives in pyramid_triton.trtllm).
+
+Runs in NVIDIA's Triton TRT-LLM container, whose Python has transformers (the tokenizer) and numpy.
+"""
+
+import json
+import sys
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # The Python-backend stub ignores PYTHONPATH: the rendered config says where the project's code is.
+        params = json.loads(args["model_config"]).get("parameters", {})
+        path = params.get("python_path", {}).get("string_value", "")
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+        from pyramid_triton.trtllm import PostprocessingModel
+
+        self.impl = PostprocessingModel(pb_utils, args)
+
+    def execute(self, requests):
+        return self.impl.execute(requests)
+
+    def finalize(self):
+        self.impl = None

@@ -1,0 +1,445 @@
+"""Build the TensorRT-LLM engines of a deployment spec: Hugging Face checkpoint -> TensorRT-LLM
+checkpoint -> engine (``scripts/build_engines.py``, ``make engines``).
+
+Per engine directory (several spec models may share one engine, e.g. the single-GPU smoke spec):
+
+1. (``--download`` only, needs network) ``huggingface-cli download REPO --local-dir CHECKPOINT``;
+2. convert: ``examples/models/core/<llama|qwen>/convert_checkpoint.py`` (BF16/FP16, ``--tp_size``,
+   ``--pp_size``), or for ``quantization: fp8`` ``examples/quantization/quantize.py --qformat fp8
+   --kv_cache_dtype fp8`` (ModelOpt; calibrates on ``calib_dataset``), into ``ENGINE.ckpt``;
+3. build: ``trtllm-build`` with the serving flags (paged KV cache, packed inputs, fused and paged
+   context attention, ``--gemm_plugin auto`` except for FP8, the spec's batch / length / token
+   limits) into ``ENGINE``. ``--clean-checkpoints`` removes ``ENGINE.ckpt`` once the engine is built
+   (a 70B BF16 checkpoint is another ~140 GB); the engine stays current without it.
+
+The example scripts come from a TensorRT-LLM source checkout (``--trtllm-src``, ``$TRTLLM_SRC``,
+or ``./TensorRT-LLM``) at the tag of the installed ``tensorrt_llm`` (NVIDIA's Triton TRT-LLM container
+ships the package and ``trtllm-build``, not the examples). Without a checkout, unquantized models
+convert with the ``tensorrt_llm`` API (``trtllm_convert``: ``from_hugging_face`` + ``save_checkpoint``
+per rank); FP8 needs the checkout's ``quantize.py``. Engines are specific to the TensorRT-LLM version
+and GPU: build them in the container that serves them.
+
+Idempotent: each step writes into ``DIR.partial`` and renames it to ``DIR`` only after it
+succeeded, with a stamp ``DIR/pyramid-build.json`` holding a fingerprint of its inputs (the exact
+command, the TensorRT-LLM version, the checkpoint's ``config.json`` and weight file names and
+sizes, the previous step's fingerprint). A step whose stamp matches is skipped; anything else is
+rebuilt. ``tensorrt_llm`` is never imported (its version is read from the package metadata), so
+``--dry-run`` works anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .trtllm_spec import TrtllmModel
+
+STAMP = "pyramid-build.json"
+PARTIAL = ".partial"
+CALIB_SIZE = 512
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class BuildError(RuntimeError):
+    """A build cannot start; the message says why and how to fix it."""
+
+
+class StepFailed(BuildError):
+    """A command of the build exited with an error."""
+
+
+def trtllm_version() -> str | None:
+    """The installed tensorrt_llm's version from its package metadata (no import), or None."""
+    from importlib import metadata  # noqa: PLC0415
+
+    for dist in ("tensorrt_llm", "tensorrt-llm"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def hf_cli() -> list[str]:
+    """Hugging Face's command line: ``hf`` (huggingface_hub 1.x), else ``huggingface-cli`` (0.x)."""
+    return ["hf"] if shutil.which("hf") else ["huggingface-cli"]
+
+
+def default_trtllm_src() -> Path | None:
+    """``$TRTLLM_SRC``, else ``./TensorRT-LLM`` if it is there, else None (the API converter)."""
+    if os.environ.get("TRTLLM_SRC"):
+        return Path(os.environ["TRTLLM_SRC"])
+    return Path("TensorRT-LLM") if Path("TensorRT-LLM").is_dir() else None
+
+
+def example_script(src: Path, *candidates: str) -> Path:
+    """The first existing ``src/<candidate>`` (example layouts moved between releases), else the first."""
+    for c in candidates:
+        if (src / c).is_file():
+            return src / c
+    return src / candidates[0]
+
+
+API_CONVERTER = Path(__file__).resolve().parent / "trtllm_convert.py"
+NO_SRC = Path("<no TensorRT-LLM checkout: pass --trtllm-src>")
+
+
+def convert_script(src: Path | None, m: TrtllmModel) -> Path:
+    """The example's convert_checkpoint.py (quantize.py for FP8) in the checkout ``src``; without a
+    checkout an unquantized model converts with the tensorrt_llm API instead (``trtllm_convert``)."""
+    if m.quantization == "fp8":
+        return example_script(src or NO_SRC, "examples/quantization/quantize.py")
+    if src is None:
+        return API_CONVERTER
+    ex = m.arch.convert_example
+    return example_script(
+        src, f"examples/models/core/{ex}/convert_checkpoint.py", f"examples/{ex}/convert_checkpoint.py"
+    )
+
+
+def convert_argv(m: TrtllmModel, python: str, src: Path | None, out: Path) -> list[str]:
+    script = convert_script(src, m)
+    argv = [python, str(script), "--model_dir", str(m.checkpoint), "--output_dir", str(out)]
+    argv += ["--dtype", m.dtype, "--tp_size", str(m.tp_size), "--pp_size", str(m.pp_size)]
+    if script == API_CONVERTER:
+        return argv + ["--family", m.arch.convert_example] + list(m.convert_args)
+    if m.quantization == "fp8":
+        argv += ["--qformat", "fp8", "--kv_cache_dtype", "fp8", "--calib_size", str(CALIB_SIZE)]
+        if m.calib_dataset:
+            argv += ["--calib_dataset", m.calib_dataset]
+    elif m.world_size > 1:
+        argv += ["--workers", str(m.world_size)]
+    return argv + list(m.convert_args)
+
+
+def build_argv(m: TrtllmModel, trtllm_build: str, checkpoint: Path, out: Path) -> list[str]:
+    argv = [trtllm_build, "--checkpoint_dir", str(checkpoint), "--output_dir", str(out)]
+    if m.quantization != "fp8":  # FP8 GEMMs run best as TensorRT's own kernels (add it in build_args if not)
+        argv += ["--gemm_plugin", "auto"]
+    argv += ["--max_batch_size", str(m.max_batch_size), "--max_input_len", str(m.max_input_len)]
+    argv += ["--max_seq_len", str(m.max_seq_len), "--max_num_tokens", str(m.max_num_tokens), "--max_beam_width", "1"]
+    argv += ["--kv_cache_type", "paged", "--remove_input_padding", "enable", "--context_fmha", "enable"]
+    argv += ["--use_paged_context_fmha", "enable", "--workers", str(m.world_size)]
+    return argv + list(m.build_args)
+
+
+def checkpoint_digest(checkpoint: Path) -> dict[str, Any]:
+    """What identifies a Hugging Face checkpoint cheaply: config.json's hash, weight names and sizes."""
+    cfg = checkpoint / "config.json"
+    weights = sorted(
+        (p.name, p.stat().st_size) for p in checkpoint.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES
+    )
+    return {
+        "config_sha256": hashlib.sha256(cfg.read_bytes()).hexdigest() if cfg.is_file() else None,
+        "weights": weights,
+    }
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class Step:
+    kind: str  # download | convert | build
+    argv: list[str]
+    output: Path  # final directory (the command writes OUTPUT.partial, renamed when it succeeded)
+    fingerprint: str | None = None  # None: not comparable (tensorrt_llm not installed here)
+    current: bool = False  # an up-to-date output exists: skipped
+
+    def partial(self) -> Path:
+        return self.output.parent / (self.output.name + PARTIAL)
+
+    def shell(self) -> list[str]:
+        """The exact shell lines this step runs."""
+        if self.kind == "download":
+            return [shlex.join(self.argv)]
+        p = self.partial()
+        return [
+            f"rm -rf {shlex.quote(str(p))}",
+            shlex.join(self.argv),
+            f"mv {shlex.quote(str(p))} {shlex.quote(str(self.output))}",
+        ]
+
+
+@dataclass
+class EnginePlan:
+    model: TrtllmModel  # the first spec model served by this engine
+    served_as: list[str]
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def engine_dir(self) -> Path:
+        return self.model.engine_dir
+
+    @property
+    def current(self) -> bool:
+        return all(s.current for s in self.steps if s.kind != "download")
+
+
+def _stamp_matches(directory: Path, fp: str | None) -> bool:
+    if fp is None:
+        return False
+    try:
+        return json.loads((directory / STAMP).read_text(encoding="utf-8")).get("fingerprint") == fp
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def group_engines(models: Sequence[TrtllmModel]) -> list[EnginePlan]:
+    """One plan per engine directory; models sharing one must agree on everything that builds it."""
+    plans: dict[Path, EnginePlan] = {}
+    for m in models:
+        p = plans.get(m.engine_dir)
+        if p is None:
+            plans[m.engine_dir] = EnginePlan(m, [m.name])
+            continue
+        a, b = p.model, m
+        if (a.checkpoint, a.build_identity()) != (b.checkpoint, b.build_identity()):
+            raise BuildError(
+                f"models {a.name!r} and {b.name!r} share engine_dir {m.engine_dir} but differ in how it is built "
+                "(checkpoint, dtype, quantization, parallelism or limits): give them separate engine_dir values"
+            )
+        p.served_as.append(m.name)
+    return list(plans.values())
+
+
+def plan_builds(
+    models: Sequence[TrtllmModel],
+    trtllm_src: Path | None,
+    python: str = "python3",
+    trtllm_build: str = "trtllm-build",
+    version: str | None = None,
+    download: bool = False,
+    force: bool = False,
+) -> list[EnginePlan]:
+    """The steps of every engine, each marked current (skipped) or not."""
+    plans = group_engines(models)
+    for p in plans:
+        m = p.model
+        have_checkpoint = (m.checkpoint / "config.json").is_file()
+        if not have_checkpoint:
+            if not m.hf_model:
+                raise BuildError(
+                    f"model {m.name!r}: checkpoint {m.checkpoint} has no config.json and no hf_model to fetch"
+                )
+            if download:
+                p.steps.append(
+                    Step(
+                        "download",
+                        [*hf_cli(), "download", m.hf_model, "--local-dir", str(m.checkpoint)],
+                        m.checkpoint,
+                    )
+                )
+        ckpt = m.checkpoint_dir
+        conv = convert_argv(m, python, trtllm_src, ckpt.parent / (ckpt.name + PARTIAL))
+        inputs = checkpoint_digest(m.checkpoint) if have_checkpoint else None
+        final = convert_argv(m, python, trtllm_src, ckpt)
+        converter = "api" if final[1] == str(API_CONVERTER) else Path(final[1]).name
+        conv_fp = None if version is None or inputs is None else fingerprint(
+            {"step": "convert", "converter": converter, "argv": final[2:], "version": version, "inputs": inputs}
+        )  # fmt: skip
+        # The interpreter and source checkout paths do not change the output; the version does.
+        build = build_argv(m, trtllm_build, ckpt, m.engine_dir.parent / (m.engine_dir.name + PARTIAL))
+        build_fp = None if conv_fp is None else fingerprint(
+            {"step": "build", "argv": build_argv(m, "trtllm-build", ckpt, m.engine_dir), "convert": conv_fp, "version": version}
+        )  # fmt: skip
+        conv_step = Step("convert", conv, ckpt, conv_fp, not force and _stamp_matches(ckpt, conv_fp))
+        build_step = Step("build", build, m.engine_dir, build_fp, not force and _stamp_matches(m.engine_dir, build_fp))
+        if build_step.current:
+            conv_step.current = True  # the engine is current: its checkpoint is not needed again
+        p.steps += [conv_step, build_step]
+    return plans
+
+
+def describe(plans: Sequence[EnginePlan], version: str | None, trtllm_src: Path | None) -> str:
+    """The dry-run listing: per engine, what is current and the exact commands of the rest."""
+    lines = [f"# tensorrt_llm: {version or 'not installed here (the commands run in NVIDIA Triton TRT-LLM container)'}"]
+    if trtllm_src is None:
+        lines.append(
+            "# no TensorRT-LLM checkout: unquantized models convert with the tensorrt_llm API (trtllm_convert)"
+        )
+    else:
+        lines.append(
+            f"# TensorRT-LLM examples from: {trtllm_src}" + ("" if trtllm_src.is_dir() else " (not present here)")
+        )
+    for p in plans:
+        m = p.model
+        q = m.quantization if m.quantization != "none" else m.dtype
+        lines.append(
+            f"\n# engine {m.engine_dir} for {', '.join(p.served_as)}: {m.hf_model or m.checkpoint} {q} "
+            f"TP={m.tp_size} PP={m.pp_size} on GPU(s) {','.join(map(str, m.gpu_device_ids))}"
+        )
+        if p.current:
+            lines.append("# up to date: skipped")
+            continue
+        if not (m.checkpoint / "config.json").is_file() and not any(s.kind == "download" for s in p.steps):
+            lines.append(
+                f"# checkpoint {m.checkpoint} is missing; fetch it (needs network): "
+                f"huggingface-cli download {m.hf_model} --local-dir {m.checkpoint}  (or --download)"
+            )
+        if version is None and any(
+            (s.output / STAMP).is_file() for s in p.steps if s.kind != "download"
+        ):  # a stamp exists but cannot be compared
+            lines.append(
+                "# (an earlier build exists; whether it is current is decided where tensorrt_llm is installed)"
+            )
+        for s in p.steps:
+            if s.current:
+                lines.append(f"# {s.kind}: up to date, skipped")
+            else:
+                lines += s.shell()
+    return "\n".join(lines)
+
+
+Runner = Callable[[list[str]], int]
+
+
+def _default_runner(argv: list[str]) -> int:
+    return subprocess.run(argv, check=False).returncode
+
+
+def execute(
+    plans: Sequence[EnginePlan],
+    version: str,
+    runner: Runner = _default_runner,
+    log: Callable[[str], None] = print,
+    clean_checkpoints: bool = False,
+) -> list[Path]:
+    """Run every step that is not current; returns the engine directories built."""
+    built = []
+    for p in plans:
+        if p.current:
+            log(f"engine {p.engine_dir} ({', '.join(p.served_as)}): up to date, skipped")
+            continue
+        for s in p.steps:
+            if s.current:
+                log(f"{s.kind} {s.output}: up to date, skipped")
+                continue
+            if s.kind == "download":
+                _run(s, runner, log)
+                continue
+            partial = s.partial()
+            shutil.rmtree(partial, ignore_errors=True)
+            t0 = time.monotonic()
+            _run(s, runner, log)
+            if not partial.is_dir():
+                raise BuildError(f"{s.kind} of {', '.join(p.served_as)} exited 0 but wrote nothing to {partial}")
+            stamp = {
+                "fingerprint": s.fingerprint,
+                "step": s.kind,
+                "command": s.argv,
+                "tensorrt_llm": version,
+                "models": p.served_as,
+                "seconds": round(time.monotonic() - t0, 1),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            (partial / STAMP).write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
+            if s.output.exists():
+                shutil.rmtree(s.output)
+            partial.rename(s.output)
+            log(f"{s.kind} {s.output}: done in {stamp['seconds']} s")
+        if clean_checkpoints:
+            shutil.rmtree(p.model.checkpoint_dir, ignore_errors=True)
+            log(f"removed {p.model.checkpoint_dir}")
+        built.append(p.engine_dir)
+    return built
+
+
+def _run(s: Step, runner: Runner, log: Callable[[str], None]) -> None:
+    log(f"$ {shlex.join(s.argv)}")
+    rc = runner(s.argv)
+    if rc != 0:
+        shutil.rmtree(s.partial(), ignore_errors=True)
+        raise StepFailed(f"{s.kind} failed with exit code {rc}: {shlex.join(s.argv)}")
+
+
+def preflight(plans: Sequence[EnginePlan], trtllm_src: Path | None, trtllm_build: str) -> None:
+    """What a real build needs before anything runs (not checked for --dry-run)."""
+    todo = [s for p in plans for s in p.steps if not s.current]
+    if any(s.kind == "build" for s in todo) and shutil.which(trtllm_build) is None and not Path(trtllm_build).is_file():
+        raise BuildError(f"{trtllm_build} not found: build inside NVIDIA's Triton TRT-LLM container (make engines)")
+    for s in todo:
+        if s.kind == "convert" and not Path(s.argv[1]).is_file():
+            raise BuildError(
+                f"{s.argv[1]} not found: clone TensorRT-LLM at the installed version's tag "
+                f"(git clone -b v<version> https://github.com/NVIDIA/TensorRT-LLM) and pass --trtllm-src "
+                f"(now {trtllm_src}) or set TRTLLM_SRC"
+            )
+    for p in plans:
+        m = p.model
+        downloading = any(s.kind == "download" for s in p.steps)
+        if not p.current and not downloading and not (m.checkpoint / "config.json").is_file():
+            raise BuildError(
+                f"model {', '.join(p.served_as)}: no Hugging Face checkpoint at {m.checkpoint}; fetch it with "
+                f"'huggingface-cli download {m.hf_model} --local-dir {m.checkpoint}' (network; gated models need "
+                "HF_TOKEN) or pass --download"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="build_engines.py",
+        description="Build the TensorRT-LLM engines of deployment specs (HF checkpoint -> TRT-LLM checkpoint -> engine)",
+    )
+    ap.add_argument("specs", nargs="+", help="deployment specs, e.g. deploy/gpu-8x80gb.yaml")
+    ap.add_argument("--dry-run", action="store_true", help="print the exact commands; run nothing")
+    ap.add_argument("--only", help="comma-separated model names: build only their engines")
+    ap.add_argument("--trtllm-src", type=Path, help="TensorRT-LLM source checkout with examples/ (default $TRTLLM_SRC)")
+    ap.add_argument("--python", default=sys.executable or "python3", help="interpreter for the example scripts")
+    ap.add_argument("--trtllm-build", default="trtllm-build", help="the trtllm-build command")
+    ap.add_argument("--download", action="store_true", help="fetch missing checkpoints with huggingface-cli")
+    ap.add_argument("--force", action="store_true", help="rebuild even when an engine is up to date")
+    ap.add_argument("--clean-checkpoints", action="store_true", help="remove ENGINE.ckpt after the engine is built")
+    a = ap.parse_args(argv)
+    from .render import SpecError, load_trtllm_models  # noqa: PLC0415
+
+    src = a.trtllm_src or default_trtllm_src()
+    try:
+        models: list[TrtllmModel] = []
+        for spec in a.specs:
+            ms, _ = load_trtllm_models(spec)
+            if not ms:
+                raise BuildError(f"{spec}: no trtllm models in this spec")
+            seen = {(x.name, x.engine_dir) for x in models}  # specs may share models (and engines)
+            models += [m for m in ms if (m.name, m.engine_dir) not in seen]
+        if a.only:
+            want = {x.strip() for x in a.only.split(",") if x.strip()}
+            unknown = want - {m.name for m in models}
+            if unknown:
+                raise BuildError(f"--only: no trtllm model named {', '.join(sorted(unknown))}")
+            models = [m for m in models if m.name in want]
+        version = trtllm_version()
+        plans = plan_builds(models, src, a.python, a.trtllm_build, version, a.download, a.force)
+        if a.dry_run:
+            print(describe(plans, version, src))
+            return 0
+        if version is None:
+            raise BuildError(
+                "tensorrt_llm is not installed here (PyPI has only stubs): run in NVIDIA's Triton TRT-LLM container "
+                "(make engines does), or --dry-run to see the commands"
+            )
+        if any(s.kind == "download" for p in plans for s in p.steps):
+            for p in plans:  # fetch first; then plan again, now that the checkpoints can be fingerprinted
+                for s in p.steps:
+                    if s.kind == "download":
+                        _run(s, _default_runner, print)
+            plans = plan_builds(models, src, a.python, a.trtllm_build, version, False, a.force)
+        preflight(plans, src, a.trtllm_build)
+        built = execute(plans, version, clean_checkpoints=a.clean_checkpoints)
+    except (SpecError, BuildError) as exc:
+        print(f"build_engines: error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, StepFailed) else 2
+    print(f"{len(built)} engine(s) built, {len(plans) - len(built)} up to date")
+    return 0

@@ -1,0 +1,19 @@
+#!/usr/bin/env python3
+"""Build the TensorRT-LLM engines of deployment specs: see python_backend/pyramid_triton/engine_build.py.
+
+usage: python3 scripts/build_engines.py deploy/gpu-8x80gb.yaml [--dry-run] [--only NAME,...] \
+           [--trtllm-src TensorRT-LLM] [--download] [--force]
+
+Runs where tensorrt_llm and trtllm-build are installed (NVIDIA's Triton TRT-LLM container: make engines);
+--dry-run prints the exact commands anywhere. Needs PyYAML and numpy (the container has both).
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
+
+from pyramid_triton.engine_build import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
