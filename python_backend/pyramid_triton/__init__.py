@@ -7,8 +7,13 @@ Layout (after NVIDIA's ``tensorrt_llm_bls``: thin ``model.py`` files, logic else
 * ``replay``: the replay engine's lookup of recorded outputs (no Triton import).
 * ``tensors``: conversion between ``triton_python_backend_utils`` tensors and ``protocol``.
 * ``bls`` / ``engines``: the Python-backend model implementations the ``model.py`` files delegate to.
+* ``llamacpp``: the llama.cpp engine (a GGUF through llama-cpp-python; no Triton import).
+* ``metrics``: the router's Prometheus metrics and per-request JSON log line.
 * ``render``: deployment spec (YAML) -> model repository.
+* ``trtllm_spec`` / ``trtllm`` / ``trtllm_convert`` / ``engine_build``: the GPU kind: NVIDIA's
+  TensorRT-LLM model layout, its pre/postprocessing, checkpoint conversion, engine builds.
 * ``server``: start / wait / stop a real ``tritonserver`` process.
+* ``supervisor``: reload an engine whose stub process died (Triton 2.51 does not).
 """
 
 __all__ = ["__version__"]
