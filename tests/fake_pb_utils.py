@@ -5,6 +5,9 @@ response senders, BLS ``InferenceRequest.async_exec``) with plain Python objects
 are answered by in-process ``engines``: ``{model_name: callable(EngineRequest) -> reply}``
 where a reply is an ``EngineResponse``, a list of them (a decoupled engine's stream), a
 coroutine giving one of those (a slow engine), or an exception to raise as an error response. The integration tests run the real server.
+
+Remote engines (``pyramid_triton.remote``) are answered by ``FakeAioClient``, a stand-in for
+``tritonclient.grpc.aio.InferenceServerClient`` serving ``remote_servers`` (see the section at the end).
 """
 
 from __future__ import annotations
@@ -194,3 +197,155 @@ def _module() -> Any:
     import sys
 
     return sys.modules[__name__]
+
+
+# --- remote engines: a stand-in for tritonclient.grpc (InferInput, ...) and tritonclient.grpc.aio ---------
+# remote_servers: url -> {model name: callable(EngineRequest) -> reply, as for ``engines``}; a URL that is
+# not there refuses connections (gRPC UNAVAILABLE). remote_unavailable: url -> how many more calls to that
+# URL fail with UNAVAILABLE before it answers (a server coming back). remote_calls: (url, model, rpc).
+remote_servers: dict[str, dict[str, Callable[[Any], Any]]] = {}
+remote_unavailable: dict[str, int] = {}
+remote_calls: list[tuple[str, str, str]] = []
+remote_clients: list[FakeAioClient] = []
+
+
+class InferenceServerException(Exception):
+    """tritonclient.utils.InferenceServerException's interface: ``status()`` (a gRPC status of a
+    transport error, e.g. "StatusCode.UNAVAILABLE", else None) and ``message()``."""
+
+    def __init__(self, msg: str, status: str | None = None) -> None:
+        super().__init__(msg)
+        self._msg, self._status = msg, status
+
+    def message(self) -> str:
+        return self._msg
+
+    def status(self) -> str | None:
+        return self._status
+
+
+class InferInput:
+    def __init__(self, name: str, shape: list[int], datatype: str) -> None:
+        self.name, self.shape, self.datatype = name, shape, datatype
+        self.array: np.ndarray | None = None
+
+    def set_data_from_numpy(self, array: np.ndarray) -> None:
+        assert list(array.shape) == self.shape, (array.shape, self.shape)
+        self.array = array
+
+
+class InferRequestedOutput:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Response:
+    def __init__(self, outputs: list[str]) -> None:
+        self.outputs = outputs
+
+
+class InferResult:
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self._arrays = arrays
+
+    def as_numpy(self, name: str) -> np.ndarray | None:
+        return self._arrays.get(name)
+
+    def get_response(self) -> _Response:
+        return _Response(list(self._arrays))
+
+
+_SERVE_CODES = {"NOT_FOUND": "NOT_FOUND", "INVALID_ARG": "INVALID_ARGUMENT", "UNAVAILABLE": "UNAVAILABLE"}
+
+
+class FakeAioClient:
+    """tritonclient.grpc.aio.InferenceServerClient's ``infer``, ``stream_infer`` and ``close``."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.closed = url, False
+        remote_clients.append(self)
+
+    async def _results(self, model: str, inputs: list[InferInput], outputs: list[Any] | None, rpc: str):
+        from pyramid_triton import tensors
+        from pyramid_triton.protocol import Limits, ServeError
+
+        remote_calls.append((self.url, model, rpc))
+        await asyncio.sleep(0)
+        if remote_unavailable.get(self.url, 0) > 0:
+            remote_unavailable[self.url] -= 1
+            raise InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+        server = remote_servers.get(self.url)
+        if server is None:
+            raise InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
+        if model not in server:
+            raise InferenceServerException(f"Request for unknown model: '{model}' is not found", "StatusCode.NOT_FOUND")
+        requested = {o.name for o in outputs or []}
+        req = Request({t.name: t.array for t in inputs})
+        try:
+            reply = server[model](tensors.parse_engine_request(_module(), req, Limits()))
+            if asyncio.iscoroutine(reply):
+                reply = await reply
+        except ServeError as exc:  # an engine's error response: its "[CODE] " message, the gRPC status
+            raise InferenceServerException(
+                f"[{exc.code}] {exc}", f"StatusCode.{_SERVE_CODES.get(exc.code, 'INTERNAL')}"
+            ) from None
+        parts = reply if isinstance(reply, list) else [reply]
+        return [
+            InferResult(
+                {
+                    t.name(): t.as_numpy()
+                    for t in tensors.engine_response_tensors(_module(), p, "answer" in requested)
+                    if not requested or t.name() in requested
+                }
+            )
+            for p in parts
+        ]
+
+    async def infer(self, model_name: str, inputs: list[InferInput], outputs: Any = None, **kw: Any) -> InferResult:
+        results = await self._results(model_name, inputs, outputs, "infer")
+        assert len(results) == 1, "a non-decoupled model answers once"
+        return results[0]
+
+    def stream_infer(self, inputs_iterator: Any, stream_timeout: float | None = None, **kw: Any) -> _Stream:
+        return _Stream(self, inputs_iterator)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _Stream:
+    """The async iterator ``stream_infer`` returns: (result, None) per response, (None, error) for an
+    error response; a transport failure raises; ``cancel()`` as grpc's."""
+
+    def __init__(self, client: FakeAioClient, requests: Any) -> None:
+        self.client, self.requests, self.cancelled = client, requests, False
+        self._items: list[tuple[Any, Any]] | None = None
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> tuple[Any, Any]:
+        if self._items is None:
+            self._items = []
+            async for r in self.requests:
+                try:
+                    results = await self.client._results(r["model_name"], r["inputs"], r.get("outputs"), "stream")
+                except InferenceServerException as exc:
+                    if exc.status() == "StatusCode.UNAVAILABLE" and not exc.message().startswith("["):
+                        raise  # a transport failure: the stream itself fails
+                    self._items.append((None, InferenceServerException(exc.message())))
+                    continue
+                self._items.extend((res, None) for res in results)
+                self._items.append((InferResult({}), None))  # the final flag's empty response
+        if not self._items:
+            raise StopAsyncIteration
+        return self._items.pop(0)
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class grpc_module:  # noqa: N801 - stands in for the tritonclient.grpc module
+    InferInput = InferInput
+    InferRequestedOutput = InferRequestedOutput

@@ -2,9 +2,10 @@
 
 ``model.py`` delegates here. Each request: validate inputs (an error names the
 field), route with ``routing.route_async`` (each stage's new agents called
-concurrently through ``await pb_utils.InferenceRequest(...).async_exec()``), send
-one response, then the FINAL flag. Every exception becomes an error response
-followed by FINAL, so a client never waits for a response that will not come.
+concurrently through ``await pb_utils.InferenceRequest(...).async_exec()``, or, for
+a model of another server, over gRPC: ``remote.RemoteEngines``), send one response,
+then the FINAL flag. Every exception becomes an error response followed by FINAL,
+so a client never waits for a response that will not come.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from . import tensors
 from .config import REQUIRED, ModelParams
 from .metrics import LOG_LEVELS, RequestRecord, RouterMetrics
 from .protocol import INTERNAL, UNAVAILABLE, EngineRequest, Limits, PyramidRequest, PyramidResponse, ServeError
+from .remote import CallError, RemoteEngines, parse_remote_map
 from .routing import (
     CallFailure,
     Routed,
@@ -36,14 +38,6 @@ from .routing import (
 
 _CODE_PREFIX = re.compile(r"^\[([A-Z_]+)\] ")
 _CODE_NAMES = ("NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "CANCELLED", "INTERNAL", "UNKNOWN")
-
-
-class CallError(Exception):
-    """A child model answered with an error (code name and message, the "[CODE] " prefix removed)."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.message, self.code = message, code
 
 
 class PyramidModel:
@@ -67,6 +61,13 @@ class PyramidModel:
         self.parsed_answer_models = set(p.get_list("parsed_answer_models"))
         self.decoupled_models = set(p.get_list("decoupled_models"))
         self.logprob_models = set(p.get_list("logprob_models"))
+        # Models on other Triton servers (spec entries with ``remote``): called over gRPC, not BLS.
+        self.remote = RemoteEngines(
+            parse_remote_map(p.get_str("remote", "") or ""), retries=p.get_int("remote_retries", 2)
+        )
+        stray = sorted(set(self.remote.models) - {*self.agents, self.oracle})
+        if stray:
+            raise ValueError(f"model {self.name!r}: remote model(s) {stray} are neither agents nor the oracle")
         self.reference_tokens = dict(self.artifact.fit_summary.get("mean_output_tokens", {}))
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         # Circuit breaker: after an engine fails (timeout, crash: not a per-question NOT_FOUND or a bad
@@ -172,14 +173,14 @@ class PyramidModel:
         if down > 0:  # circuit open: fail fast instead of waiting on an engine that just failed
             failures[agent] = CallFailure(agent, f"skipped: it failed {self.breaker_s - down:.1f} s ago", UNAVAILABLE)
             return failed_output(agent)
-        task = asyncio.ensure_future(self._exec(agent, ereq))
+        task = asyncio.ensure_future(self._exec(agent, ereq, timeout_s))
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout_s if timeout_s > 0 else None)
         except asyncio.CancelledError:  # the request was cancelled: the call finishes unobserved
-            task.add_done_callback(discard_outcome)
+            self._abandon(agent, task)
             raise
         if not done:
-            task.add_done_callback(discard_outcome)
+            self._abandon(agent, task)
             failure = CallFailure(agent, f"no answer within {timeout_s:g} s", UNAVAILABLE)
         else:
             try:
@@ -195,11 +196,23 @@ class PyramidModel:
             self._down_until[agent] = time.monotonic() + self.breaker_s
         return failed_output(agent)
 
-    async def _exec(self, agent: str, ereq: EngineRequest) -> AgentOutput:
+    def _abandon(self, agent: str, task: asyncio.Future) -> None:
+        """A call nobody waits for any more: a remote one is cancelled (its RPC really ends); a BLS
+        child cannot be cancelled in Triton 2.51, so it finishes and its outcome is discarded."""
+        task.add_done_callback(discard_outcome)
+        if agent in self.remote:
+            task.cancel()
+
+    async def _exec(self, agent: str, ereq: EngineRequest, timeout_s: float = 0.0) -> AgentOutput:
         pb = self.pb
         with_answer = agent in self.parsed_answer_models
         if agent in self.logprob_models:
             ereq = replace(ereq, return_log_probs=True)
+        if agent in self.remote:  # another server: gRPC, with the same deadline and failure mapping
+            parts = await self.remote.call(agent, ereq, with_answer, timeout_s)
+            if not parts:
+                raise CallError("the engine sent no output", INTERNAL)
+            return to_agent_output(agent, tensors.merge_engine_responses(parts), self.router.task.extract)
         names = list(tensors.ENGINE_OUTPUTS) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
         infer = pb.InferenceRequest(
             model_name=agent, requested_output_names=names, inputs=tensors.engine_request_tensors(pb, ereq)

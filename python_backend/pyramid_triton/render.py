@@ -48,6 +48,7 @@ from pyramid_moa.artifact import load_artifact
 
 from . import trtllm_spec
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
+from .remote import RemoteModel, remote_map_json
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -77,7 +78,10 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 ENGINE_KINDS = tuple(KIND_KEYS)
 DECOUPLED_KINDS = {"llamacpp", "trtllm"}
 ENGINE_KEYS = COMMON_ENGINE_KEYS.union(*KIND_KEYS.values())  # any kind's (the kind-specific check comes after)
-MODEL_KEYS = {"name"} | ENGINE_KEYS
+MODEL_KEYS = {"name", "remote"} | ENGINE_KEYS
+REMOTE_ENTRY_KEYS = {"name", "remote", "log_probs"}  # a remote model's entry: its engine is configured there
+# Spec keys that hold paths (relative to the spec file); host_spec makes them absolute or overrides them.
+PATH_KEYS = ("traces", "gguf", "checkpoint", "checkpoint_root", "tokenizer", "engine_dir", "engine_root")
 ROUTER_DEFAULTS: dict[str, Any] = {
     "model_name": "pyramid",
     "instance_count": 1,
@@ -89,6 +93,7 @@ ROUTER_DEFAULTS: dict[str, Any] = {
     "request_log": "verbose",  # one JSON line per request: off | verbose (with --log-verbose=1) | info
     "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
     "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
+    "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -104,6 +109,7 @@ class Rendered:
     agents: list[str]
     oracle: str
     models: list[str] = field(default_factory=list)
+    remote: dict[str, RemoteModel] = field(default_factory=dict)
 
 
 def fill(template: str, values: dict[str, Any], where: str) -> str:
@@ -128,7 +134,16 @@ def fill(template: str, values: dict[str, Any], where: str) -> str:
     return out
 
 
+class PbtxtString(str):
+    """A value written into a protobuf-text string literal with its quotes and backslashes escaped
+    (``_fmt`` refuses quotes in plain values)."""
+
+
 def _fmt(v: Any) -> str:
+    if isinstance(v, PbtxtString):
+        if "\n" in v:
+            raise SpecError(f"value {str(v)!r} may not contain newlines")
+        return v.replace("\\", "\\\\").replace('"', '\\"')
     if isinstance(v, bool):
         return "true" if v else "false"
     s = str(v)
@@ -155,6 +170,17 @@ def _model_entry(entry: Any, where: str) -> dict[str, Any]:
     if not _MODEL_NAME.match(str(entry["name"])):
         raise SpecError(f"{where}: {entry['name']!r} is not a valid Triton model name")
     return entry
+
+
+def _remote_of(entry: dict[str, Any], where: str) -> RemoteModel | None:
+    """The remote model of a spec entry (None: a local model); only ``log_probs`` may sit beside it."""
+    if "remote" not in entry:
+        return None
+    _check_keys(entry, REMOTE_ENTRY_KEYS, f"{where} (a remote model: its engine is configured on its own server)")
+    try:
+        return RemoteModel.from_spec(str(entry["name"]), entry["remote"], where)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _check_kind(e: dict[str, Any], where: str) -> str:
@@ -246,10 +272,19 @@ def render(
     logprob_models: list[str] = []  # engines the router asks for cum_log_probs
     planned: list[trtllm_spec.PlannedModel] = []  # every model to write, in order
     trtllm_models: list[trtllm_spec.TrtllmModel] = []
+    remote: dict[str, RemoteModel] = {}  # models of other servers: rendered as the router's 'remote' map
 
     for entry in [*models, oracle]:  # everything is checked before anything is written
         name = entry["name"]
         where = f"{spec_path}: model {name!r}"
+        rm = _remote_of(entry, where)
+        if rm is not None:
+            remote[name] = rm
+            if bool(entry.get("log_probs", False)):
+                logprob_models.append(name)
+            if rm.return_answer:
+                parsed_answer_models.append(name)
+            continue
         kind, e = _merged_engine(entry, engine_block, where)
         if bool(e.pop("log_probs", False)):
             logprob_models.append(name)
@@ -293,7 +328,7 @@ def render(
             (out / pm.name / filename).write_text(text, encoding="utf-8")
     if engines_only:
         (out / MARKER).write_text(f"rendered from {spec_path} (engines only, no router)\n", encoding="utf-8")
-        return Rendered(out, "", names[:-1], oracle["name"], written)
+        return Rendered(out, "", names[:-1], oracle["name"], written, remote)
 
     rdir = out / router["model_name"]
     _write_model(
@@ -315,6 +350,8 @@ def render(
             "request_log": str(router["request_log"]),
             "metrics": bool(router["metrics"]),
             "breaker_s": float(router["breaker_s"]),
+            "remote": PbtxtString(remote_map_json(remote)),
+            "remote_retries": int(router["remote_retries"]),
             **limits,
         },
         f"router {router['model_name']!r}",
@@ -322,7 +359,7 @@ def render(
     assert cal_path is not None
     shutil.copyfile(cal_path, rdir / CALIBRATION_FILE)
     (out / MARKER).write_text(f"rendered from {spec_path}\n", encoding="utf-8")
-    return Rendered(out, router["model_name"], names[:-1], oracle["name"], written)
+    return Rendered(out, router["model_name"], names[:-1], oracle["name"], written, remote)
 
 
 def _merged_engine(entry: dict[str, Any], engine_block: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
@@ -337,6 +374,97 @@ def _merged_engine(entry: dict[str, Any], engine_block: dict[str, Any], where: s
     e = {**inherited, **{k: v for k, v in entry.items() if k != "name"}, "kind": kind}
     _check_kind(e, where)
     return kind, {**KIND_DEFAULTS[kind], **e}
+
+
+def host_spec(
+    spec_path: str | Path,
+    local: list[str] | set[str],
+    urls: dict[str, str],
+    paths: dict[str, str] | None = None,
+    compact_gpus: bool = True,
+) -> dict[str, Any]:
+    """The spec of one host of a multi-host deployment, from the whole deployment's spec.
+
+    Models in ``local`` stay as they are; every other model becomes ``remote`` at ``urls[name]``
+    (host:port of the Triton server that serves it, under its own name), with ``decoupled``,
+    ``return_answer`` and ``log_probs`` taken from its engine, so the router calls it exactly as
+    it would call it locally. Paths become absolute (relative to ``spec_path``), or ``paths``
+    (``{key: value}`` for the keys of ``PATH_KEYS`` and ``calibration``) replaces them: where the
+    files are on that host, e.g. inside a container. ``compact_gpus``: the local TensorRT-LLM
+    engines' ``gpu_device_ids`` are renumbered 0..n-1 in order (a pod sees only the GPUs it was
+    given) and ``node.gpus`` becomes n. The result is checked by rendering rules only when rendered.
+    """
+    spec_path = Path(spec_path).resolve()
+    spec = load_spec(spec_path)
+    paths = dict(paths or {})
+    unknown = sorted(set(paths) - set(PATH_KEYS) - {"calibration"})
+    if unknown:
+        raise SpecError(f"host_spec: unknown path key(s) {', '.join(unknown)}; allowed: {', '.join(PATH_KEYS)}")
+    engine_block = dict(spec.get("engine", {}))
+    entries = [_model_entry(e, f"{spec_path}: agents[{i}]") for i, e in enumerate(spec["agents"])]
+    entries.append(_model_entry(spec["oracle"], f"{spec_path}: oracle"))
+    names = [e["name"] for e in entries]
+    missing = sorted(set(local) - set(names))
+    if missing:
+        raise SpecError(f"{spec_path}: host_spec: no model(s) {', '.join(missing)} in the spec")
+
+    def fix_paths(d: dict[str, Any]) -> dict[str, Any]:
+        d = dict(d)
+        for k in PATH_KEYS:
+            if k in d and d[k] is not None:
+                if k in paths:
+                    d[k] = paths[k]
+                elif not Path(str(d[k])).is_absolute():
+                    d[k] = str((spec_path.parent / str(d[k])).resolve())
+        return d
+
+    out_entries = []
+    gpu_ids: list[int] = []
+    for entry in entries:
+        name, where = entry["name"], f"{spec_path}: model {entry['name']!r}"
+        if name in local or _remote_of(entry, where) is not None:
+            e = fix_paths(entry)
+            if name in local and "remote" not in entry:
+                kind, merged = _merged_engine(entry, engine_block, where)
+                if kind == "trtllm":
+                    gpu_ids.extend(int(g) for g in merged.get("gpu_device_ids") or [])
+            out_entries.append(e)
+            continue
+        if name not in urls:
+            raise SpecError(f"{where}: not local to this host and no url given for it")
+        kind, merged = _merged_engine(entry, engine_block, where)
+        remote = {
+            "url": urls[name],
+            "model": name,
+            "decoupled": kind in DECOUPLED_KINDS,
+            "return_answer": kind == "replay" and bool(merged["return_answer"]),
+        }
+        r: dict[str, Any] = {"name": name, "remote": remote}
+        if merged.get("log_probs"):
+            r["log_probs"] = True
+        out_entries.append(r)
+
+    if compact_gpus and gpu_ids:
+        order = {g: i for i, g in enumerate(sorted(set(gpu_ids)))}
+        for e in out_entries:
+            if e["name"] in local and "remote" not in e:
+                ids = e.get("gpu_device_ids", engine_block.get("gpu_device_ids"))
+                if ids is not None:
+                    e["gpu_device_ids"] = [order[int(g)] for g in ids]
+        if "gpu_device_ids" in engine_block:
+            engine_block["gpu_device_ids"] = [order.get(int(g), int(g)) for g in engine_block["gpu_device_ids"]]
+    out: dict[str, Any] = {k: v for k, v in spec.items() if k not in ("agents", "oracle", "engine")}
+    if engine_block:
+        out["engine"] = fix_paths(engine_block)
+    out["agents"] = out_entries[:-1]
+    out["oracle"] = out_entries[-1]
+    if compact_gpus and gpu_ids and isinstance(out.get("node"), dict):
+        out["node"] = {**out["node"], "gpus": len(set(gpu_ids))}
+    if "calibration" in paths:
+        out["calibration"] = paths["calibration"]
+    elif out.get("calibration") is not None and not Path(str(out["calibration"])).is_absolute():
+        out["calibration"] = str((spec_path.parent / str(out["calibration"])).resolve())
+    return out
 
 
 def load_trtllm_models(spec_path: str | Path) -> tuple[list[trtllm_spec.TrtllmModel], trtllm_spec.Node]:
@@ -357,6 +485,8 @@ def load_trtllm_models(spec_path: str | Path) -> tuple[list[trtllm_spec.TrtllmMo
         node = trtllm_spec.Node.from_spec(spec.get("node"), str(spec_path))
         for entry in entries:
             where = f"{spec_path}: model {entry['name']!r}"
+            if _remote_of(entry, where) is not None:
+                continue  # built where it is served
             kind, e = _merged_engine(entry, engine_block, where)
             if kind == "trtllm":
                 e.pop("log_probs", None)

@@ -91,6 +91,9 @@ class TritonServer:
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)
     supervise: bool = False  # reload an engine whose stub process died (see supervisor.py)
+    # Run in front of the command, e.g. ["ip", "netns", "exec", "NS"] (which execs tritonserver: the PID
+    # stays the server's own, so stopping by PID still works). The readiness probe runs through it too.
+    launcher: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     supervisor: Supervisor | None = None
     _log_fh: object | None = None
@@ -133,7 +136,7 @@ class TritonServer:
         self.http_port = self.http_port or ports[0]
         self.grpc_port = self.grpc_port or ports[1]
         self.metrics_port = self.metrics_port or ports[2]
-        cmd = self.command()
+        cmd = [*self.launcher, *self.command()]
         self._shm_before = {str(f) for f in Path("/dev/shm").glob(SHM_GLOB)}
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +158,12 @@ class TritonServer:
         return self
 
     def is_ready(self) -> bool:
+        if self.launcher:  # the server's ports may only be reachable where it runs (a network namespace)
+            probe = [*self.launcher, sys.executable, "-c", _READY_PROBE, f"http://{self.http_url}/v2/health/ready"]
+            try:
+                return subprocess.run(probe, capture_output=True, timeout=5).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
                 return r.status == 200
@@ -230,6 +239,15 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_READY_PROBE = (
+    "import sys, urllib.request\n"
+    "try:\n"
+    "    sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=1).status == 200 else 1)\n"
+    "except Exception:\n"
+    "    sys.exit(1)\n"
+)
 
 
 def _mapped_shm_files() -> set[str]:

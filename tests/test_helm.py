@@ -1,0 +1,210 @@
+"""The Helm chart (deploy/helm/pyramid-moa): values from every deployment spec (scripts/helm_values.py), rendered
+by Helm's own template engine (helm-python-sdk: Helm v4's Go SDK), every manifest valid against the Kubernetes
+schemas of kubernetes-validate (strict), and each tier's spec renderable into its model repository."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import helm_check  # noqa: E402
+from helm_values import make_values  # noqa: E402
+from test_remote import _artifact  # noqa: E402
+
+from pyramid_triton.remote import parse_remote_map  # noqa: E402
+from pyramid_triton.render import SpecError, load_spec  # noqa: E402
+
+SPECS = ["replay.yaml", "llamacpp.yaml", "gpu-1gpu-smoke.yaml", "gpu-8x80gb.yaml", "gpu-4x80gb-fp8.yaml"]
+RELEASE, NAMESPACE = "pyramid", "llm"
+FULL = "pyramid-pyramid-moa"
+
+
+def _names(spec: Path) -> list[str]:
+    d = load_spec(spec)
+    return [a["name"] if isinstance(a, dict) else a for a in d["agents"]] + [d["oracle"]["name"]]
+
+
+@pytest.fixture(scope="module")
+def calibrations(tmp_path_factory) -> dict[str, Path]:
+    """A calibration artifact with each spec's model names (the router's render checks them)."""
+    tmp = tmp_path_factory.mktemp("cal")
+    out = {}
+    for name in SPECS:
+        path = tmp / f"{name}.json"
+        _artifact(_names(ROOT / "deploy" / name)).save(path)
+        out[name] = path
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered(calibrations):
+    """spec name -> (values, manifests) with the ServiceMonitor on."""
+    out = {}
+    for name in SPECS:
+        values = make_values(ROOT / "deploy" / name, calibrations[name], image="registry.example/pyramid-moa:0.1.0")
+        values["monitoring"] = {"podAnnotations": True, "serviceMonitor": {"enabled": True, "interval": "15s"}}
+        out[name] = (values, helm_check.manifests(helm_check.render_chart(values, RELEASE, NAMESPACE)))
+    return out
+
+
+def by_kind(docs, kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_helm_lint_is_clean():
+    assert helm_check.lint() == []
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(rendered, name):
+    _, docs = rendered[name]
+    assert helm_check.validate(docs) == []
+    kinds = sorted({d["kind"] for d in docs})
+    assert kinds == [
+        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "ServiceMonitor",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_each_tier_spec_renders_its_repository(rendered, calibrations, name, tmp_path):
+    values, docs = rendered[name]
+    tiers = helm_check.render_tier_specs(docs, values, calibrations[name], tmp_path)
+    names = _names(ROOT / "deploy" / name)
+    got = dict(line.split(": ", 1) for line in tiers)
+    assert got["router"] == "pyramid"
+    assert set(names[:-1]) <= set(got["agents"].split(", ")) and names[-1] not in got["agents"]
+    assert got["oracle"].split(", ")[0] == names[-1]
+    # the router calls every engine at its tier's headless Service, round-robin over the pods
+    cfg = (tmp_path / "repo-router" / "pyramid" / "config.pbtxt").read_text()
+    raw = next(ln for ln in cfg.splitlines() if 'key: "remote"' in ln)
+    remote = parse_remote_map(raw.split('string_value: "', 1)[1].rsplit('" } }', 1)[0].replace('\\"', '"'))
+    assert set(remote) == set(names)
+    for m, rm in remote.items():
+        tier = "oracle" if m == names[-1] else "agents"
+        assert rm.url == f"dns:///{FULL}-{tier}-headless.{NAMESPACE}.svc.cluster.local:8001"
+
+
+def test_gpu_tiers_get_their_gpus_shm_node_selection_and_model_store(rendered):
+    values, docs = rendered["gpu-8x80gb.yaml"]
+    deps = by_kind(docs, "Deployment")
+    assert set(deps) == {f"{FULL}-router", f"{FULL}-agents", f"{FULL}-oracle"}
+    want_gpus = {"router": None, "agents": 3, "oracle": 4}  # GPUs 0-2 and 4-7 of the spec
+    for tier, gpus in want_gpus.items():
+        pod = deps[f"{FULL}-{tier}"]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert c["resources"]["limits"].get("nvidia.com/gpu") == gpus
+        shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+        assert shm["emptyDir"]["medium"] == "Memory"
+        assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+        assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert {p["containerPort"] for p in c["ports"]} == {8000, 8001, 8002}
+        init = pod["initContainers"][0]
+        assert init["command"][1].endswith("scripts/render_repository.py")
+        if gpus:
+            assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+            assert c["command"][-2].endswith("scripts/serve_gpu.sh")  # orchestrator mode, as make serve-gpu
+            assert "--engines-only" in init["command"]
+            claim = next(v for v in pod["volumes"] if v["name"] == "model-store")
+            assert claim["persistentVolumeClaim"]["claimName"] == values["modelStore"]["claimName"]
+        else:
+            assert "nodeSelector" not in pod and "model-store" not in {v["name"] for v in pod["volumes"]}
+            assert c["command"][0] == "tritonserver" and "--calibration" in init["command"]
+    # GPU ids renumbered per pod: the oracle's TP=4 engine sees GPUs 0-3 of its own pod
+    oracle_spec = yaml.safe_load(by_kind(docs, "ConfigMap")[f"{FULL}-oracle-spec"]["data"]["spec.yaml"])
+    assert oracle_spec["oracle"]["gpu_device_ids"] == [0, 1, 2, 3] and oracle_spec["node"]["gpus"] == 4
+
+
+def test_services_pdbs_and_scraping(rendered):
+    _, docs = rendered["gpu-8x80gb.yaml"]
+    svcs = by_kind(docs, "Service")
+    for tier in ("router", "agents", "oracle"):
+        assert {p["port"] for p in svcs[f"{FULL}-{tier}"]["spec"]["ports"]} == {8000, 8001, 8002}
+        assert svcs[f"{FULL}-{tier}-headless"]["spec"]["clusterIP"] == "None"
+        sel = svcs[f"{FULL}-{tier}"]["spec"]["selector"]
+        assert sel["app.kubernetes.io/component"] == tier
+        pod = by_kind(docs, "Deployment")[f"{FULL}-{tier}"]["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8002"
+        assert sel.items() <= pod["metadata"]["labels"].items()
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    assert pdbs[f"{FULL}-router"]["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": svcs[f"{FULL}-router"]["spec"]["selector"]},
+    }
+    assert pdbs[f"{FULL}-oracle"]["spec"]["maxUnavailable"] == 1  # a single GPU pod can still be drained
+    sm = by_kind(docs, "ServiceMonitor")[FULL]
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_autoscalers_use_metrics_the_adapter_rules_define(rendered):
+    rules = yaml.safe_load((ROOT / "deploy" / "helm" / "prometheus-adapter-values.yaml").read_text())
+    defined = {r["name"]["as"] for r in rules["rules"]["custom"]}
+    for name in SPECS:
+        _, docs = rendered[name]
+        hpas = by_kind(docs, "HorizontalPodAutoscaler")
+        assert set(hpas) == {f"{FULL}-{t}" for t in ("router", "agents", "oracle")}
+        for hpa in hpas.values():
+            assert hpa["spec"]["scaleTargetRef"]["name"] == hpa["metadata"]["name"]
+            pods = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+            assert pods and pods <= defined
+    oracle = by_kind(rendered["gpu-8x80gb.yaml"][1], "HorizontalPodAutoscaler")[f"{FULL}-oracle"]
+    names = {m["pods"]["metric"]["name"] for m in oracle["spec"]["metrics"]}
+    assert names == {"triton_queue_time_avg_us", "trtllm_waiting_requests"}
+    # the deployments an HPA drives leave replicas to it
+    assert all("replicas" not in d["spec"] for d in by_kind(rendered["gpu-8x80gb.yaml"][1], "Deployment").values())
+
+
+def test_values_schema_rejects_bad_values(rendered):
+    values, _ = rendered["replay.yaml"]
+    bad = yaml.safe_load(yaml.safe_dump(values))
+    bad["tiers"]["oracle"]["gpus"] = -1
+    with pytest.raises(helm_check.ChartError, match="gpus"):
+        helm_check.render_chart(bad)
+    bad = yaml.safe_load(yaml.safe_dump(values))
+    bad["tiers"]["router"]["shmSize"] = "lots"
+    with pytest.raises(helm_check.ChartError, match="shmSize"):
+        helm_check.render_chart(bad)
+    with pytest.raises(helm_check.ChartError, match="replicaCount"):
+        helm_check.render_chart({**values, "replicaCount": 3})
+
+
+def test_no_tiers_renders_nothing_but_the_notes():
+    out = helm_check.render_chart({})
+    assert helm_check.manifests(out) == []
+    assert "helm_values.py" in next(v for k, v in out.items() if k.endswith("NOTES.txt"))
+
+
+def test_long_release_names_keep_object_names_valid(rendered):
+    values, _ = rendered["replay.yaml"]
+    docs = helm_check.manifests(helm_check.render_chart(values, release="x" * 60, namespace=NAMESPACE))
+    assert helm_check.validate(docs, versions=("1.33.0",)) == []
+    assert max(len(d["metadata"]["name"]) for d in docs) <= 63
+
+
+def test_values_script_engines_only_and_calibration_checks(tmp_path):
+    spec = ROOT / "deploy" / "gpu-8x80gb.yaml"
+    v = make_values(spec, engines_only=True)
+    assert set(v["tiers"]) == {"agents", "oracle"} and v["calibration"]["json"] == ""
+    with pytest.raises(SpecError, match="no calibration"):
+        make_values(spec)
+    with pytest.raises(ValueError, match="does not have"):
+        make_values(spec, ROOT / "deploy" / "gpu-1gpu-smoke.calibration.json")  # another deployment's models
+    v = make_values(spec, calibration_configmap="pyramid-calibration")
+    docs = helm_check.manifests(helm_check.render_chart(v))
+    router = by_kind(docs, "Deployment")["pyramid-pyramid-moa-router"]["spec"]["template"]["spec"]
+    assert {"name": "calibration", "configMap": {"name": "pyramid-calibration"}} in router["volumes"]
+    assert not any(d["metadata"]["name"].endswith("-calibration") for d in by_kind(docs, "ConfigMap").values())
+
+
+def test_helm_check_cli(tmp_path, capsys):
+    assert helm_check.main([str(ROOT / "deploy" / "gpu-1gpu-smoke.yaml"), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "valid against Kubernetes" in out and (tmp_path / "gpu-1gpu-smoke.yaml").is_file()
