@@ -14,7 +14,7 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup demo eval test lint bench bench-serving clean render serve
+.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf helm-check soak
 # Deployment profile: deploy/$(PROFILE).yaml (replay: recorded outputs; llamacpp: Gemma 3 270M on llama.cpp).
 PROFILE ?= replay
 CALIBRATION ?= $(OUT)/calibration/$(PROFILE).json
@@ -22,12 +22,17 @@ SERVE_REPO ?= $(OUT)/model_repository/$(PROFILE)
 
 # The venv: pinned deps, a real tritonserver, llama-cpp-python (built once into the wheel cache,
 # about 4.5 min on 2 cores) and the Gemma 3 270M GGUF (cached under ~/.cache/pyramid-moa).
-$(STAMP): pyproject.toml requirements.lock requirements-serve.txt scripts/install_triton.sh scripts/install_llamacpp.sh
+# perf_analyzer (no genai-perf) too, for tests/integration/test_perf_analyzer.py: about 15 MB and 10 s
+# into ~/.cache/pyramid-moa/perf_analyzer, nothing system-wide; if it cannot be fetched, setup goes on
+# and that test skips with the reason.
+$(STAMP): pyproject.toml requirements.lock requirements-serve.txt scripts/install_triton.sh scripts/install_llamacpp.sh scripts/install_perf_analyzer.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	bash scripts/install_triton.sh $(VENV)
 	bash scripts/install_llamacpp.sh $(VENV)
+	bash scripts/install_perf_analyzer.sh --no-genai-perf $(VENV) || \
+	  echo "warning: perf_analyzer not installed (its integration test will skip); retry with 'make setup-perf'" >&2
 	touch $@
 
 setup: $(STAMP)
@@ -56,6 +61,19 @@ bench: $(STAMP)  ## benchmarks A and B on the shared traces + in-process decisio
 bench-serving: $(STAMP) $(OUT)/calibration/replay.json  ## router overhead and routed/direct throughput on a real tritonserver
 	$(PY) scripts/bench_serving.py --calibration $(OUT)/calibration/replay.json --out $(OUT)/bench_serving
 
+setup-perf: $(STAMP)  ## perf_analyzer 2.60 (private Debian 13 glibc) + genai-perf 0.0.16 (own venv) in ~/.cache/pyramid-moa
+	bash scripts/install_perf_analyzer.sh $(VENV)
+
+# Not part of make test (a benchmark, about 9 minutes). PERF_ARGS: e.g. --quick, --no-genai-perf, --rounds 7.
+perf: setup-perf $(OUT)/calibration/replay.json  ## load test: perf_analyzer sweeps of pyramid vs one engine, GPU-like latency check, genai-perf
+	$(PY) scripts/perf.py --calibration $(OUT)/calibration/replay.json --out $(OUT)/perf $(PERF_ARGS)
+
+soak: $(STAMP) $(OUT)/calibration/replay.json  ## 64 clients for 300 s against the replay profile: nothing lost, router RSS
+	$(PY) scripts/soak.py --clients 64 --seconds 300 --calibration $(OUT)/calibration/replay.json --out $(OUT)/soak
+
+helm-check: $(STAMP)  ## render the Helm chart from every GPU spec and validate it against Kubernetes schemas
+	$(PY) scripts/helm_check.py deploy/gpu-1gpu-smoke.yaml --out $(OUT)/helm
+
 $(OUT)/calibration/replay.json: $(STAMP)
 	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
 	  --cost $(COST) --fit-fraction 0.5 --out $@
@@ -81,6 +99,27 @@ render: $(STAMP) $(CALIBRATION)  ## render the model repository of deploy/$(PROF
 
 serve: render  ## real tritonserver in the foreground with deploy/$(PROFILE).yaml (Ctrl-C stops)
 	$(PY) -m pyramid_triton.server $(SERVE_REPO)
+
+# --- GPU deployment: TensorRT-LLM engines behind the router (README "GPU deployment", docs/GPU.md) -------------
+# Both targets run in NVIDIA's Triton TRT-LLM container through scripts/trtllm_container.sh (docker run with the
+# GPUs, shared memory, ulimits, this directory mounted at the same path; inside that container, directly).
+# Engines must be built by the TensorRT-LLM version that serves them: the same TRITON_IMAGE for both.
+GPU_SPEC ?= deploy/gpu-8x80gb.yaml
+GPU_PROFILE = $(basename $(notdir $(GPU_SPEC)))
+GPU_REPO ?= $(OUT)/model_repository/$(GPU_PROFILE)
+GPU_CALIBRATION ?= $(OUT)/calibration/$(GPU_PROFILE).json
+# 24.11 or later (an ensemble may then leave out an output, e.g. cum_log_probs when not asked for). Not verified here.
+TRITON_IMAGE ?= nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3
+ENGINE_FLAGS ?=
+export TRITON_IMAGE GPU_REPO GPU_CALIBRATION
+.PHONY: engines serve-gpu
+
+engines:  ## build the TensorRT-LLM engines of $(GPU_SPEC) (ENGINE_FLAGS: --dry-run, --download, --only NAME, --trtllm-src DIR, --clean-checkpoints)
+	$(if $(filter --dry-run,$(ENGINE_FLAGS)),$(if $(wildcard $(PY)),$(PY),python3),bash scripts/trtllm_container.sh python3) \
+	  scripts/build_engines.py $(GPU_SPEC) $(ENGINE_FLAGS)
+
+serve-gpu:  ## render $(GPU_SPEC) (with $(GPU_CALIBRATION), else engines only) and serve it in orchestrator mode
+	bash scripts/trtllm_container.sh --ports scripts/serve_gpu.sh $(GPU_SPEC)
 
 clean:
 	rm -rf $(OUT) .pytest_cache .benchmarks
