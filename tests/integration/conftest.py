@@ -77,6 +77,22 @@ def _offline_route(router, ts, idx: int, threshold=None, force_tier=None):
 
 
 @pytest.fixture(scope="session")
+def router(deployment):
+    """The session deployment's router, as offline evaluation builds it from the same artifact."""
+    from pyramid_moa.artifact import load_artifact
+
+    return load_artifact(deployment.calibration).router()
+
+
+@pytest.fixture(scope="session")
+def traces(deployment):
+    """The traces the session deployment's replay engines serve (with the fault-injection drops)."""
+    from pyramid_moa.traces import TraceSet
+
+    return TraceSet.open(deployment.traces)
+
+
+@pytest.fixture(scope="session")
 def offline_route():
     """``offline_route(router, traceset, idx, threshold=None, force_tier=None) -> RouteResult``."""
     return _offline_route

@@ -24,20 +24,6 @@ SAME_NUMBERS = ("confidence", "agreement", "cost")
 
 
 @pytest.fixture(scope="module")
-def router(deployment):
-    from pyramid_moa.artifact import load_artifact
-
-    return load_artifact(deployment.calibration).router()
-
-
-@pytest.fixture(scope="module")
-def traces(deployment):
-    from pyramid_moa.traces import TraceSet
-
-    return TraceSet.open(deployment.traces)
-
-
-@pytest.fixture(scope="module")
 def grpc_client(deployment):
     from pyramid_client import PyramidClient
 

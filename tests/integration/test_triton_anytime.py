@@ -118,20 +118,6 @@ def escalating(router, traces, offline_route, n: int, start: int = 0, fail=()):
     raise AssertionError("not enough escalating questions")
 
 
-@pytest.fixture(scope="module")
-def router(deployment):
-    from pyramid_moa.artifact import load_artifact
-
-    return load_artifact(deployment.calibration).router()
-
-
-@pytest.fixture(scope="module")
-def traces(deployment):
-    from pyramid_moa.traces import TraceSet
-
-    return TraceSet.open(deployment.traces)
-
-
 # --- the session deployment: streaming, strict, deadline that is met, relative cost -----------------
 
 

@@ -22,20 +22,6 @@ from .conftest import COMMITTEE, ORACLE, SPEC, scrape, serve
 VICTIM = COMMITTEE[0]  # the agent whose engine process is killed (asked in the first stage)
 
 
-@pytest.fixture(scope="module")
-def router(deployment):
-    from pyramid_moa.artifact import load_artifact
-
-    return load_artifact(deployment.calibration).router()
-
-
-@pytest.fixture(scope="module")
-def traces(deployment):
-    from pyramid_moa.traces import TraceSet
-
-    return TraceSet.open(deployment.traces)
-
-
 def _series(metrics: dict[str, float], name: str, **labels) -> float:
     want = [f'{k}="{v}"' for k, v in labels.items()]
     hits = [v for k, v in metrics.items() if k.split("{")[0] == name and all(w in k for w in want)]

@@ -15,20 +15,6 @@ SPREAD = list(range(0, 1319, 11))[:120]
 
 
 @pytest.fixture(scope="module")
-def router(deployment):
-    from pyramid_moa.artifact import load_artifact
-
-    return load_artifact(deployment.calibration).router()
-
-
-@pytest.fixture(scope="module")
-def traces(deployment):
-    from pyramid_moa.traces import TraceSet
-
-    return TraceSet.open(deployment.traces)
-
-
-@pytest.fixture(scope="module")
 def client(deployment):
     from pyramid_client import PyramidClient
 
