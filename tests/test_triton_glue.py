@@ -75,6 +75,7 @@ def model(tmp_path):
         "max_tokens_cap": "256",
         "max_input_chars": "100",
         "agent_timeout_s": "5",
+        "request_log": "verbose",
     }
     args = {
         "model_config": json.dumps(
@@ -296,6 +297,8 @@ def test_metrics_and_log_lines_after_known_traffic(model):
     pb.Logger.lines.clear()
     run(model, request(text_input=Q_AGREE), request(text_input=Q_SPLIT), request(text_input=Q_ALLFAIL))
     run(model, request(text_input=""))
+    assert _metric("pyramid_requests_total", outcome="ok").value == 0  # batched: nothing sent yet
+    model.metrics.flush()
     assert _metric("pyramid_requests_total", outcome="ok").value == 3
     assert _metric("pyramid_requests_total", outcome="error").value == 1
     assert _metric("pyramid_tier_total", tier="committee").value == 1
@@ -332,6 +335,7 @@ def test_cancelled_request_gets_final_flag_only_and_the_oracle_is_not_called(mod
         await task
 
     asyncio.run(go())
+    model.metrics.flush()
     assert r.sender.sent == [(None, pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)]
     assert ORACLE not in {m for m, _ in pb.calls}
     assert _metric("pyramid_requests_total", outcome="cancelled").value >= 1
@@ -367,3 +371,15 @@ def test_not_found_does_not_open_the_circuit(model):
     for q in ("unknown question", Q_AGREE):
         run(model, request(text_input=q))
     assert [m for m, _ in pb.calls].count("c") == 2
+
+
+def test_metrics_are_flushed_by_the_router_after_a_burst(model):
+    async def go():
+        await model.execute([request(text_input=Q_AGREE), request(text_input=Q_SPLIT)])
+        assert _metric("pyramid_requests_total", outcome="ok").value == 0
+        await asyncio.sleep(0.7)  # FLUSH_S after the first pending update
+
+    asyncio.run(go())
+    assert _metric("pyramid_requests_total", outcome="ok").value == 2
+    assert _metric("pyramid_tier_total", tier="oracle").value == 1
+    assert len(_metric("pyramid_confidence").observations) == 2

@@ -22,7 +22,7 @@ from pyramid_moa.features import AgentOutput
 
 from . import tensors
 from .config import REQUIRED, ModelParams
-from .metrics import LOG_LEVELS, RequestRecord, RouterMetrics
+from .metrics import FLUSH_S, LOG_LEVELS, RequestRecord, RouterMetrics
 from .protocol import INTERNAL, UNAVAILABLE, EngineRequest, Limits, PyramidRequest, PyramidResponse, ServeError
 from .remote import CallError, RemoteEngines, parse_remote_map
 from .routing import (
@@ -74,9 +74,10 @@ class PyramidModel:
         # argument), calls to it fail fast for breaker_s seconds; the next call after that probes it.
         self.breaker_s = p.get_float("breaker_s", 0.0)
         self._down_until: dict[str, float] = {}
-        self.request_log = p.get_str("request_log", "verbose")
+        self.request_log = p.get_str("request_log", "off")
         if self.request_log not in LOG_LEVELS:
             raise ValueError(f"model {self.name!r}: request_log must be one of {LOG_LEVELS}, got {self.request_log!r}")
+        self._flush_scheduled = False
         self.metrics = (
             RouterMetrics(pb, self.name, [*self.agents, self.oracle]) if p.get_bool("metrics", True) else None
         )
@@ -139,6 +140,9 @@ class PyramidModel:
         try:
             if self.metrics is not None:
                 self.metrics.observe(rec)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    asyncio.get_running_loop().call_later(FLUSH_S, self._flush_metrics)
             if self.request_log != "off":
                 line = rec.log_line(self.name)
                 if self.request_log == "info":
@@ -147,6 +151,14 @@ class PyramidModel:
                     self.pb.Logger.log_verbose(line)
         except Exception:  # noqa: BLE001 - observability must never fail a request
             self.pb.Logger.log_warn(f"{self.name}: metrics/log failed: {traceback.format_exc()}")
+
+    def _flush_metrics(self) -> None:
+        self._flush_scheduled = False
+        try:
+            if self.metrics is not None:
+                self.metrics.flush()
+        except Exception:  # noqa: BLE001 - observability must never fail the router
+            self.pb.Logger.log_warn(f"{self.name}: metrics flush failed: {traceback.format_exc()}")
 
     def _build(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> PyramidResponse:
         costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)

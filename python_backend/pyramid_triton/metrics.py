@@ -16,6 +16,9 @@ endpoint next to Triton's (``nv_inference_*``) metrics, labelled with the router
   baseline - spent (a PromQL difference: a counter cannot go down, and an escalated request
   spends more than 1).
 
+Updates are batched: ``RouterMetrics.observe`` records a request locally, and the router flushes
+the totals to Triton at most ``FLUSH_S`` after the first pending update (``flush``).
+
 The family objects are kept for the model's lifetime: the Python backend refuses to update a
 metric whose family was garbage-collected.
 """
@@ -29,6 +32,7 @@ from typing import Any
 
 from .protocol import TIERS, PyramidResponse
 
+FLUSH_S = 0.5
 UNIT_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 OUTCOMES = ("ok", "error", "cancelled")
@@ -109,26 +113,51 @@ class RouterMetrics:
         self.duration = histogram(
             "pyramid_request_duration_seconds", "Time in the router, arrival to last response", SECONDS_BUCKETS
         )
+        self._counts: dict[int, tuple[Any, float]] = {}  # id(metric) -> (metric, pending increment)
+        self._observations: list[tuple[Any, float]] = []  # pending histogram observations
 
     def observe(self, rec: RequestRecord) -> None:
-        self.requests[rec.outcome].increment(1)
-        self.duration.observe(rec.seconds)
+        """Record one request locally; ``flush`` hands the totals to Triton. Every metric update is
+        a message from the stub to the server process, so per-request updates cost the router
+        measurable throughput (BENCHMARKS.md); batched, it is a few messages per flush."""
+        self._add(self.requests[rec.outcome])
+        self._hist(self.duration, rec.seconds)
         for t in rec.failed:
             if t in self.failures:
-                self.failures[t].increment(1)
+                self._add(self.failures[t])
         r = rec.response
         if r is None:
             return
-        self.tier[r.tier].increment(1)
+        self._add(self.tier[r.tier])
         if r.escalated:
-            self.escalations.increment(1)
+            self._add(self.escalations)
         if r.degraded:
-            self.degraded.increment(1)
+            self._add(self.degraded)
         if r.provisional:
-            self.provisional.increment(1)
+            self._add(self.provisional)
         if r.agent_answers:  # the committee was asked (not force_tier=oracle)
-            self.confidence.observe(min(max(r.confidence, 0.0), 1.0))
-            self.agreement.observe(min(max(r.agreement, 0.0), 1.0))
+            self._hist(self.confidence, min(max(r.confidence, 0.0), 1.0))
+            self._hist(self.agreement, min(max(r.agreement, 0.0), 1.0))
         if not math.isnan(r.cost):
-            self.cost["spent"].increment(r.cost)
-            self.cost["baseline"].increment(1.0)
+            self._add(self.cost["spent"], r.cost)
+            self._add(self.cost["baseline"])
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._counts or self._observations)
+
+    def flush(self) -> None:
+        counts, observations = self._counts, self._observations
+        self._counts, self._observations = {}, []
+        for metric, value in counts.values():
+            metric.increment(value)
+        for metric, value in observations:
+            metric.observe(value)
+
+    def _add(self, metric: Any, value: float = 1.0) -> None:
+        key = id(metric)
+        old = self._counts.get(key)
+        self._counts[key] = (metric, value + (old[1] if old else 0.0))
+
+    def _hist(self, metric: Any, value: float) -> None:
+        self._observations.append((metric, value))

@@ -90,7 +90,9 @@ ROUTER_DEFAULTS: dict[str, Any] = {
     "max_input_chars": 20000,
     "agent_timeout_s": 60.0,
     "oracle_timeout_s": 120.0,
-    "request_log": "verbose",  # one JSON line per request: off | verbose (with --log-verbose=1) | info
+    # One JSON line per request: off | verbose (printed with --log-verbose=1) | info. Not free: each line is a
+    # message from the router's stub to the server even when not printed (-15% routed throughput, BENCHMARKS.md).
+    "request_log": "off",
     "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
     "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
     "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)

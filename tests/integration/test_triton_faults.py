@@ -40,6 +40,7 @@ def test_metrics_count_known_traffic(deployment, router, traces, offline_route):
             c.ask(traces.questions[i].question)
         with pytest.raises(PyramidError):
             c.ask(traces.questions[0].question, max_tokens=0)
+    time.sleep(1.0)  # the router flushes its metrics within FLUSH_S (0.5 s) of an update
     after = scrape(deployment.metrics_url)
 
     def delta(name, **labels):
