@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -113,19 +111,6 @@ def ask_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def gsm8k_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="pyramid run-gsm8k",
@@ -200,7 +185,9 @@ def run_gsm8k_main(argv: list[str] | None = None) -> int:
     if len(errors) > 5:
         print(f"... and {len(errors) - 5} more errors", file=sys.stderr)
     if args.json:
-        _write_json_atomic(
+        from pyramid_moa.artifact import write_json_atomic  # noqa: PLC0415
+
+        write_json_atomic(
             Path(args.json),
             {
                 "summary": summary,
