@@ -112,6 +112,8 @@ class PyramidResult:
     latency_s: float = 0.0
     server_latency_ms: dict[str, float] = field(default_factory=dict)
     request_id: str = ""
+    # Per model called whose output the router had: [prompt tokens, completion tokens].
+    tokens: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +177,7 @@ def result_from_outputs(outputs: dict[str, Any], request_id: str = "", latency_s
         latency_s=latency_s,
         server_latency_ms={str(k): float(v) for k, v in latency.items()} if isinstance(latency, dict) else {},
         request_id=request_id,
+        tokens={str(k): [int(x) for x in v] for k, v in (details.get("tokens") or {}).items()},
     )
 
 

@@ -29,6 +29,7 @@ from .routing import (
     CallFailure,
     Routed,
     build_response,
+    call_tokens,
     discard_outcome,
     failed_output,
     relative_costs,
@@ -162,7 +163,9 @@ class PyramidModel:
 
     def _build(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> PyramidResponse:
         costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)
-        return build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
+        resp = build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
+        resp.tokens = call_tokens(req.text_input, routed)
+        return resp
 
     def _send(self, sender: Any, response: Any | None, final: bool) -> None:
         try:

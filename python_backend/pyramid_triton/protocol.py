@@ -118,6 +118,9 @@ class PyramidResponse:
     costs: dict[str, float | None] = field(default_factory=dict)  # both cost models, relative
     provisional: bool = False
     latency_ms: dict[str, float] = field(default_factory=dict)
+    # Per call whose output is in hand: [prompt tokens, completion tokens] (the engine's counts where it
+    # reports them, else chars/4); what an OpenAI ``usage`` sums (pyramid_gateway).
+    tokens: dict[str, list[int]] = field(default_factory=dict)
 
 
 def validate_text(name: str, value: str | None, limits: Limits) -> str:

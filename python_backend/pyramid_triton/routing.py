@@ -189,6 +189,18 @@ def relative_costs(
     return out
 
 
+def call_tokens(question: str, routed: Routed) -> dict[str, list[int]]:
+    """[prompt, completion] tokens of each call whose output is in hand: the engine's counts where it
+    reports them, else chars/4 (``estimate_tokens``, as the cost model does). Failed calls and an oracle
+    call abandoned at the deadline are not in hand, so not counted."""
+    prompt = estimate_tokens(question)
+    return {
+        n: [_prompt(o, prompt), o.output_tokens if o.output_tokens is not None else estimate_tokens(o.text or "")]
+        for n, o in routed.outputs.items()
+        if not o.failed
+    }
+
+
 def _prompt(o: AgentOutput, default: int) -> int:
     return o.prompt_tokens if o.prompt_tokens is not None else default
 

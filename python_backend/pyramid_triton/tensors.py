@@ -181,6 +181,7 @@ def pyramid_response_tensors(pb: Any, resp: PyramidResponse) -> list[Any]:
         "calls": resp.calls,
         "cost": {k: _json_num(v) for k, v in resp.costs.items()},
         "latency_ms": {k: round(v, 3) for k, v in resp.latency_ms.items()},
+        "tokens": resp.tokens,
     }
     return [
         _str_tensor(pb, "text_output", resp.text_output),
