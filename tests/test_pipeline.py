@@ -1,5 +1,6 @@
 """calibrate -> artifact -> evaluate on the shipped traces, through the CLI and the library."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,9 @@ from conftest import COMMITTEE, ORACLE
 from pyramid_moa.artifact import ArtifactError, load_artifact
 from pyramid_moa.cli import main
 from pyramid_moa.evaluation import Evaluator
-from pyramid_moa.fitting import RouterFit, Target, TargetUnreachable
+from pyramid_moa.features import AgentOutput, make_feature_set
+from pyramid_moa.fitting import RouterFit, Target, TargetUnreachable, evaluate_grid
+from pyramid_moa.router import Router, Stage
 
 BASE = ["--committee", ",".join(COMMITTEE), "--oracle", ORACLE, "--cost", "usd"]
 
@@ -164,3 +167,71 @@ def test_evaluate_refuses_artifact_fitted_on_everything(shipped, tmp_path, capsy
         == 2
     )
     assert "nothing disjoint" in capsys.readouterr().err and not out.exists()
+
+
+def _with_failures(d):
+    """The shipped data with failed calls injected in patterns that reach every branch of the stage
+    rule: one agent down, a whole first stage down, the whole committee down, the oracle down."""
+    fail = {
+        d.committee[0]: lambda i: i % 5 == 0 or i % 4 == 1 or i % 7 == 0,
+        d.committee[1]: lambda i: i % 4 == 1 or i % 7 == 0,
+        d.committee[2]: lambda i: i % 7 == 0,
+        d.oracle: lambda i: i % 9 == 0,
+    }
+    outputs = {
+        m: [AgentOutput(m, None, None, 0, failed=True) if fail[m](i) else o for i, o in enumerate(outs)]
+        for m, outs in d.outputs.items()
+    }
+    return dataclasses.replace(d, outputs=outputs, _cost_cache={}, _feature_cache={})
+
+
+def _route_all(router, d, rows):
+    """Router.route on every row: (correct, escalated, relative cost per question before dividing)."""
+    eq = router.task.equal
+    res = [router.route(d.questions[r], lambda m, r=r: d.outputs[m][r]) for r in rows]
+    correct = np.array([eq(x.answer, d.gold[r]) for x, r in zip(res, rows)])
+    escalated = np.array([x.escalated for x in res])
+    cost = np.array([sum(d.call_costs("usd", m)[r] for m in x.calls) for x, r in zip(res, rows)])
+    return correct, escalated, cost
+
+
+def test_fitting_grid_replays_router_route_with_failures(routing_data):
+    """``evaluate_grid`` (the threshold search) scores each threshold row exactly as ``Router.route``
+    would route with those thresholds, including all-failed stages and a failed oracle. The
+    probabilities are the stage calibrators' own (not out-of-fold), so both sides see the same P."""
+    d = _with_failures(routing_data)
+    rows = np.arange(400)
+    rf = RouterFit(d, rows, "usd", arbiter=False)
+    assert any(len(c.stages) == 2 for c in rf.cands)
+    rng = np.random.default_rng(0)
+    numeric = d.task != "text"
+    for cand in rf.cands:
+        sets = [make_feature_set(rf.feature_set, agents, numeric=numeric) for agents in cand.stages]
+        probs = [cal.predict(d.features(rf.feature_set, a)[0][rows]) for cal, a in zip(cand.calibrators, cand.stages)]
+        ev = evaluate_grid(dataclasses.replace(cand, oof=probs))
+        for j in rng.choice(len(ev.taus), 4, replace=False):
+            stages = [
+                Stage(a, fs, cal, float(t)) for a, fs, cal, t in zip(cand.stages, sets, cand.calibrators, ev.taus[j])
+            ]
+            correct, escalated, cost = _route_all(Router(stages, d.oracle, d.task), d, rows)
+            where = f"{cand.stages} at {ev.taus[j]}"
+            assert ev.acc[j] == pytest.approx(correct.mean(), abs=1e-12), where
+            assert ev.rate[j] == pytest.approx(escalated.mean(), abs=1e-12), where
+            assert ev.cost[j] == pytest.approx(cost.mean() / cand.oracle_cost.mean(), rel=1e-9), where
+
+
+def test_sweep_matches_router_route_with_failures(routing_data):
+    """The evaluator's τ sweep equals ``Router.route`` question by question when calls fail."""
+    d = _with_failures(routing_data)
+    rows = np.arange(d.n)
+    fit, test = rows[rows % 2 == 0], rows[rows % 2 == 1]
+    art = RouterFit(d, fit, "usd").artifact(Target("max_accuracy_drop", 0.0))
+    ev = Evaluator(d, "usd")
+    prep = ev.sweep_prep(art, test)
+    assert any(f.any() for f in prep["failed"])
+    for tau in (0.0, 0.3, 0.7, 0.9, 1.0):
+        exact = ev.route_artifact(art, test, threshold=tau)
+        fast = ev.sweep_artifact(prep, test, tau)
+        assert np.array_equal(exact.escalated, fast.escalated), tau
+        assert np.array_equal(exact.correct, fast.correct), tau
+        assert np.allclose(exact.costs["usd"], fast.costs["usd"]), tau

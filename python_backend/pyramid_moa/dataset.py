@@ -61,6 +61,10 @@ class RoutingData:
     def cost_kinds(self) -> list[str]:
         return [k for k in COST_MODELS if self.cost_model.available(k, [*self.committee, self.oracle])]
 
+    def all_failed(self, agents: list[str]) -> np.ndarray:
+        """Per question: every one of ``agents`` failed (``Router.decide`` then escalates at once)."""
+        return np.array([all(self.outputs[a][i].failed for a in agents) for i in range(self.n)], dtype=bool)
+
     def features(self, feature_set: str, agents: list[str]) -> tuple[np.ndarray, list[str | None]]:
         """Feature matrix and committee plurality answers for an agent subset (cached)."""
         key = (feature_set, tuple(agents))

@@ -22,6 +22,7 @@ from .artifact import CalibrationArtifact
 from .dataset import RoutingData
 from .fitting import Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
 from .metrics import apgr, auroc, brier, ece, mcnemar_p, reliability
+from .router import replay_schedule
 
 SWEEP_POINTS = 50
 
@@ -91,48 +92,39 @@ class Evaluator:
         return [st.calibrator.predict(self.data.features(art.feature_set, st.agents)[0][rows]) for st in router.stages]
 
     def sweep_prep(self, art: CalibrationArtifact, rows: np.ndarray) -> dict:
-        """Per-fold arrays the τ sweep reuses: stage probabilities, labels, final-answer correctness."""
+        """Per-fold arrays the τ sweep reuses: stage probabilities, committee correctness and
+        all-failed masks per stage, and the correctness of the answer after escalating from each
+        stage (``Router.final_answer``, arbiter included; it does not depend on τ)."""
         d = self.data
         router = art.router()
         probs = self.stage_probs(art, rows)
-        stages = []
-        for st in router.stages:
-            tops = d.features(art.feature_set, st.agents)[1]
-            failed = np.array([all(d.outputs[a][r].failed for a in st.agents) for r in rows])
-            stages.append((d.correct(tops)[rows], failed))
-        # Answer after escalation from the last stage; it does not depend on τ.
-        last = len(router.stages) - 1
-        agents = router.stages[last].agents
-        final_ok = np.zeros(len(rows), bool)
-        for j, r in enumerate(rows):
-            outs = [d.outputs[a][r] for a in agents]
-            dec = router.decide(last, d.questions[r], outs)
-            ans, _ = router.final_answer(d.questions[r], outs, dec, d.outputs[d.oracle][r])
-            final_ok[j] = router.task.equal(ans, d.gold[r])
-        return {"router": router, "probs": probs, "stages": stages, "final_ok": final_ok}
+        committee_ok, failed, final_ok = [], [], []
+        for s, st in enumerate(router.stages):
+            committee_ok.append(d.correct(d.features(art.feature_set, st.agents)[1])[rows])
+            failed.append(d.all_failed(st.agents)[rows])
+            fin = np.zeros(len(rows), bool)
+            for j, r in enumerate(rows):
+                outs = [d.outputs[a][r] for a in st.agents]
+                dec = router.decide(s, d.questions[r], outs)
+                ans, _ = router.final_answer(d.questions[r], outs, dec, d.outputs[d.oracle][r])
+                fin[j] = router.task.equal(ans, d.gold[r])
+            final_ok.append(fin)
+        return {"router": router, "probs": probs, "committee_ok": committee_ok, "failed": failed, "final_ok": final_ok}
 
     def sweep_artifact(self, prep: dict, rows: np.ndarray, tau: float) -> Outcome:
-        """Vectorized Router rule with one threshold for all stages (the per-request override).
-
-        Same rule as ``Router.route``; the answer after escalation is taken as
-        decided from the last stage (an all-failed earlier stage is the only
-        case where the route itself would differ).
-        """
+        """The artifact's schedule with one threshold for every stage (the per-request override),
+        replayed by ``replay_schedule``: the same rule, and the same result, as ``Router.route``."""
         d = self.data
         router = prep["router"]
-        n = len(rows)
-        active = np.ones(n, bool)
-        accepted_ok = np.zeros(n, bool)
-        called = {m: np.zeros(n) for m in [*d.committee, d.oracle]}
-        for s, (p, (ok, failed)) in enumerate(zip(prep["probs"], prep["stages"])):
+        rp = replay_schedule(prep["probs"], prep["failed"], np.full((1, len(router.stages)), tau))
+        called = {m: np.zeros(len(rows)) for m in [*d.committee, d.oracle]}
+        for s in range(len(router.stages)):
             for m in router.new_agents(s):
-                called[m] += active
-            acc = active & (p >= tau) & ~failed
-            accepted_ok |= acc & ok
-            active &= ~acc
-        called[d.oracle] += active
-        correct = np.where(active, prep["final_ok"], accepted_ok)
-        return Outcome(correct, active.copy(), self.calls_cost(rows, called), tau)
+                called[m] = rp.asked[0, s].astype(float)
+        esc = rp.escalated[0]
+        called[d.oracle] = esc.astype(float)
+        correct = rp.correct(prep["committee_ok"], prep["final_ok"])[0]
+        return Outcome(correct, esc.copy(), self.calls_cost(rows, called), tau)
 
     def fixed(self, rows: np.ndarray) -> dict[str, Outcome]:
         """Baselines with nothing to fit."""
@@ -192,18 +184,21 @@ class Evaluator:
     def _grid_eval(
         self, p: np.ndarray, ok: np.ndarray, fin: np.ndarray, fit_rows: np.ndarray, committee_first: bool
     ) -> Evaluated:
+        """A one-stage threshold rule replayed over every candidate threshold (``replay_schedule``).
+        ``committee_first``: the committee is always called, the oracle on escalation (vote cascade);
+        otherwise the decision comes before any call, and escalation replaces the committee."""
         d = self.data
         grid = np.unique(np.r_[0.0, p, np.nextafter(p, 2.0), 1.0 + 1e-9])
-        esc = p[None, :] < grid[:, None]
+        rp = replay_schedule([p], [np.zeros(len(p), bool)], grid[:, None])
+        esc = rp.escalated
         k = self.cost_kind
         com = sum(self.cost[k][a][fit_rows] for a in d.committee)
         orc = self.cost[k][d.oracle][fit_rows]
         if committee_first:
-            cost = (com.mean() + (esc * orc).mean(1)) / orc.mean()
+            cost = rp.mean_cost([com], orc) / orc.mean()
         else:
-            cost = (np.where(esc, orc, com)).mean(1) / orc.mean()
-        acc = np.where(esc, fin[None, :], ok[None, :]).mean(1)
-        return Evaluated(grid[:, None], acc, esc.mean(1), cost)
+            cost = np.where(esc, orc, com).mean(1) / orc.mean()
+        return Evaluated(grid[:, None], rp.correct([ok], [fin]).mean(1), esc.mean(1), cost)
 
 
 _NUM = re.compile(r"\d+(?:\.\d+)?")
@@ -306,20 +301,8 @@ def evaluate(
         for name, o in ev.fixed(test).items():
             baselines.setdefault(name, []).append((test, o))
         if len(fit) >= 40:
-            fitted: dict[str, Callable[[], Outcome]] = {
-                "vote_share_cascade": lambda: ev.vote_cascade(fit, test, target),
-                "prompt_only_router": lambda: ev.prompt_only(fit, test, target, seed),
-                "agreement_router": lambda: ev.route_artifact(
-                    RouterFit(data, fit, cost_kind, "agreement", "logistic", False, seed, False).artifact(target), test
-                ),
-            }
-            if rf is not None and adaptive:
-                fitted["single_stage_router"] = lambda: ev.route_artifact(rf.artifact(target, single_stage=True), test)
-            for name, fn in fitted.items():
-                try:
-                    baselines.setdefault(name, []).append((test, fn()))
-                except TargetUnreachable:
-                    baselines.setdefault(name, []).append((test, None))
+            for name, o in _fitted_baselines(ev, data, fit, test, target, cost_kind, seed, rf if adaptive else None):
+                baselines.setdefault(name, []).append((test, o))
 
     rows_all = np.concatenate([t for t, _ in ours])
     rows_all.sort()
@@ -382,6 +365,36 @@ def evaluate(
         "schedules": schedules,
     }
     return result
+
+
+def _fitted_baselines(
+    ev: Evaluator,
+    data: RoutingData,
+    fit: np.ndarray,
+    test: np.ndarray,
+    target: Target,
+    cost_kind: str,
+    seed: int,
+    rf: RouterFit | None,
+) -> list[tuple[str, Outcome | None]]:
+    """The baselines fitted on ``fit`` and scored on ``test``; None where the target is unreachable.
+    ``rf``: our own fit, for the one-stage ablation (None: not adaptive, nothing to ablate)."""
+    fitted: dict[str, Callable[[], Outcome]] = {
+        "vote_share_cascade": lambda: ev.vote_cascade(fit, test, target),
+        "prompt_only_router": lambda: ev.prompt_only(fit, test, target, seed),
+        "agreement_router": lambda: ev.route_artifact(
+            RouterFit(data, fit, cost_kind, "agreement", "logistic", False, seed, False).artifact(target), test
+        ),
+    }
+    if rf is not None:
+        fitted["single_stage_router"] = lambda: ev.route_artifact(rf.artifact(target, single_stage=True), test)
+    out: list[tuple[str, Outcome | None]] = []
+    for name, fn in fitted.items():
+        try:
+            out.append((name, fn()))
+        except TargetUnreachable:
+            out.append((name, None))
+    return out
 
 
 def _sub(o: Outcome, rows: np.ndarray) -> Outcome:

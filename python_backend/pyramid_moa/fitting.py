@@ -21,6 +21,7 @@ from .artifact import CalibrationArtifact
 from .calibration import make_calibrator
 from .dataset import RoutingData
 from .features import ARBITER_FEATURES, AgentOutput, arbiter_features, committee_vote, make_feature_set
+from .router import replay_schedule
 
 TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop")
 INNER_FOLDS = 5
@@ -51,12 +52,19 @@ class Target:
 
 @dataclass
 class Candidate:
-    """One schedule shape with its fitted stage calibrators and OOF probabilities."""
+    """One schedule shape on the fitting questions: per stage its calibrator, out-of-fold
+    probabilities, committee correctness (``labels``), all-failed mask and the cost of its new
+    agents; per stage, whether the answer after escalating from it is right (``final_ok``); and
+    the oracle's cost per question. Everything ``evaluate_grid`` needs to replay it."""
 
     stages: list[list[str]]
     calibrators: list
     oof: list[np.ndarray]
     labels: list[np.ndarray]
+    all_failed: list[np.ndarray]
+    final_ok: list[np.ndarray]
+    stage_costs: list[np.ndarray]
+    oracle_cost: np.ndarray
 
 
 def _oof_and_fit(X: np.ndarray, y: np.ndarray, calibrator: str, seed: int) -> tuple[np.ndarray, object]:
@@ -98,34 +106,23 @@ class Evaluated:
     cost: np.ndarray
 
 
-def evaluate_grid(
-    cand: Candidate, oracle_final: np.ndarray, stage_costs: list[np.ndarray], oracle_cost: np.ndarray
-) -> Evaluated:
-    """Vectorized replay of the stage rule over all threshold combinations (same rule as Router.decide)."""
-    norm = oracle_cost.mean()
-    if len(cand.stages) == 1:
-        p, y = cand.oof[0], cand.labels[0]
-        g = _grid(p)
-        esc = p[None, :] < g[:, None]
-        acc = np.where(esc, oracle_final[None, :], y[None, :]).mean(1)
-        cost = (stage_costs[0].mean() + (esc * oracle_cost[None, :]).mean(1)) / norm
-        return Evaluated(g[:, None], acc, esc.mean(1), cost)
-    p1, p2 = cand.oof
-    y1, y2 = cand.labels
-    g1, g2 = _grid(p1, MAX_GRID_FIRST), _grid(p2)
-    taus, accs, rates, costs = [], [], [], []
-    esc2 = p2[None, :] < g2[:, None]  # (G2, n)
-    fin2 = np.where(esc2, oracle_final[None, :], y2[None, :])
-    for t1 in g1:
-        s2 = p1 < t1
-        acc = np.where(s2[None, :], fin2, y1[None, :]).mean(1)
-        e = esc2 & s2[None, :]
-        cost = (stage_costs[0].mean() + (s2 * stage_costs[1]).mean() + (e * oracle_cost[None, :]).mean(1)) / norm
-        taus.append(np.c_[np.full(len(g2), t1), g2])
-        accs.append(acc)
-        rates.append(e.mean(1))
-        costs.append(cost)
-    return Evaluated(np.vstack(taus), np.concatenate(accs), np.concatenate(rates), np.concatenate(costs))
+def threshold_grid(cand: Candidate) -> np.ndarray:
+    """(G, n_stages) threshold rows: every combination of the stages' candidate thresholds, coarse
+    for the earlier stages, fine for the last, the last varying fastest (``_robust_acc`` relies on
+    that order)."""
+    last = len(cand.oof) - 1
+    grids = [_grid(p, MAX_GRID if s == last else MAX_GRID_FIRST) for s, p in enumerate(cand.oof)]
+    return np.array(list(itertools.product(*grids)), float)
+
+
+def evaluate_grid(cand: Candidate) -> Evaluated:
+    """Accuracy, oracle rate and cost (relative to always-oracle) of every threshold row, replayed
+    by ``replay_schedule``: the rule of ``Router.decide``, all-failed stages included."""
+    taus = threshold_grid(cand)
+    rp = replay_schedule(cand.oof, cand.all_failed, taus)
+    acc = rp.correct(cand.labels, cand.final_ok).mean(1)
+    cost = rp.mean_cost(cand.stage_costs, cand.oracle_cost) / cand.oracle_cost.mean()
+    return Evaluated(taus, acc, rp.escalated.mean(1), cost)
 
 
 def _robust_acc(ev: Evaluated, n_stage1: int) -> np.ndarray:
@@ -147,7 +144,7 @@ def choose(evs: list[Evaluated], target: Target, oracle_acc: float, n_questions:
     """Pick (candidate, grid row) for the target; raise TargetUnreachable with the best achievable."""
     best: tuple[tuple, int, int] | None = None
     for ci, ev in enumerate(evs):
-        n1 = 1 if ev.taus.shape[1] == 1 else len(np.unique(ev.taus[:, 0]))
+        n1 = 1 if ev.taus.shape[1] == 1 else len(np.unique(ev.taus[:, :-1], axis=0))
         if target.kind == "max_accuracy_drop":
             ok = _robust_acc(ev, n1) >= oracle_acc - target.value - 1e-12
             keys = [(-ev.cost[j], ev.acc[j]) for j in np.flatnonzero(ok)]
@@ -221,15 +218,27 @@ class RouterFit:
         self.evs: list[Evaluated] = []
         for shape in schedule_shapes(data.committee, adaptive):
             parts = [fit_agents(a) for a in shape]
-            cand = Candidate(shape, [p[1] for p in parts], [p[0] for p in parts], [p[2] for p in parts])
             prev: list[str] = []
             stage_costs = []
             for agents in shape:
                 extra = [a for a in agents if a not in prev]
                 stage_costs.append(sum(data.call_costs(cost_kind, a)[rows] for a in extra))
                 prev = agents
+            cand = Candidate(
+                stages=shape,
+                calibrators=[p[1] for p in parts],
+                oof=[p[0] for p in parts],
+                labels=[p[2] for p in parts],
+                all_failed=[data.all_failed(a)[rows] for a in shape],
+                # After escalating from the last stage: the oracle's answer (or the arbiter's choice);
+                # from an earlier one (only when all its agents failed: no vote, no arbiter), the
+                # oracle's own, or none when it failed too.
+                final_ok=[self.oracle_ok] * (len(shape) - 1) + [oracle_final],
+                stage_costs=stage_costs,
+                oracle_cost=oracle_cost,
+            )
             self.cands.append(cand)
-            self.evs.append(evaluate_grid(cand, oracle_final, stage_costs, oracle_cost))
+            self.evs.append(evaluate_grid(cand))
 
     def _fit_arbiter(self, full_oof: np.ndarray) -> tuple[dict | None, np.ndarray | None]:
         """Fit the oracle-vs-committee arbiter on fitting questions where exactly one of them is right.

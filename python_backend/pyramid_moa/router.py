@@ -21,6 +21,8 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from .answers import AnswerTask, answer_key, get_task
 from .calibration import Calibrator
 from .features import AgentOutput, FeatureSet, Vote, arbiter_features
@@ -68,6 +70,68 @@ def validate_threshold(value: float | None, what: str = "escalation_threshold") 
     if not (0.0 <= value <= 1.0):
         raise ValueError(f"{what} must be within [0, 1], got {value}")
     return float(value)
+
+
+@dataclass
+class Replay:
+    """Where each question's route ends, for each row of thresholds (see ``replay_schedule``).
+
+    ``accepted[g, j]``: the stage whose committee answer was returned, -1 if the oracle was called;
+    ``escalated_from[g, j]``: the stage after which the oracle was called, -1 if accepted;
+    ``asked[g, s, j]``: whether stage ``s``'s new agents were called.
+    """
+
+    accepted: np.ndarray
+    escalated_from: np.ndarray
+    asked: np.ndarray
+
+    @property
+    def escalated(self) -> np.ndarray:
+        return self.escalated_from >= 0
+
+    def correct(self, committee_ok: Sequence[np.ndarray], final_ok: Sequence[np.ndarray]) -> np.ndarray:
+        """(G, n) correctness: stage ``s``'s committee answer where accepted there, else the answer
+        after escalating from stage ``s`` (``final_ok[s]``)."""
+        cols = np.arange(self.accepted.shape[1])[None, :]
+        com = np.asarray(committee_ok)[np.maximum(self.accepted, 0), cols]
+        fin = np.asarray(final_ok)[np.maximum(self.escalated_from, 0), cols]
+        return np.where(self.accepted >= 0, com, fin)
+
+    def mean_cost(self, stage_costs: Sequence[np.ndarray], oracle_cost: np.ndarray) -> np.ndarray:
+        """(G,) mean absolute cost per question: every stage asked, plus the oracle when called."""
+        asked = sum(self.asked[:, s, :] @ np.asarray(c, float) for s, c in enumerate(stage_costs))
+        return (asked + self.escalated @ np.asarray(oracle_cost, float)) / self.accepted.shape[1]
+
+
+def replay_schedule(probs: Sequence[np.ndarray], all_failed: Sequence[np.ndarray], taus: np.ndarray) -> Replay:
+    """``Router.plan``'s stage rule, vectorized over questions and threshold rows.
+
+    ``probs[s]``/``all_failed[s]``: P(committee correct) and "every agent of the stage failed" at
+    stage ``s`` for each question; ``taus``: (G, S) thresholds, one row per policy. The rule is
+    ``Router.decide``'s: all failed -> escalate now; P >= tau -> accept; else the next stage, or
+    the oracle after the last. The fitting search, the evaluator's sweep and its baselines replay
+    schedules through this function alone, and tests/test_router.py holds it against
+    ``Router.route`` (failures included), so the fast path cannot drift from the served one.
+    """
+    taus = np.atleast_2d(np.asarray(taus, float))
+    n_stages = len(probs)
+    if taus.shape[1] != n_stages or len(all_failed) != n_stages:
+        raise ValueError(f"{n_stages} stages of probabilities, {len(all_failed)} failure masks, taus {taus.shape}")
+    n = len(probs[0]) if n_stages else 0
+    G = taus.shape[0]
+    active = np.ones((G, n), bool)
+    accepted = np.full((G, n), -1)
+    escalated_from = np.full((G, n), -1)
+    asked = np.zeros((G, n_stages, n), bool)
+    for s in range(n_stages):
+        asked[:, s, :] = active
+        failed = np.asarray(all_failed[s], bool)[None, :]
+        acc = active & ~failed & (np.asarray(probs[s])[None, :] >= taus[:, s : s + 1])
+        esc = active & ~acc & (failed | (s == n_stages - 1))
+        accepted[acc] = s
+        escalated_from[esc] = s
+        active &= ~(acc | esc)
+    return Replay(accepted, escalated_from, asked)
 
 
 class Router:
