@@ -31,12 +31,18 @@ def questions(deployment):
 
 @pytest.fixture(scope="module")
 def stream(deployment):
-    """send(inputs: {name: (numpy array, dtype)}) -> ('ok', outputs) | ('error', message); one open stream."""
+    """send(inputs: {name: (numpy array, dtype)}) -> ('ok', final outputs) | ('error', message); one open
+    stream. A streamed request that escalates gets a provisional response before its final one, so each
+    request is read up to the response that carries Triton's final flag; a response of another request
+    (a leftover) fails the test."""
+    import itertools
+
     import tritonclient.grpc as grpcclient
 
     got: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(deployment.grpc_url)
     client.start_stream(callback=lambda result, error: got.put((result, error)))
+    ids = itertools.count()
 
     def send(inputs):
         tensors = []
@@ -44,11 +50,18 @@ def stream(deployment):
             t = grpcclient.InferInput(name, list(arr.shape), dtype)
             t.set_data_from_numpy(arr)
             tensors.append(t)
-        client.async_stream_infer("pyramid", tensors)
-        result, error = got.get(timeout=30)  # a hang fails here
-        if error is not None:
-            return "error", str(error)
-        return "ok", {n: result.as_numpy(n) for n in ("answer", "tier", "provisional")}
+        rid = f"fuzz-{next(ids)}"
+        client.async_stream_infer("pyramid", tensors, request_id=rid, enable_empty_final_response=True)
+        while True:
+            result, error = got.get(timeout=30)  # a hang fails here
+            if error is not None:  # the router and Triton send an error as the request's last response
+                return "error", str(error)
+            response = result.get_response()
+            assert response.id == rid, f"a response of {response.id!r} arrived while reading {rid!r}"
+            if response.parameters["triton_final_response"].bool_param:
+                outputs = {n: result.as_numpy(n) for n in ("answer", "tier", "provisional")}
+                assert all(v is not None for v in outputs.values()), f"{rid}: a final response without outputs"
+                return "ok", outputs
 
     yield send
     client.stop_stream(cancel_requests=False)
@@ -140,6 +153,9 @@ def test_fuzzed_requests_get_a_result_or_a_named_invalid_arg(deployment, stream,
             assert "[NOT_FOUND]" in got, got  # valid text the replay engines never saw
         else:
             assert got["tier"].reshape(-1)[0] in (b"committee", b"oracle")
+            deadline = inputs.get("deadline_ms", (np.zeros((1, 1)), ""))[0].reshape(-1)[0]
+            if not deadline:  # with no deadline the final answer is never provisional
+                assert not got["provisional"].reshape(-1)[0], inputs
 
     check()
     with PyramidClient(deployment.grpc_url) as c:  # still healthy

@@ -258,7 +258,9 @@ def test_link_cut_gives_committee_answers_within_the_deadline_then_recovers(host
     esc = [i for i in range(100, 400) if route(i, False).escalated and i not in deployment.oracle_missing][:12]
     assert len(esc) == 12
     client, net = hosts["client"], hosts["net"]
-    budget_s = DEADLINE_MS / 1000 + 0.5  # the deadline, plus the client's and the stream's own overhead
+    # The deadline plus overhead; a loaded 2-core machine has been seen to need more than 0.5 s. It stays
+    # below the 10 s a request would wait for the client's own timeout if the deadline were ignored.
+    budget_s = DEADLINE_MS / 1000 + 1.5
 
     net.link("o", up=False)
     cut = time.monotonic()
@@ -276,7 +278,7 @@ def test_link_cut_gives_committee_answers_within_the_deadline_then_recovers(host
             detected = time.monotonic() - cut
     assert detected is not None, f"the router never marked the oracle failed during the cut: {seen}"
     # two requests await the oracle (provisional at their deadline); the third finds the breaker open
-    assert detected < 2 * DEADLINE_MS / 1000 + 1.5, seen
+    assert detected < 2 * DEADLINE_MS / 1000 + 3.0, seen
     TIMINGS.update(
         cut_detected_s=round(detected, 2),
         cut_answers=len(seen),
