@@ -97,8 +97,18 @@ $(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py
 render: $(STAMP) $(CALIBRATION)  ## render the model repository of deploy/$(PROFILE).yaml (PROFILE=replay|llamacpp)
 	$(PY) scripts/render_repository.py deploy/$(PROFILE).yaml --out $(SERVE_REPO) --calibration $(CALIBRATION)
 
-serve: render  ## real tritonserver in the foreground with deploy/$(PROFILE).yaml (Ctrl-C stops)
-	$(PY) -m pyramid_triton.server $(SERVE_REPO)
+# Loopback only unless HOST=0.0.0.0 (or another address); model control needs the admin key: ADMIN_KEY_FILE
+# (mode 0600), else $$PYRAMID_ADMIN_KEY, else one generated per start and written (0600) to $(OUT)/serve/admin-key
+# for tools (PYRAMID_ADMIN_KEY_FILE=...), removed at stop. docs/SECURITY.md. exec: SIGTERM to make reaches the server.
+HOST ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+ADMIN_KEY_FILE ?=
+serve: render  ## real tritonserver in the foreground with deploy/$(PROFILE).yaml (SIGTERM or Ctrl-C stops; HOST, *_PORT)
+	exec $(PY) -m pyramid_triton.server $(SERVE_REPO) --host $(HOST) --http-port $(HTTP_PORT) \
+	  --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --admin-key-out $(OUT)/serve/admin-key \
+	  $(if $(ADMIN_KEY_FILE),--admin-key-file $(ADMIN_KEY_FILE))
 
 # --- GPU deployment: TensorRT-LLM engines behind the router (README "GPU deployment", docs/GPU.md) -------------
 # Both targets run in NVIDIA's Triton TRT-LLM container through scripts/trtllm_container.sh (docker run with the

@@ -10,13 +10,20 @@ no-op; ``unload`` then ``load`` (explicit model-control mode) starts a new stub 
 So the launcher runs the server with ``--model-control-mode=explicit --load-model=*`` and this
 watchdog: every ``interval_s`` it lists the server's stub children (by parent PID; their command
 line names the model's ``model.py`` and the instance), and for each model with an instance whose
-process is gone it unloads and reloads the model through Triton's own repository API. Nothing is
-found or killed by name; only children of the server's own PID are looked at.
+process is gone (no stub of that instance name left) while the model still reports ready, it unloads
+and reloads the model through Triton's own repository API, with the admin key (access.py). A model
+that is not ready was unloaded on purpose and is left alone; a stub replaced by a new one of the same
+instance name is a reload someone else made. Nothing is found or killed by name; only children of the
+server's own PID are looked at.
+
+``check`` is the same test without state, for a liveness probe where no supervisor runs (the Helm
+chart, scripts/liveness.py): every instance of every ready Python-backend model must have its stub.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -24,6 +31,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from . import access
 
 SUPERVISED_ARGS = ["--model-control-mode=explicit", "--load-model=*"]
 
@@ -55,6 +64,7 @@ class Supervisor:
 
     server_pid: int
     http_url: str
+    admin_key: access.Key
     interval_s: float = 0.5
     log: object = sys.stderr
     restarts: list[tuple[float, str]] = field(default_factory=list)
@@ -75,7 +85,8 @@ class Supervisor:
         known = stub_processes(self.server_pid)
         while not self._stop.wait(self.interval_s):
             now = stub_processes(self.server_pid)
-            dead = sorted({model for inst, (model, pid) in known.items() if now.get(inst) != (model, pid)})
+            gone = {model for inst, (model, _) in known.items() if inst not in now}
+            dead = sorted(m for m in gone if self._ready(m))  # not ready: unloaded on purpose
             failed = set()
             for model in dead:
                 if self._stop.is_set():
@@ -104,14 +115,7 @@ class Supervisor:
             raise TimeoutError(f"model {model!r} not ready after reload")
 
     def _post(self, path: str, body: dict) -> None:
-        req = urllib.request.Request(
-            f"http://{self.http_url}{path}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=120) as r:
-            r.read()
+        admin_request(self.http_url, path, self.admin_key, body)
 
     def _ready(self, model: str) -> bool:
         try:
@@ -122,3 +126,98 @@ class Supervisor:
 
     def _say(self, msg: str) -> None:
         print(f"pyramid supervisor: {msg}", file=self.log, flush=True)  # type: ignore[call-overload]
+
+
+def admin_request(
+    http_url: str, path: str, key: access.Key, body: dict | None = None, timeout_s: float = 120
+) -> object:
+    """A call to a restricted API (POST with ``body``, else GET) with the admin key; its JSON answer."""
+    req = urllib.request.Request(
+        f"http://{http_url}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **access.http_headers(key)},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        text = r.read()
+    return json.loads(text) if text else None
+
+
+def expected_stubs(http_url: str, key: access.Key) -> dict[str, str]:
+    """{instance name: model} that the server's ready Python-backend models should have a stub for
+    (instance ``<group name>_<i>`` for ``i < count``, as the stubs' command lines name them)."""
+    out: dict[str, str] = {}
+    for m in admin_request(http_url, "/v2/repository/index", key, {"ready": True}) or []:  # type: ignore[union-attr]
+        if m.get("state") != "READY":
+            continue
+        cfg = admin_request(http_url, f"/v2/models/{m['name']}/config", key)
+        if cfg.get("backend") != "python":  # type: ignore[union-attr]
+            continue
+        for group in cfg.get("instance_group", []):  # type: ignore[union-attr]
+            for i in range(int(group.get("count", 1))):
+                out[f"{group['name']}_{i}"] = m["name"]
+    return out
+
+
+def listening_pid(port: int) -> int | None:
+    """The PID of the process listening on TCP ``port`` in this network namespace (the topmost one if
+    it shares the socket with its children): the server itself, found by what it serves, not by name."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    holders: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                holders[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+    top = [pid for pid, ppid in holders.items() if ppid not in holders]
+    return top[0] if len(top) == 1 else None
+
+
+def check(http_url: str, key: access.Key) -> list[str]:
+    """Problems that make the server unfit to live (empty: healthy): no server on the port, or an
+    instance of a ready Python-backend model whose stub process is gone (Triton 2.51 still reports
+    that model ready, and calls to it fail)."""
+    pid = listening_pid(int(http_url.rsplit(":", 1)[1]))
+    if pid is None:
+        return [f"no single process listens on {http_url}"]
+    alive = stub_processes(pid)
+    want = expected_stubs(http_url, key)
+    return [
+        f"model {model!r}: the stub of instance {inst} is gone"
+        for inst, model in sorted(want.items())
+        if inst not in alive
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Liveness check: exit 0 if every ready Python-backend model has all its stubs, else 1 (and why)."""
+    import argparse  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description="Exit 1 if an engine's Python-backend stub process is dead")
+    ap.add_argument("--http", default="127.0.0.1:8000", help="the server's HTTP address (default: %(default)s)")
+    args = ap.parse_args(argv)
+    try:
+        key = access.from_env()
+        if key is None:
+            print(f"error: no admin key (${access.ADMIN_KEY_FILE_ENV} or ${access.ADMIN_KEY_ENV})", file=sys.stderr)
+            return 1
+        problems = check(args.http, key)
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        problems = [f"cannot check the server at {args.http}: {exc}"]
+    for p in problems:
+        print(f"unhealthy: {p}", file=sys.stderr)
+    if not problems:
+        print("ok: every ready Python-backend model has all its stub processes")
+    return 1 if problems else 0

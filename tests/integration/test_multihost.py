@@ -191,7 +191,10 @@ def hosts(deployment, tmp_path_factory):
             spec.write_text(yaml.safe_dump(host_spec(whole, local, urls)), encoding="utf-8")
             repo = render(spec, tmp / f"repo-{host}", calibration=None if engines_only else deployment.calibration,
                           engines_only=engines_only).out  # fmt: skip
-            servers[host] = TritonServer(repo, log_path=tmp / f"{host}.log", launcher=net.launcher(host), **PORTS)
+            # every interface of its namespace: the engines are called over the veth links (default: loopback)
+            servers[host] = TritonServer(
+                repo, log_path=tmp / f"{host}.log", launcher=net.launcher(host), host="0.0.0.0", **PORTS
+            )
         t0 = time.monotonic()
         for host in ("a", "o", "r"):
             try:
