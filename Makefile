@@ -14,11 +14,21 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf helm-check soak
+.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf helm-check soak calibrate-replay
 # Deployment profile: deploy/$(PROFILE).yaml (replay: recorded outputs; llamacpp: Gemma 3 270M on llama.cpp).
 PROFILE ?= replay
+# replay (the default): the committed calibration and the committed, directly servable top-level
+# model_repository/ (paths relative to each model; `make render` regenerates it and
+# tests/test_model_repository.py fails when it differs). Other profiles render into $(OUT)/.
+REPLAY_CALIBRATION := deploy/replay.calibration.json
+ifeq ($(PROFILE),replay)
+CALIBRATION ?= $(REPLAY_CALIBRATION)
+SERVE_REPO ?= model_repository
+RENDER_FLAGS ?= --relative
+else
 CALIBRATION ?= $(OUT)/calibration/$(PROFILE).json
 SERVE_REPO ?= $(OUT)/model_repository/$(PROFILE)
+endif
 
 # The venv: pinned deps, a real tritonserver, llama-cpp-python (built once into the wheel cache,
 # about 4.5 min on 2 cores) and the Gemma 3 270M GGUF (cached under ~/.cache/pyramid-moa).
@@ -58,25 +68,25 @@ lint: $(STAMP)
 bench: $(STAMP)  ## benchmarks A and B on the shared traces + in-process decision latency
 	$(PY) scripts/bench.py $(SHARED_TRACES) $(OUT)/bench | tee $(OUT)/bench.md
 
-bench-serving: $(STAMP) $(OUT)/calibration/replay.json  ## router overhead and routed/direct throughput on a real tritonserver
-	$(PY) scripts/bench_serving.py --calibration $(OUT)/calibration/replay.json --out $(OUT)/bench_serving
+bench-serving: $(STAMP) $(REPLAY_CALIBRATION)  ## router overhead and routed/direct throughput on a real tritonserver
+	$(PY) scripts/bench_serving.py --calibration $(REPLAY_CALIBRATION) --out $(OUT)/bench_serving
 
 setup-perf: $(STAMP)  ## perf_analyzer 2.60 (private Debian 13 glibc) + genai-perf 0.0.16 (own venv) in ~/.cache/pyramid-moa
 	bash scripts/install_perf_analyzer.sh $(VENV)
 
 # Not part of make test (a benchmark, about 9 minutes). PERF_ARGS: e.g. --quick, --no-genai-perf, --rounds 7.
-perf: setup-perf $(OUT)/calibration/replay.json  ## load test: perf_analyzer sweeps of pyramid vs one engine, GPU-like latency check, genai-perf
-	$(PY) scripts/perf.py --calibration $(OUT)/calibration/replay.json --out $(OUT)/perf $(PERF_ARGS)
+perf: setup-perf $(REPLAY_CALIBRATION)  ## load test: perf_analyzer sweeps of pyramid vs one engine, GPU-like latency check, genai-perf
+	$(PY) scripts/perf.py --calibration $(REPLAY_CALIBRATION) --out $(OUT)/perf $(PERF_ARGS)
 
-soak: $(STAMP) $(OUT)/calibration/replay.json  ## 64 clients for 300 s against the replay profile: nothing lost, router RSS
-	$(PY) scripts/soak.py --clients 64 --seconds 300 --calibration $(OUT)/calibration/replay.json --out $(OUT)/soak
+soak: $(STAMP) $(REPLAY_CALIBRATION)  ## 64 clients for 300 s against the replay profile: nothing lost, router RSS
+	$(PY) scripts/soak.py --clients 64 --seconds 300 --calibration $(REPLAY_CALIBRATION) --out $(OUT)/soak
 
 helm-check: $(STAMP)  ## render the Helm chart from every GPU spec and validate it against Kubernetes schemas
 	$(PY) scripts/helm_check.py deploy/gpu-1gpu-smoke.yaml --out $(OUT)/helm
 
-$(OUT)/calibration/replay.json: $(STAMP)
+calibrate-replay: $(STAMP)  ## refit the committed replay calibration (half the questions; the demo asks the other half)
 	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
-	  --cost $(COST) --fit-fraction 0.5 --out $@
+	  --cost $(COST) --fit-fraction 0.5 --out $(REPLAY_CALIBRATION)
 
 # llamacpp profile: there are no Gemma traces. The calibration is a transfer: fitted on the shipped
 # traces with the agent-symmetric feature set (vote statistics and answer plausibility, no feature
@@ -95,7 +105,7 @@ $(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py
 	  --note 'transfer: symmetric features fitted on gpt-3.5/gpt-4 GSM8K traces; no Gemma traces exist'
 
 render: $(STAMP) $(CALIBRATION)  ## render the model repository of deploy/$(PROFILE).yaml (PROFILE=replay|llamacpp)
-	$(PY) scripts/render_repository.py deploy/$(PROFILE).yaml --out $(SERVE_REPO) --calibration $(CALIBRATION)
+	$(PY) scripts/render_repository.py deploy/$(PROFILE).yaml --out $(SERVE_REPO) --calibration $(CALIBRATION) $(RENDER_FLAGS)
 
 # Loopback only unless HOST=0.0.0.0 (or another address); model control needs the admin key: ADMIN_KEY_FILE
 # (mode 0600), else $$PYRAMID_ADMIN_KEY, else one generated per start and written (0600) to $(OUT)/serve/admin-key

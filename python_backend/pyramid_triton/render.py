@@ -35,6 +35,7 @@ new models before there is a calibration for them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import string
@@ -221,10 +222,14 @@ def render(
     calibration: str | Path | None = None,
     templates: Path = TEMPLATES,
     engines_only: bool = False,
+    relative: bool = False,
 ) -> Rendered:
     """Render ``spec_path`` into the directory ``out`` (replaced if it holds an earlier rendering).
 
-    ``engines_only``: the engines without the router, and no calibration needed."""
+    ``engines_only``: the engines without the router, and no calibration needed. ``relative``: every
+    path a model reads (its code, traces, weights) is written relative to the model's own directory,
+    which the models resolve it from, so the repository can be committed and served from any
+    checkout (the top-level ``model_repository/``)."""
     spec_path = Path(spec_path).resolve()
     base = spec_path.parent
     spec = load_spec(spec_path)
@@ -325,11 +330,13 @@ def render(
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for pm in planned:
-        _write_model(templates / pm.template, out / pm.name, pm.values, f"model {pm.name!r}")
+        values = _relative_paths(pm.values, out / pm.name) if relative else pm.values
+        _write_model(templates / pm.template, out / pm.name, values, f"model {pm.name!r}")
         for filename, text in pm.files.items():
             (out / pm.name / filename).write_text(text, encoding="utf-8")
+    source = os.path.relpath(spec_path, out) if relative else str(spec_path)
     if engines_only:
-        (out / MARKER).write_text(f"rendered from {spec_path} (engines only, no router)\n", encoding="utf-8")
+        (out / MARKER).write_text(f"rendered from {source} (engines only, no router)\n", encoding="utf-8")
         return Rendered(out, "", names[:-1], oracle["name"], written, remote)
 
     rdir = out / router["model_name"]
@@ -338,7 +345,7 @@ def render(
         rdir,
         {
             "model_name": router["model_name"],
-            "python_path": python_path,
+            "python_path": os.path.relpath(python_path, rdir) if relative else python_path,
             "calibration": CALIBRATION_FILE,
             "agents": ",".join(names[:-1]),
             "oracle": oracle["name"],
@@ -360,7 +367,7 @@ def render(
     )
     assert cal_path is not None
     shutil.copyfile(cal_path, rdir / CALIBRATION_FILE)
-    (out / MARKER).write_text(f"rendered from {spec_path}\n", encoding="utf-8")
+    (out / MARKER).write_text(f"rendered from {source}\n", encoding="utf-8")
     return Rendered(out, router["model_name"], names[:-1], oracle["name"], written, remote)
 
 
@@ -554,6 +561,16 @@ def _prompt_format(e: dict[str, Any], where: str) -> PromptFormat:
         raise SpecError(f"{where}: {exc}") from None
 
 
+def _relative_paths(values: dict[str, Any], model_dir: Path) -> dict[str, Any]:
+    """``values`` with every absolute path a model reads made relative to ``model_dir`` (the models
+    resolve relative paths from their own directory: ``ModelParams.get_path``, the model.py prologue)."""
+    keys = {*PATH_KEYS, "python_path"}
+    return {
+        k: os.path.relpath(v, model_dir) if k in keys and isinstance(v, str) and os.path.isabs(v) else v
+        for k, v in values.items()
+    }
+
+
 def _write_model(template_dir: Path, dest: Path, values: dict[str, Any], what: str) -> None:
     config = template_dir / "config.pbtxt"
     if not config.is_file():
@@ -577,9 +594,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="render the engines without the router (no calibration needed; to record traces with pyramid record)",
     )
+    ap.add_argument(
+        "--relative",
+        action="store_true",
+        help="write paths relative to each model's directory (a repository that can be committed and moved)",
+    )
     args = ap.parse_args(argv)
     try:
-        r = render(args.spec, args.out, args.calibration, engines_only=args.engines_only)
+        r = render(args.spec, args.out, args.calibration, engines_only=args.engines_only, relative=args.relative)
     except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ Runs in NVIDIA's Triton TRT-LLM container, whose Python has transformers (the to
 """
 
 import json
+import os
 import sys
 
 import triton_python_backend_utils as pb_utils
@@ -14,6 +15,8 @@ class TritonPythonModel:
         # The Python-backend stub ignores PYTHONPATH: the rendered config says where the project's code is.
         params = json.loads(args["model_config"]).get("parameters", {})
         path = params.get("python_path", {}).get("string_value", "")
+        if path and not os.path.isabs(path):  # relative to the model's own directory (model_repository/)
+            path = os.path.normpath(os.path.join(args["model_repository"], path))
         if path and path not in sys.path:
             sys.path.insert(0, path)
         from pyramid_triton.trtllm import PreprocessingModel
