@@ -83,10 +83,15 @@ class Supervisor:
 
     def _run(self) -> None:
         known = stub_processes(self.server_pid)
+        suspects: set[str] = set()
         while not self._stop.wait(self.interval_s):
             now = stub_processes(self.server_pid)
             gone = {model for inst, (model, _) in known.items() if inst not in now}
-            dead = sorted(m for m in gone if self._ready(m))  # not ready: unloaded on purpose
+            # Dead: a stub gone while its model still reports ready, twice in a row (an unload in progress
+            # can show a gone stub and a still-ready model once; a model that is not ready was unloaded).
+            ready_gone = {m for m in gone if self._ready(m)}
+            dead = sorted(ready_gone & suspects)
+            suspects = ready_gone - set(dead)
             failed = set()
             for model in dead:
                 if self._stop.is_set():
@@ -101,8 +106,8 @@ class Supervisor:
                     failed.add(model)
             if dead:
                 now = stub_processes(self.server_pid)  # the reloaded models' new stubs
-            # a model whose reload failed keeps its old (dead) entries: it is retried next round
-            known = {**now, **{i: v for i, v in known.items() if v[0] in failed}}
+            # a suspect, or a model whose reload failed, keeps its old (dead) entries: looked at again next round
+            known = {**now, **{i: v for i, v in known.items() if v[0] in failed | suspects}}
 
     def reload(self, model: str, timeout_s: float = 60.0) -> None:
         """Unload, wait until it is gone, load again: a new stub process."""
