@@ -1,0 +1,115 @@
+"""Errors in OpenAI's format (``{"error": {"message", "type", "param", "code"}}``) and the one
+mapping from the router's error codes to HTTP statuses.
+
+Why one module: every path (validation, the router, a direct engine call, Triton being down, a
+client that went away) ends in ``ApiError``, so status, type and headers are decided in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pyramid_client import PyramidError
+
+# HTTP status of a client that closed the connection before the answer (nginx's convention; nobody
+# receives it, but logs and metrics show it).
+CLIENT_CLOSED = 499
+
+# The router's / engines' input names -> the OpenAI request field a client would fix.
+_ROUTER_FIELDS = {
+    "text_input": "messages",
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "seed": "seed",
+    "escalation_threshold": "pyramid.escalation_threshold",
+    "deadline_ms": "pyramid.deadline_ms",
+    "strict": "pyramid.strict",
+    "force_tier": "model",
+}
+_INPUT_NAME = re.compile(r"invalid input '([a-z_]+)'")
+_CODE_PREFIX = re.compile(r"^\[([A-Z_]+)\] ")
+
+
+class ApiError(Exception):
+    """An error answered to the client; ``param`` names the request field at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
+    """400 for a request the gateway or the router cannot honour; ``param`` names the field."""
+    return ApiError(400, message, param=param, code=code)
+
+
+def unavailable(message: str, retry_after_s: int) -> ApiError:
+    """503 with ``Retry-After``: Triton (or the model) is not reachable or not ready."""
+    return ApiError(
+        503, message, type="service_unavailable", code="unavailable", headers={"Retry-After": str(retry_after_s)}
+    )
+
+
+def deadline_exceeded(message: str) -> ApiError:
+    return ApiError(504, message, type="timeout", code="deadline_exceeded")
+
+
+def model_not_found(model: str, known: list[str]) -> ApiError:
+    return ApiError(
+        404,
+        f"The model '{model}' does not exist; this server has: {', '.join(known)}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def from_pyramid(exc: PyramidError, retry_after_s: int, text_field: str = "messages") -> ApiError:
+    """The HTTP error for a router / engine error code (``PyramidError.code``).
+
+    INVALID_ARG -> 400 naming the OpenAI field; NOT_FOUND (e.g. a replay engine has no record for the
+    question) -> 400, since the model exists; UNAVAILABLE -> 503 + Retry-After; DEADLINE_EXCEEDED
+    (the gateway's call timeout) -> 504; anything else -> 502 (the upstream failed)."""
+    message = exc.message
+    if exc.code == "INVALID_ARG":
+        m = _INPUT_NAME.search(message)
+        param = _ROUTER_FIELDS.get(m.group(1), m.group(1)) if m else None
+        if param == "messages":
+            param = text_field
+        return invalid(message, param)
+    if exc.code == "NOT_FOUND":
+        return invalid(message, text_field, code="not_found")
+    if exc.code == "UNAVAILABLE":
+        return unavailable(message, retry_after_s)
+    if exc.code == "DEADLINE_EXCEEDED":
+        return deadline_exceeded(message)
+    return ApiError(502, f"{exc.code}: {message}", type="server_error", code=exc.code.lower())
+
+
+def from_triton_message(message: str, status: str | None = None) -> PyramidError:
+    """A ``PyramidError`` from a Triton error on a direct engine call: the ``[CODE]`` prefix the
+    project's models put first, else the gRPC status (UNAVAILABLE when nothing listens)."""
+    m = _CODE_PREFIX.match(message)
+    if m:
+        return PyramidError(message[m.end() :], m.group(1))
+    if status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return PyramidError(message, status)
+    low = message.lower()
+    if "unexpected" in low or "invalid" in low:
+        return PyramidError(message, "INVALID_ARG")
+    if "unknown model" in low or "not found" in low or "not ready" in low:
+        return PyramidError(message, "UNAVAILABLE")
+    return PyramidError(message, status or "INTERNAL")

@@ -1,0 +1,210 @@
+"""OpenAI request types the gateway accepts, and how each field maps to the router's text API.
+
+Rules (README "OpenAI-compatible API"):
+
+* honoured: ``model``, ``messages`` / ``prompt``, ``max_tokens`` (or ``max_completion_tokens``),
+  ``temperature``, ``seed`` (the engines' text API), ``stop`` (cut out of the returned text: the engines'
+  text API has no stop input), ``stream``, ``stream_options.include_usage``, ``user`` (no effect: an
+  end-user id for the caller's own bookkeeping);
+* accepted at their no-op value only: ``n=1``, ``top_p=1``, ``presence_penalty=0``,
+  ``frequency_penalty=0``, ``logit_bias={}``, ``logprobs=false``, ``response_format={"type": "text"}``,
+  ``store=false``, ``echo=false``, ``best_of=1``; anything else there is a 400 naming the field;
+* ``tools`` / ``functions`` and the rest of OpenAI's fields: a 400 naming them (never a silent ignore);
+* ``pyramid`` (the SDK's ``extra_body``): ``escalation_threshold``, ``deadline_ms``, ``strict``;
+  unknown keys are a 400 naming them.
+
+Why pydantic: FastAPI's own validation layer, so a wrong type or an unknown field is reported
+with its location, which becomes the error's ``param``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ApiError, invalid
+
+PYRAMID_KEYS = ("escalation_threshold", "deadline_ms", "strict")
+MAX_STOP = 4  # OpenAI's limit on stop sequences
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class PyramidOptions(BaseModel):
+    """Per-request routing (``extra_body={"pyramid": {...}}``): the router's inputs of the same name."""
+
+    model_config = ConfigDict(extra="forbid")
+    escalation_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    deadline_ms: int | None = Field(None, ge=0, lt=2**31)
+    strict: bool | None = None
+
+
+class _Common(BaseModel):
+    """Fields shared by both endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    max_tokens: int | None = Field(None, gt=0, lt=2**31)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    seed: int | None = Field(None, ge=0, lt=2**64)
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    pyramid: PyramidOptions | None = None
+    # Accepted only at their no-op value (checked in ``unsupported``).
+    n: int | None = None
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def stops(self) -> list[str]:
+        """The stop sequences, empty ones dropped (OpenAI ignores them too)."""
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        if len(stops) > MAX_STOP:
+            raise invalid(f"at most {MAX_STOP} stop sequences are allowed, got {len(stops)}", "stop")
+        return [s for s in stops if s]
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def options(self) -> PyramidOptions:
+        return self.pyramid or PyramidOptions()
+
+
+class ChatCompletionRequest(_Common):
+    messages: list[Any]
+    max_completion_tokens: int | None = Field(None, gt=0, lt=2**31)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    store: bool | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str]
+    logprobs: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+Kind = Literal["chat", "completion"]
+
+# field -> (allowed no-op value, why it cannot be honoured)
+_NOOP: dict[str, tuple[Any, str]] = {
+    "n": (1, "one choice per request: the router returns one answer (n must be 1)"),
+    "top_p": (1.0, "the engines' text API has no top_p (only 1 is accepted)"),
+    "presence_penalty": (0.0, "the engines' text API has no presence penalty (only 0 is accepted)"),
+    "frequency_penalty": (0.0, "the engines' text API has no frequency penalty (only 0 is accepted)"),
+    "logprobs": (False, "log-probabilities are not returned: the router answers with a vote, not tokens"),
+    "top_logprobs": (0, "log-probabilities are not returned"),
+    "store": (False, "this server stores no completions"),
+    "echo": (False, "echo is not supported"),
+    "suffix": ("", "suffix (insertion) is not supported"),
+    "best_of": (1, "best_of must be 1: the router returns one answer"),
+}
+_UNSUPPORTED = {
+    "tools": "tools / function calling are not supported: the router answers questions with text",
+    "tool_choice": "tools / function calling are not supported",
+    "parallel_tool_calls": "tools / function calling are not supported",
+    "functions": "functions / function calling are not supported",
+    "function_call": "functions / function calling are not supported",
+}
+
+
+def _unsupported(req: _Common) -> None:
+    """400 for a field set to something the gateway cannot honour."""
+    for name, why in _UNSUPPORTED.items():
+        v = getattr(req, name, None)
+        if v is not None and v != []:
+            raise invalid(f"'{name}': {why}", name, code="unsupported_parameter")
+    for name, (noop, why) in _NOOP.items():
+        if name not in req.model_fields_set:
+            continue
+        v = getattr(req, name)
+        if v is None or v == noop or (name == "logprobs" and v in (0, False)):
+            continue
+        raise invalid(f"'{name}'={json.dumps(v)} cannot be honoured: {why}", name, code="unsupported_parameter")
+    if req.logit_bias:
+        raise invalid("'logit_bias' cannot be honoured: the engines' text API has no logit bias", "logit_bias")
+    fmt = getattr(req, "response_format", None)
+    if fmt is not None and fmt.get("type") != "text":
+        raise invalid(
+            f"response_format {json.dumps(fmt)} cannot be honoured: only {{'type': 'text'}}", "response_format"
+        )
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _from_validation(exc: ValidationError) -> ApiError:
+    """One 400 for pydantic's errors: unknown fields first (all named), else the first bad field."""
+    errors = exc.errors()
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if extra:
+        top = [_loc(e["loc"]) for e in extra if len(e["loc"]) == 1]
+        nested = [e for e in extra if len(e["loc"]) > 1]
+        if top:
+            return invalid(
+                f"Unrecognized request argument(s) supplied: {', '.join(top)}", top[0], code="unknown_parameter"
+            )
+        parent = _loc(nested[0]["loc"][:-1])
+        names = [str(e["loc"][-1]) for e in nested if _loc(e["loc"][:-1]) == parent]
+        known = PYRAMID_KEYS if parent == "pyramid" else ()
+        hint = f"; known: {', '.join(known)}" if known else ""
+        return invalid(f"unknown key(s) in '{parent}': {', '.join(names)}{hint}", parent, code="unknown_parameter")
+    e = errors[0]
+    where = _loc(e["loc"])
+    if e["type"] == "missing":
+        return invalid(f"'{where}' is required", where, code="missing_required_parameter")
+    got = e.get("input")
+    shown = json.dumps(got) if isinstance(got, (int, float, str, bool, type(None))) else type(got).__name__
+    return invalid(f"invalid '{where}' ({shown}): {e['msg']}", where)
+
+
+def parse_request(kind: Kind, body: Any) -> ChatCompletionRequest | CompletionRequest:
+    """Validate a decoded JSON body; ApiError (400, naming the field) when it cannot be served."""
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object", None)
+    model_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
+    try:
+        req = model_cls.model_validate(body)
+    except ValidationError as exc:
+        raise _from_validation(exc) from None
+    _unsupported(req)
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+        if req.max_tokens is not None and req.max_tokens != req.max_completion_tokens:
+            raise invalid("max_tokens and max_completion_tokens differ; set one", "max_completion_tokens")
+        req.max_tokens = req.max_completion_tokens
+    req.stops()  # checked here, before any model is called
+    return req
+
+
+def prompt_text(req: CompletionRequest) -> str:
+    """The completion endpoint's question: the prompt, verbatim (a list of exactly one string)."""
+    p = req.prompt
+    if isinstance(p, list):
+        if len(p) != 1:
+            raise invalid(f"one prompt per request (got {len(p)}): the router returns one answer", "prompt")
+        p = p[0]
+    if not p.strip():
+        raise invalid("'prompt' must not be empty", "prompt")
+    return p
