@@ -1,0 +1,268 @@
+"""``make serve`` stopped the way service managers and scripts stop it (issue 10 item 10), and bound to
+loopback unless asked otherwise (issue 17).
+
+Each test starts the real ``make serve`` (replay profile, the session deployment's calibration, its
+own ``OUT``) as a background job of a non-interactive shell, which starts it with SIGINT ignored, as
+POSIX shells do. Then: SIGTERM to make; SIGINT to the server wrapper; SIGKILL to the wrapper. Each
+time every process of the tree (make, the wrapper, tritonserver, its stubs) must be gone and every
+shared-memory region the server or its stubs had mapped must be removed. Processes are found only
+as descendants of the make process this test started, never by name.
+
+The exposure test runs ``make serve`` in a network namespace of its own with a second address
+(a veth pair with both ends inside it: nothing leaves the machine): by default the server answers on loopback and the
+other address refuses connections; with ``HOST=0.0.0.0`` it answers on both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+from .test_multihost import _netns_permitted
+
+NS_ADDR = "10.213.9.1"
+READY_S = 240.0  # render + tritonserver start on a busy 2-core machine
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (field 22 of stat): tells a live process from a reused PID."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(root: int) -> dict[int, str]:
+    """{pid: start time} of ``root`` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            pp = _ppid(int(p.name))
+            if pp is not None:
+                children.setdefault(pp, []).append(int(p.name))
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        st = _start_time(pid)
+        if st is not None:
+            out[pid] = st
+            todo.extend(children.get(pid, []))
+    return out
+
+
+def alive(procs: dict[int, str]) -> list[int]:
+    """The processes of ``procs`` still running (the same process: same PID and start time, not a zombie)."""
+    left = []
+    for pid, st in procs.items():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if _start_time(pid) == st and state != "Z":
+            left.append(pid)
+    return left
+
+
+def shm_of(pids) -> set[str]:
+    """/dev/shm files that ``pids`` have mapped or open."""
+    out = set()
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                if "/dev/shm/" in line:
+                    out.add(line.split(None, 5)[-1].replace(" (deleted)", ""))
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("/dev/shm/"):
+                    out.add(target)
+        except OSError:
+            continue
+    return out
+
+
+def _sig_ignored(pid: int, sig: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+    return False
+
+
+class MakeServe:
+    """``make serve`` started as a background job (``make ... &`` in ``bash -c``), its output in a file."""
+
+    def __init__(self, out: Path, calibration: Path, launcher: list[str] | None = None, **make_vars: str) -> None:
+        (out / "calibration").mkdir(parents=True, exist_ok=True)
+        shutil.copy(calibration, out / "calibration" / "replay.json")
+        self.out = out
+        self.vars = make_vars
+        self.log = out / "make-serve.log"
+        # -o the venv stamp: never rebuild the venv from a test, even if a project file is newer than it
+        args = " ".join(f"{k}={v}" for k, v in {"OUT": str(out), **make_vars}.items())
+        script = f"make -s -o .venv/.installed serve {args} & echo $! > {out}/make.pid; wait"
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        with open(self.log, "wb") as fh:
+            self.shell = subprocess.Popen([*(launcher or []), "bash", "-c", script], cwd=ROOT, stdout=fh,
+                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+        self.make_pid = 0
+        self.procs: dict[int, str] = {}
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_S
+        while "ready: gRPC" not in self.text():
+            assert self.shell.poll() is None, f"make serve exited ({self.shell.returncode}):\n{self.text()[-3000:]}"
+            assert time.monotonic() < deadline, f"make serve not ready after {READY_S:.0f} s:\n{self.text()[-3000:]}"
+            time.sleep(0.5)
+        self.make_pid = int((self.out / "make.pid").read_text())
+        self.procs = descendants(self.make_pid)
+
+    def wrapper_pid(self) -> int:
+        return next(p for p in self.procs if _ppid(p) == self.make_pid)
+
+    def server_pid(self) -> int:
+        wrapper = self.wrapper_pid()
+        return next(p for p in self.procs if _ppid(p) == wrapper)
+
+    def wait_exit(self, timeout_s: float = 90) -> int:
+        try:
+            return self.shell.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"make serve still running {timeout_s:.0f} s after the signal:\n{self.text()[-3000:]}")
+
+    def kill_all(self) -> None:
+        """Cleanup after a failed test: SIGKILL what is left of this tree (by PID), remove its shm regions."""
+        regions = shm_of(alive(self.procs))
+        for pid in alive(self.procs):
+            os.kill(pid, signal.SIGKILL)
+        if self.shell.poll() is None:
+            os.killpg(self.shell.pid, signal.SIGKILL)
+            self.shell.wait(timeout=10)
+        for r in regions:
+            Path(r).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def make_serve(deployment, tmp_path):
+    started: list[MakeServe] = []
+
+    def start(launcher=None, **make_vars) -> MakeServe:
+        from pyramid_triton.server import free_ports
+
+        ports = dict(zip(("HTTP_PORT", "GRPC_PORT", "METRICS_PORT"), map(str, free_ports(3)), strict=True))
+        ms = MakeServe(tmp_path / f"run{len(started)}", deployment.calibration, launcher, **{**ports, **make_vars})
+        started.append(ms)
+        ms.wait_ready()
+        return ms
+
+    yield start
+    for ms in started:
+        ms.kill_all()
+
+
+def _assert_nothing_left(ms: MakeServe, regions: set[str]) -> None:
+    assert alive(ms.procs) == [], f"left running: {alive(ms.procs)}"
+    assert regions and not [r for r in regions if Path(r).exists()], f"shm regions left: {regions}"
+    assert not (ms.out / "serve" / "admin-key").exists()  # the per-run key ends with the run
+
+
+def test_sigterm_to_make_serve_stops_everything(make_serve):
+    ms = make_serve()
+    server = ms.server_pid()
+    stubs = [p for p in ms.procs if _ppid(p) == server]
+    assert len(stubs) == 5  # the router and four engines
+    assert _sig_ignored(ms.make_pid, signal.SIGINT)  # a background job, as a shell starts it
+    regions = shm_of(ms.procs)
+    os.kill(ms.make_pid, signal.SIGTERM)
+    ms.wait_exit()
+    _assert_nothing_left(ms, regions)
+    assert "SIGTERM: stopping" in ms.text()
+
+
+def test_sigint_stops_the_server_although_the_parent_ignored_it(make_serve):
+    ms = make_serve()
+    wrapper = ms.wrapper_pid()
+    assert _sig_ignored(wrapper, signal.SIGINT) is False  # the wrapper installed its own handler
+    regions = shm_of(ms.procs)
+    os.kill(wrapper, signal.SIGINT)
+    ms.wait_exit()
+    _assert_nothing_left(ms, regions)
+    assert "SIGINT: stopping" in ms.text()
+
+
+def test_a_killed_wrapper_takes_tritonserver_down(make_serve):
+    ms = make_serve()
+    server = ms.server_pid()
+    regions = shm_of(ms.procs)
+    os.kill(ms.wrapper_pid(), signal.SIGKILL)  # no cleanup code runs: the parent-death signal must do it
+    ms.wait_exit()
+    deadline = time.monotonic() + 60  # tritonserver's graceful stop (its exit timeout is 30 s)
+    while alive({server: ms.procs[server]}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = alive(ms.procs)
+    assert left == [], f"left running: {left}"
+    assert not [r for r in regions if Path(r).exists()], f"shm regions left: {regions}"
+
+
+def _reachable(ns: str, addr: str, port: str) -> bool:
+    """An HTTP readiness request from inside ``ns``; False when the connection is refused."""
+    code = (
+        "import sys, urllib.request\n"
+        "try:\n"
+        "    sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=5).status == 200 else 1)\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    url = f"http://{addr}:{port}/v2/health/ready"
+    return subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", code, url], timeout=30).returncode == 0
+
+
+@pytest.fixture
+def namespace():
+    why = _netns_permitted()
+    if why:
+        pytest.skip(why)
+    ns = f"pmoa-{os.getpid()}-l"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        # a veth pair with both ends inside the namespace: a second address, and no way out of it
+        for cmd in (["link", "set", "lo", "up"], ["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+                    ["addr", "add", f"{NS_ADDR}/24", "dev", "d0"], ["link", "set", "d0", "up"],
+                    ["link", "set", "d1", "up"]):  # fmt: skip
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_make_serve_listens_on_loopback_unless_asked(make_serve, namespace):
+    launcher = ["ip", "netns", "exec", namespace]
+    ms = make_serve(launcher)
+    port = ms.vars["HTTP_PORT"]
+    assert "listening on loopback only" in ms.text()
+    assert _reachable(namespace, "127.0.0.1", port)
+    assert not _reachable(namespace, NS_ADDR, port)
+    os.kill(ms.make_pid, signal.SIGTERM)
+    ms.wait_exit()
+
+    wide = make_serve(launcher, HOST="0.0.0.0")  # the control: the same check passes when asked to listen widely
+    port = wide.vars["HTTP_PORT"]
+    assert "listening on 0.0.0.0" in wide.text()
+    assert _reachable(namespace, NS_ADDR, port)
+    os.kill(wide.make_pid, signal.SIGTERM)
+    wide.wait_exit()
