@@ -164,8 +164,7 @@ class PyramidModel:
     def _build(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> PyramidResponse:
         costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)
         resp = build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
-        resp.tokens = call_tokens(req.text_input, routed)
-        return resp
+        return replace(resp, tokens=call_tokens(req.text_input, routed))
 
     def _send(self, sender: Any, response: Any | None, final: bool) -> None:
         try:
