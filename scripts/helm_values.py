@@ -32,6 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python_backend"))
 
+from pyramid_triton.access import Key, restricted_args  # noqa: E402
 from pyramid_triton.render import (  # noqa: E402
     PATH_KEYS,
     SpecError,
@@ -54,6 +55,8 @@ TRITON_ARGS = [
     "--disable-auto-complete-config",
     "--exit-timeout-secs=25",
     "--log-verbose=0",
+    # model control only with the admin key: Kubernetes puts the Secret's value in for $(PYRAMID_ADMIN_KEY)
+    *restricted_args(Key("$(PYRAMID_ADMIN_KEY)", "the chart's Secret")),
 ]
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}  # GPU feature discovery's label
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

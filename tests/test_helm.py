@@ -67,7 +67,8 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(rendered, name):
     assert helm_check.validate(docs) == []
     kinds = sorted({d["kind"] for d in docs})
     assert kinds == [
-        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service", "ServiceMonitor",
+        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Secret",
+        "Service", "ServiceMonitor",
     ]  # fmt: skip
 
 
@@ -103,7 +104,8 @@ def test_gpu_tiers_get_their_gpus_shm_node_selection_and_model_store(rendered):
         assert shm["emptyDir"]["medium"] == "Memory"
         assert {"name": "shm", "mountPath": "/dev/shm"} in c["volumeMounts"]
         assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-        assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        live = c["livenessProbe"]["exec"]["command"]  # stub processes alive (tests/integration/test_helm_liveness)
+        assert live[:2] == ["python3", f"{values['projectRoot']}/scripts/liveness.py"]
         assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
         assert {p["containerPort"] for p in c["ports"]} == {8000, 8001, 8002}
         init = pod["initContainers"][0]
@@ -208,3 +210,71 @@ def test_helm_check_cli(tmp_path, capsys):
     assert helm_check.main([str(ROOT / "deploy" / "gpu-1gpu-smoke.yaml"), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "valid against Kubernetes" in out and (tmp_path / "gpu-1gpu-smoke.yaml").is_file()
+
+
+def test_admin_key_secret_restricts_model_control_on_the_router(rendered):
+    """The chart makes a random admin key Secret; every pod reads it; tritonserver tiers restrict model control
+    (repository, config, shared memory, logging, trace) with it, over HTTP and gRPC, and leave inference open."""
+    import base64
+
+    values, docs = rendered["replay.yaml"]
+    secret = by_kind(docs, "Secret")[f"{FULL}-admin-key"]
+    key = base64.b64decode(secret["data"]["admin-key"]).decode()
+    assert len(key) == 48 and key.isalnum()
+    again = by_kind(helm_check.manifests(helm_check.render_chart(values, RELEASE, NAMESPACE)), "Secret")
+    assert base64.b64decode(again[f"{FULL}-admin-key"]["data"]["admin-key"]).decode() != key  # random per install
+    for dep in by_kind(docs, "Deployment").values():
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in c["env"]}
+        ref = env["PYRAMID_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": f"{FULL}-admin-key", "key": "admin-key"}
+        restricted = [a for a in c["command"] if "restricted" in a]
+        apis = "model-repository,model-config,shared-memory,logging,trace"
+        assert restricted == [
+            f"--http-restricted-api={apis}:pyramid-admin-key=$(PYRAMID_ADMIN_KEY)",
+            f"--grpc-restricted-protocol={apis}:pyramid-admin-key=$(PYRAMID_ADMIN_KEY)",
+        ]
+    # a Secret of the user's instead: the chart makes none and points the pods at it
+    own = {**values, "security": {"adminKey": {"existingSecret": "my-key", "secretKey": "k"}}}
+    docs = helm_check.manifests(helm_check.render_chart(own, RELEASE, NAMESPACE))
+    assert by_kind(docs, "Secret") == {}
+    c = by_kind(docs, "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "my-key", "key": "k"}
+    assert helm_check.validate(docs, versions=("1.33.0",)) == []
+
+
+@pytest.mark.parametrize("name", ["replay.yaml", "gpu-8x80gb.yaml"])
+def test_engines_take_grpc_from_the_router_alone_and_only_the_router_is_exposed(rendered, name):
+    values, docs = rendered[name]
+    pols = by_kind(docs, "NetworkPolicy")
+    assert set(pols) == {f"{FULL}-agents", f"{FULL}-oracle"}  # none on the router: its clients must reach it
+    deps = by_kind(docs, "Deployment")
+    router_labels = deps[f"{FULL}-router"]["spec"]["template"]["metadata"]["labels"]
+    for tier in ("agents", "oracle"):
+        spec = pols[f"{FULL}-{tier}"]["spec"]
+        pod_labels = deps[f"{FULL}-{tier}"]["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        assert spec["policyTypes"] == ["Ingress"]
+        grpc, metrics = spec["ingress"]
+        assert grpc["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+        (peer,) = grpc["from"]
+        assert peer["podSelector"]["matchLabels"].items() <= router_labels.items()
+        assert not peer["podSelector"]["matchLabels"].items() <= pod_labels.items()  # not the engines themselves
+        assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}]}
+    # asking for a LoadBalancer exposes the router only
+    exposed = yaml.safe_load(yaml.safe_dump(values))
+    for t in exposed["tiers"].values():
+        t["service"]["type"] = "LoadBalancer"
+    svcs = by_kind(helm_check.manifests(helm_check.render_chart(exposed, RELEASE, NAMESPACE)), "Service")
+    assert {n for n, s in svcs.items() if s["spec"].get("type") == "LoadBalancer"} == {f"{FULL}-router"}
+    off = {**values, "security": {"networkPolicy": {"enabled": False}}}
+    assert by_kind(helm_check.manifests(helm_check.render_chart(off, RELEASE, NAMESPACE)), "NetworkPolicy") == {}
+
+
+def test_pods_run_as_non_root(rendered):
+    _, docs = rendered["gpu-8x80gb.yaml"]
+    for dep in by_kind(docs, "Deployment").values():
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        for c in pod["containers"] + pod["initContainers"]:
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}

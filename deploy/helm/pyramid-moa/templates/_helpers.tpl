@@ -38,3 +38,12 @@ app.kubernetes.io/component: {{ .tier }}
 {{- printf "%s-calibration" (include "pyramid-moa.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the admin key (model control): the user's, or the one this chart makes. */}}
+{{- define "pyramid-moa.adminKeySecret" -}}
+{{- if .Values.security.adminKey.existingSecret -}}
+{{- .Values.security.adminKey.existingSecret -}}
+{{- else -}}
+{{- printf "%s-admin-key" (include "pyramid-moa.fullname" .) -}}
+{{- end -}}
+{{- end -}}
