@@ -35,7 +35,7 @@ class Answer:
 
 
 def _num(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+    return None if v is None or not math.isfinite(v) else float(v)
 
 
 def tier_usage(tokens: dict[str, list[int]], oracle: str) -> dict[str, dict[str, int]]:
