@@ -22,9 +22,10 @@ from pyramid_moa.features import AgentOutput
 
 from . import tensors
 from .config import REQUIRED, ModelParams
-from .metrics import FLUSH_S, LOG_LEVELS, RequestRecord, RouterMetrics
+from .metrics import FLUSH_S, RequestRecord, RouterMetrics
 from .protocol import INTERNAL, UNAVAILABLE, EngineRequest, Limits, PyramidRequest, PyramidResponse, ServeError
 from .remote import CallError, RemoteEngines, parse_remote_map
+from .request_log import RequestLog
 from .routing import (
     CallFailure,
     Routed,
@@ -75,9 +76,8 @@ class PyramidModel:
         # argument), calls to it fail fast for breaker_s seconds; the next call after that probes it.
         self.breaker_s = p.get_float("breaker_s", 0.0)
         self._down_until: dict[str, float] = {}
-        self.request_log = p.get_str("request_log", "off")
-        if self.request_log not in LOG_LEVELS:
-            raise ValueError(f"model {self.name!r}: request_log must be one of {LOG_LEVELS}, got {self.request_log!r}")
+        # off by default; prompts and answers only if asked, through the redaction hook (request_log.py)
+        self.request_log = RequestLog.from_params(p, self.name)
         self._flush_scheduled = False
         self.metrics = (
             RouterMetrics(pb, self.name, [*self.agents, self.oracle]) if p.get_bool("metrics", True) else None
@@ -95,8 +95,10 @@ class PyramidModel:
         failures: dict[str, CallFailure] = {}
         rec = RequestRecord(_request_id(request), "ok", 0.0)
         response = None
+        prompt = None
         try:
             req = tensors.parse_pyramid_request(pb, request, self.limits, self.default_max_tokens)
+            prompt = req.text_input
             work = asyncio.ensure_future(self._route(req, sender, failures, arrived))
             if await _cancelled_before_done(work, request):
                 work.cancel()
@@ -112,7 +114,7 @@ class PyramidModel:
         self._send(sender, response, final=True)  # None: FINAL alone (cancelled)
         rec.seconds = time.monotonic() - arrived
         rec.failed = sorted(failures)
-        self._observe(rec)
+        self._observe(rec, prompt)
 
     async def _route(
         self, req: PyramidRequest, sender: Any, failures: dict[str, CallFailure], arrived: float
@@ -137,21 +139,23 @@ class PyramidModel:
         )
         return self._build(req, routed, failures)
 
-    def _observe(self, rec: RequestRecord) -> None:
+    def _observe(self, rec: RequestRecord, prompt: str | None = None) -> None:
         try:
             if self.metrics is not None:
                 self.metrics.observe(rec)
                 if not self._flush_scheduled:
                     self._flush_scheduled = True
                     asyncio.get_running_loop().call_later(FLUSH_S, self._flush_metrics)
-            if self.request_log != "off":
-                line = rec.log_line(self.name)
-                if self.request_log == "info":
-                    self.pb.Logger.log_info(line)
-                else:
-                    self.pb.Logger.log_verbose(line)
+            if self.request_log.enabled:
+                answer = rec.response.text_output if rec.response is not None else None
+                problem = self.request_log.write(rec.log_fields(self.name), prompt, answer, self._emit_log)
+                if problem:
+                    self.pb.Logger.log_warn(f"{self.name}: {problem}")
         except Exception:  # noqa: BLE001 - observability must never fail a request
             self.pb.Logger.log_warn(f"{self.name}: metrics/log failed: {traceback.format_exc()}")
+
+    def _emit_log(self, level: str, line: str) -> None:
+        (self.pb.Logger.log_info if level == "info" else self.pb.Logger.log_verbose)(line)
 
     def _flush_metrics(self) -> None:
         self._flush_scheduled = False

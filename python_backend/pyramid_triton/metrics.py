@@ -25,7 +25,6 @@ metric whose family was garbage-collected.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,6 @@ FLUSH_S = 0.5
 UNIT_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 OUTCOMES = ("ok", "error", "cancelled")
-LOG_LEVELS = ("off", "verbose", "info")
 
 
 @dataclass
@@ -50,7 +48,8 @@ class RequestRecord:
     error: str | None = None
     failed: list[str] = field(default_factory=list)
 
-    def log_line(self, model: str) -> str:
+    def log_fields(self, model: str) -> dict[str, Any]:
+        """The request's routing facts (no prompt, no answer text): what a request-log line holds."""
         d: dict[str, Any] = {"event": "pyramid.request", "model": model, "request_id": self.request_id}
         d["outcome"] = self.outcome
         d["latency_ms"] = round(self.seconds * 1000, 3)
@@ -71,7 +70,7 @@ class RequestRecord:
             d["failed"] = self.failed
         if self.error is not None:
             d["error"] = self.error
-        return json.dumps(d, separators=(",", ":"))
+        return d
 
 
 class RouterMetrics:
