@@ -187,6 +187,11 @@ def test_sigterm_to_make_serve_stops_everything(make_serve):
     stubs = [p for p in ms.procs if _ppid(p) == server]
     assert len(stubs) == 5  # the router and four engines
     assert _sig_ignored(ms.make_pid, signal.SIGINT)  # a background job, as a shell starts it
+    # the per-run admin key: in a private file for tools, shown only redacted
+    key_file = ms.out / "serve" / "admin-key"
+    key = key_file.read_text().strip()
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key) >= 32
+    assert key not in ms.text() and f"admin key {key[:4]}…" in ms.text()
     regions = shm_of(ms.procs)
     os.kill(ms.make_pid, signal.SIGTERM)
     ms.wait_exit()
