@@ -118,6 +118,7 @@ ADMIN_KEY_FILE ?=
 serve: render  ## real tritonserver in the foreground with deploy/$(PROFILE).yaml (SIGTERM or Ctrl-C stops; HOST, *_PORT)
 	exec $(PY) -m pyramid_triton.server $(SERVE_REPO) --host $(HOST) --http-port $(HTTP_PORT) \
 	  --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --admin-key-out $(OUT)/serve/admin-key \
+	  --spec deploy/$(PROFILE).yaml --inference-key-out $(OUT)/serve/inference-key \
 	  $(if $(ADMIN_KEY_FILE),--admin-key-file $(ADMIN_KEY_FILE))
 
 # --- GPU deployment: TensorRT-LLM engines behind the router (README "GPU deployment", docs/GPU.md) -------------

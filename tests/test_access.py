@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from pyramid_triton import access
 from pyramid_triton.server import resolve_admin_key
 
 KEY = "k3y-" + "x" * 30
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_key_file_must_be_private(tmp_path):
@@ -68,3 +70,26 @@ def test_restricted_arguments_and_headers():
     ]
     assert access.http_headers(k) == {"pyramid-admin-key": KEY}
     assert access.grpc_headers(k) == {"triton-grpc-protocol-pyramid-admin-key": KEY}
+
+
+def test_a_spec_can_put_inference_behind_a_key(tmp_path, monkeypatch):
+    from pyramid_triton.render import SpecError
+    from pyramid_triton.server import resolve_inference_key
+
+    base = (ROOT / "deploy" / "replay.yaml").read_text(encoding="utf-8")
+    spec = tmp_path / "spec.yaml"
+    for var in (access.INFERENCE_KEY_ENV, access.INFERENCE_KEY_FILE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    spec.write_text(base, encoding="utf-8")
+    assert resolve_inference_key(spec) is None and resolve_inference_key(None) is None  # open by default
+    spec.write_text(base + "security:\n  inference_key: true\n", encoding="utf-8")
+    assert resolve_inference_key(spec).source == "generated"
+    monkeypatch.setenv(access.INFERENCE_KEY_ENV, "i" * 20)
+    assert resolve_inference_key(spec).value == "i" * 20  # a key given wins over a generated one
+    spec.write_text(base + "security:\n  inference_key: 'yes'\n", encoding="utf-8")
+    monkeypatch.delenv(access.INFERENCE_KEY_ENV)
+    with pytest.raises(access.AccessError, match="security.inference_key must be true or false"):
+        resolve_inference_key(spec)
+    spec.write_text(base + "security:\n  admin_key: x\n", encoding="utf-8")
+    with pytest.raises(SpecError, match="security: unknown key"):
+        resolve_inference_key(spec)

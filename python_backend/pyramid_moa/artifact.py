@@ -22,7 +22,10 @@ from .features import ARBITER_FEATURES, make_feature_set
 from .router import Router, Stage
 
 FORMAT = "pyramid-moa/calibration"
-VERSION = 1
+# 2: stages may carry "vote_weights" (a reliability-weighted vote) and schedules may be any depth.
+# Version 1 files (plurality votes, one or two stages) mean the same under version 2 and still load.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class ArtifactError(ValueError):
@@ -46,7 +49,9 @@ class CalibrationArtifact:
     def router(self) -> Router:
         stages = []
         for k, st in enumerate(self.stages):
-            fs = make_feature_set(self.feature_set, st["agents"], numeric=self.task != "text")
+            fs = make_feature_set(
+                self.feature_set, st["agents"], numeric=self.task != "text", weights=st.get("vote_weights")
+            )
             if fs.names != st["feature_names"]:
                 raise ArtifactError(
                     f"stage {k}: feature names in the artifact differ from feature set "
@@ -110,9 +115,10 @@ def load_artifact(path: str | Path, known_agents: Iterable[str] | None = None) -
         raise ArtifactError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a {FORMAT} file")
-    if d.get("version") != VERSION:
+    if d.get("version") not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{path}: calibration version {d.get('version')!r} is not supported (this code reads version {VERSION})"
+            f"{path}: calibration version {d.get('version')!r} is not supported (this code reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     try:
         art = CalibrationArtifact(

@@ -109,6 +109,14 @@ def write_key_file(key: Key, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def inference_key_wanted(spec: dict, where: str) -> bool:
+    """A deployment spec's ``security: {inference_key: true}``: inference needs a key too."""
+    v = (spec.get("security") or {}).get("inference_key", False)
+    if not isinstance(v, bool):
+        raise AccessError(f"{where}: security.inference_key must be true or false, got {v!r}")
+    return v
+
+
 def restricted_args(admin: Key, inference: Key | None = None) -> list[str]:
     """tritonserver arguments that put the admin APIs (and inference, if keyed) behind their headers."""
     groups = [(",".join(ADMIN_APIS), ADMIN_HEADER, admin.value)]

@@ -58,7 +58,8 @@ MARKER = ".rendered-by-pyramid"
 CALIBRATION_FILE = "calibration.json"
 PROMPT_FILE = "prompt.json"
 
-TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router", "node"}
+TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router", "node", "security"}
+SECURITY_KEYS = {"inference_key"}  # inference_key: true puts inference behind a key too (access.py, docs/SECURITY.md)
 # log_probs: the router asks this engine for cum_log_probs (calibration features that use them).
 COMMON_ENGINE_KEYS = {"kind", "instance_count", "log_probs"}
 # The keys of each engine kind (besides COMMON_ENGINE_KEYS), and their defaults.
@@ -213,6 +214,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     if "kind" in engine:
         _check_kind(engine, f"{path}: engine")
     _check_keys(spec.get("router", {}), set(ROUTER_DEFAULTS), f"{path}: router")
+    _check_keys(spec.get("security", {}), SECURITY_KEYS, f"{path}: security")
     return spec
 
 

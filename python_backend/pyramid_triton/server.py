@@ -398,6 +398,30 @@ def resolve_admin_key(key_file: str | None) -> access.Key:
     return access.from_env() or access.generate()
 
 
+def resolve_inference_key(spec: Path | None) -> access.Key | None:
+    """``$PYRAMID_INFERENCE_KEY_FILE`` / ``$PYRAMID_INFERENCE_KEY`` if set (inference is then keyed), else a new
+    key if the spec asks for one (``security.inference_key``), else None (inference open)."""
+    key = access.from_env(key_env=access.INFERENCE_KEY_ENV, file_env=access.INFERENCE_KEY_FILE_ENV)
+    if key is None and spec is not None:
+        from .render import load_spec  # noqa: PLC0415 - only the wrapper needs the spec reader
+
+        if access.inference_key_wanted(load_spec(spec), str(spec)):
+            key = access.generate()
+    return key
+
+
+def _announce_key(what: str, header: str, key: access.Key, out: Path | None, file_env: str) -> Path | None:
+    """Say which header guards ``what`` and where the key came from (redacted); a generated key is written
+    (0600) to ``out`` if given. Returns the file written, which ends with the run."""
+    note = f"{what} needs the header '{header}': key {access.redacted(key.value)} from {key.source}"
+    wrote = key.source == "generated" and out is not None
+    if wrote:
+        access.write_key_file(key, out)
+        note += f", written (0600) to {out}: read it with {file_env}={out}"
+    print(note, flush=True)
+    return out if wrote else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run tritonserver in the foreground on a rendered repository until SIGTERM, SIGINT or SIGHUP."""
     import argparse  # noqa: PLC0415
@@ -413,11 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--admin-key-file", help=f"the admin key (mode 0600; default: ${access.ADMIN_KEY_FILE_ENV}, "
                     f"${access.ADMIN_KEY_ENV}, else one generated for this run)")  # fmt: skip
     ap.add_argument("--admin-key-out", type=Path, help="write a generated admin key here (0600) for tools to use")
+    ap.add_argument("--spec", type=Path, help="the deployment spec: security.inference_key puts inference behind a key")
+    ap.add_argument("--inference-key-out", type=Path, help="write a generated inference key here (0600) for clients")
     args = ap.parse_args(argv)
     try:
         admin = resolve_admin_key(args.admin_key_file)
-        inference = access.from_env(key_env=access.INFERENCE_KEY_ENV, file_env=access.INFERENCE_KEY_FILE_ENV)
-    except access.AccessError as exc:
+        inference = resolve_inference_key(args.spec)
+    except (access.AccessError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     server = TritonServer(
@@ -433,14 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     scope = "loopback only (HOST=0.0.0.0 make serve: every interface)" if args.host == LOOPBACK else args.host
     print(f"listening on {scope}", flush=True)
-    key_note = f"admin key {access.redacted(admin.value)} from {admin.source}"
-    wrote = admin.source == "generated" and args.admin_key_out is not None
-    if wrote:
-        access.write_key_file(admin, args.admin_key_out)
-        key_note += f", written (0600) to {args.admin_key_out}: tools read it with {access.ADMIN_KEY_FILE_ENV}"
-    print(f"model control needs the header '{access.ADMIN_HEADER}': {key_note}", flush=True)
+    written = [
+        _announce_key("model control", access.ADMIN_HEADER, admin, args.admin_key_out, access.ADMIN_KEY_FILE_ENV)
+    ]
     if inference is not None:
-        print(f"inference needs the header '{access.INFERENCE_HEADER}' ({inference.source})", flush=True)
+        out, env = args.inference_key_out, access.INFERENCE_KEY_FILE_ENV
+        written.append(_announce_key("inference", access.INFERENCE_HEADER, inference, out, env))
 
     def ready() -> None:
         print(
@@ -452,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_foreground([server], ready)
     finally:
-        if wrote:
-            args.admin_key_out.unlink(missing_ok=True)  # a per-run key ends with its run
+        for f in written:
+            if f is not None:
+                f.unlink(missing_ok=True)  # a per-run key ends with its run
 
 
 if __name__ == "__main__":

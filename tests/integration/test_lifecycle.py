@@ -191,7 +191,7 @@ def test_sigterm_to_make_serve_stops_everything(make_serve):
     key_file = ms.out / "serve" / "admin-key"
     key = key_file.read_text().strip()
     assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key) >= 32
-    assert key not in ms.text() and f"admin key {key[:4]}…" in ms.text()
+    assert key not in ms.text() and f"'pyramid-admin-key': key {key[:4]}…" in ms.text()
     regions = shm_of(ms.procs)
     os.kill(ms.make_pid, signal.SIGTERM)
     ms.wait_exit()

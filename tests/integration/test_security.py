@@ -18,6 +18,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,37 @@ def test_the_key_is_not_in_the_servers_log(secured):
     assert secured.admin_key.value not in text
     assert secured.admin_key.value not in repr(secured.admin_key)
     assert oct(secured.log_path.stat().st_mode & 0o777) == "0o600"
+    # the documented limit (docs/SECURITY.md): tritonserver 2.51 takes the key on its command line only, so
+    # whoever may read this process's /proc/PID/cmdline (same user or root, unless /proc has hidepid) sees it
+    assert secured.admin_key.value in Path(f"/proc/{secured.proc.pid}/cmdline").read_text()
+
+
+def test_an_inference_key_puts_inference_behind_it_too(secured, traces, tmp_path):
+    """What ``security: {inference_key: true}`` in a spec turns on (server.resolve_inference_key)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from pyramid_triton import access
+    from pyramid_triton.server import TritonServer
+
+    key = access.generate()
+    body = {"text_input": traces.questions[0].question}
+    with TritonServer(secured.model_repository, log_path=tmp_path / "keyed.log", inference_key=key) as keyed:
+        assert _http(keyed, "POST", "/v2/models/pyramid/generate", body)[0] == 403
+        status, text = _http(
+            keyed, "POST", "/v2/models/pyramid/generate", body, access.http_headers(key, "pyramid-inference-key")
+        )
+        assert status == 200, text
+        assert _http(keyed, "GET", "/v2/health/ready")[0] == 200  # health stays open
+        g = grpcclient.InferenceServerClient(keyed.grpc_url)
+        x = grpcclient.InferInput("text_input", [1, 1], "BYTES")
+        with pytest.raises(InferenceServerException, match="restricted"):
+            g.infer(VICTIM, [x])
+        # with the key the call passes the gate (this empty input is then refused for what it is)
+        with pytest.raises(InferenceServerException) as err:
+            g.infer(VICTIM, [x], headers=access.grpc_headers(key, "pyramid-inference-key"))
+        assert "restricted" not in err.value.message()
+        assert g.is_server_ready()
+        g.close()
+        # the admin key is a different key: it does not open inference
+        assert _http(keyed, "POST", "/v2/models/pyramid/generate", body, access.http_headers(keyed.admin_key))[0] == 403
