@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python_backend"))
 
-from pyramid_triton.access import Key, restricted_args  # noqa: E402
+from pyramid_triton.access import Key, inference_key_wanted, restricted_args  # noqa: E402
 from pyramid_triton.render import (  # noqa: E402
     PATH_KEYS,
     SpecError,
@@ -55,9 +55,11 @@ TRITON_ARGS = [
     "--disable-auto-complete-config",
     "--exit-timeout-secs=25",
     "--log-verbose=0",
-    # model control only with the admin key: Kubernetes puts the Secret's value in for $(PYRAMID_ADMIN_KEY)
-    *restricted_args(Key("$(PYRAMID_ADMIN_KEY)", "the chart's Secret")),
 ]
+# Model control only with the admin key (and, where the spec asks, the router's inference only with the
+# inference key): Kubernetes puts the chart's Secret's values in for $(PYRAMID_ADMIN_KEY) / $(PYRAMID_INFERENCE_KEY).
+ADMIN_KEY_IN_POD = Key("$(PYRAMID_ADMIN_KEY)", "the chart's Secret")
+INFERENCE_KEY_IN_POD = Key("$(PYRAMID_INFERENCE_KEY)", "the chart's Secret")
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}  # GPU feature discovery's label
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -116,7 +118,7 @@ def _engine_tier(
         # TensorRT-LLM: orchestrator mode (each engine spawns its workers on its GPUs), as make serve-gpu runs it
         "command": ["bash", f"{project_root}/scripts/serve_gpu.sh", "/repository"]
         if trtllm
-        else ["tritonserver", *TRITON_ARGS],
+        else ["tritonserver", *TRITON_ARGS, *restricted_args(ADMIN_KEY_IN_POD)],
         "resources": {
             "requests": {"cpu": str(max(2, 4 * gpus)), "memory": f"{max(4, 48 * gpus)}Gi"},
             "limits": {"memory": f"{max(8, 64 * gpus)}Gi"},
@@ -157,6 +159,8 @@ def _engine_tier(
 
 def _router_tier(spec_path: Path, urls: dict[str, str], project_root: str) -> dict[str, Any]:
     spec = _move_paths(host_spec(spec_path, set(), urls), project_root)
+    keyed = inference_key_wanted(load_spec(spec_path), str(spec_path))
+    restricted = restricted_args(ADMIN_KEY_IN_POD, INFERENCE_KEY_IN_POD if keyed else None)
     return {
         "enabled": True,
         "role": "router",
@@ -165,7 +169,8 @@ def _router_tier(spec_path: Path, urls: dict[str, str], project_root: str) -> di
         "gpus": 0,
         "spec": spec,
         "renderArgs": ["--calibration", CALIBRATION_IN_POD],
-        "command": ["tritonserver", *TRITON_ARGS],
+        "command": ["tritonserver", *TRITON_ARGS, *restricted],
+        "inferenceKey": keyed,
         "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}},
         "shmSize": "1Gi",
         "modelStore": False,

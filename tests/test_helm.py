@@ -278,3 +278,32 @@ def test_pods_run_as_non_root(rendered):
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
         for c in pod["containers"] + pod["initContainers"]:
             assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_a_spec_with_an_inference_key_keys_the_routers_inference_only(calibrations, tmp_path):
+    import base64
+
+    spec = tmp_path / "replay.yaml"
+    text = (ROOT / "deploy" / "replay.yaml").read_text(encoding="utf-8").replace("calibration: ../", "calibration: ")
+    spec.write_text(text + "security:\n  inference_key: true\n", encoding="utf-8")
+    values = make_values(spec, calibrations["replay.yaml"], image="registry.example/pyramid-moa:0.1.0")
+    docs = helm_check.manifests(helm_check.render_chart(values, RELEASE, NAMESPACE))
+    assert helm_check.validate(docs, versions=("1.33.0",)) == []
+    secret = by_kind(docs, "Secret")[f"{FULL}-admin-key"]["data"]
+    assert len(base64.b64decode(secret["inference-key"])) == 48 and secret["inference-key"] != secret["admin-key"]
+    for name, dep in by_kind(docs, "Deployment").items():
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+        inference = [
+            a
+            for a in c["command"]
+            if a.startswith(("--http-restricted-api=inference:", "--grpc-restricted-protocol=inference:"))
+        ]
+        if name.endswith("-router"):
+            assert env["PYRAMID_INFERENCE_KEY"] == {"name": f"{FULL}-admin-key", "key": "inference-key"}
+            assert inference == [
+                "--http-restricted-api=inference:pyramid-inference-key=$(PYRAMID_INFERENCE_KEY)",
+                "--grpc-restricted-protocol=inference:pyramid-inference-key=$(PYRAMID_INFERENCE_KEY)",
+            ]
+        else:  # the router calls the engines without it; the NetworkPolicy guards them
+            assert "PYRAMID_INFERENCE_KEY" not in env and inference == []
