@@ -26,7 +26,7 @@ def half_artifact(tmp_path_factory, shipped):
 
 def test_artifact_is_versioned_and_complete(half_artifact):
     d = json.loads(half_artifact.read_text())
-    assert d["format"] == "pyramid-moa/calibration" and d["version"] == 1
+    assert d["format"] == "pyramid-moa/calibration" and d["version"] == 2
     assert d["committee"] == COMMITTEE and d["oracle"] == ORACLE
     assert d["fitted_on"]["n_questions"] == 660 and len(d["fitted_on"]["idx"]) == 660
     assert all(0 <= s["threshold"] <= 1 + 1e-6 for s in d["stages"])
@@ -37,9 +37,21 @@ def test_artifact_errors(half_artifact, tmp_path):
     d = json.loads(half_artifact.read_text())
     with pytest.raises(ArtifactError, match="does not have"):
         load_artifact(half_artifact, known_agents=COMMITTEE)
-    bad = tmp_path / "v2.json"
-    bad.write_text(json.dumps(d | {"version": 2}))
-    with pytest.raises(ArtifactError, match="version 2 is not supported"):
+    bad = tmp_path / "v3.json"
+    bad.write_text(json.dumps(d | {"version": 3}))
+    with pytest.raises(ArtifactError, match="version 3 is not supported"):
+        load_artifact(bad)
+    # a version 1 file (plurality votes, no vote_weights) still loads and routes with plurality votes
+    v1 = tmp_path / "v1.json"
+    v1.write_text(
+        json.dumps(
+            d | {"version": 1, "stages": [{k: v for k, v in st.items() if k != "vote_weights"} for st in d["stages"]]}
+        )
+    )
+    assert all(st.features.weights is None for st in load_artifact(v1).router().stages)
+    bad = tmp_path / "weights.json"
+    bad.write_text(json.dumps(d | {"stages": [d["stages"][0] | {"vote_weights": [1.0]}, *d["stages"][1:]]}))
+    with pytest.raises(ArtifactError, match="vote weights must be one finite number per agent"):
         load_artifact(bad)
     d["stages"][0]["feature_names"] = ["renamed"] + d["stages"][0]["feature_names"][1:]
     bad.write_text(json.dumps(d))
@@ -206,8 +218,12 @@ def test_fitting_grid_replays_router_route_with_failures(routing_data):
     rng = np.random.default_rng(0)
     numeric = d.task != "text"
     for cand in rf.cands:
-        sets = [make_feature_set(rf.feature_set, agents, numeric=numeric) for agents in cand.stages]
-        probs = [cal.predict(d.features(rf.feature_set, a)[0][rows]) for cal, a in zip(cand.calibrators, cand.stages)]
+        sets = [
+            make_feature_set(rf.feature_set, agents, numeric=numeric, weights=w)
+            for agents, w in zip(cand.stages, cand.weights)
+        ]
+        probs = [cal.predict(np.array([fs(d.questions[r], [d.outputs[a][r] for a in fs.agents])[0] for r in rows]))
+                 for cal, fs in zip(cand.calibrators, sets)]  # fmt: skip
         ev = evaluate_grid(dataclasses.replace(cand, oof=probs))
         for j in rng.choice(len(ev.taus), 4, replace=False):
             stages = [

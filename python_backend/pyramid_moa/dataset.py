@@ -28,7 +28,7 @@ class RoutingData:
     cost_model: CostModel
     task: str = "gsm8k"
     _cost_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
-    _feature_cache: dict[tuple[str, tuple[str, ...]], tuple[np.ndarray, list[str | None]]] = field(default_factory=dict)
+    _feature_cache: dict[tuple, tuple[np.ndarray, list[str | None]]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -65,11 +65,14 @@ class RoutingData:
         """Per question: every one of ``agents`` failed (``Router.decide`` then escalates at once)."""
         return np.array([all(self.outputs[a][i].failed for a in agents) for i in range(self.n)], dtype=bool)
 
-    def features(self, feature_set: str, agents: list[str]) -> tuple[np.ndarray, list[str | None]]:
-        """Feature matrix and committee plurality answers for an agent subset (cached)."""
-        key = (feature_set, tuple(agents))
+    def features(
+        self, feature_set: str, agents: list[str], weights: list[float] | None = None
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """Feature matrix and committee vote answers for an agent subset, with the vote weighted by
+        ``weights`` if given (cached)."""
+        key = (feature_set, tuple(agents), None if weights is None else tuple(weights))
         if key not in self._feature_cache:
-            fs = make_feature_set(feature_set, agents, numeric=self.task != "text")
+            fs = make_feature_set(feature_set, agents, numeric=self.task != "text", weights=weights)
             rows, tops = [], []
             cols = [self.outputs[a] for a in agents]
             for i, q in enumerate(self.questions):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .artifact import CalibrationArtifact
 from .dataset import RoutingData
-from .fitting import Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
+from .fitting import MAX_DEPTH, Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
 from .metrics import apgr, auroc, brier, ece, mcnemar_p, reliability
 from .router import replay_schedule
 
@@ -89,7 +89,10 @@ class Evaluator:
 
     def stage_probs(self, art: CalibrationArtifact, rows: np.ndarray) -> list[np.ndarray]:
         router = art.router()
-        return [st.calibrator.predict(self.data.features(art.feature_set, st.agents)[0][rows]) for st in router.stages]
+        return [
+            st.calibrator.predict(self.data.features(art.feature_set, st.agents, st.features.weights)[0][rows])
+            for st in router.stages
+        ]
 
     def sweep_prep(self, art: CalibrationArtifact, rows: np.ndarray) -> dict:
         """Per-fold arrays the τ sweep reuses: stage probabilities, committee correctness and
@@ -100,7 +103,7 @@ class Evaluator:
         probs = self.stage_probs(art, rows)
         committee_ok, failed, final_ok = [], [], []
         for s, st in enumerate(router.stages):
-            committee_ok.append(d.correct(d.features(art.feature_set, st.agents)[1])[rows])
+            committee_ok.append(d.correct(d.features(art.feature_set, st.agents, st.features.weights)[1])[rows])
             failed.append(d.all_failed(st.agents)[rows])
             fin = np.zeros(len(rows), bool)
             for j, r in enumerate(rows):
@@ -251,6 +254,8 @@ def evaluate(
     artifact: CalibrationArtifact | None = None,
     progress: Callable[[str], None] | None = None,
     arbiter: bool = True,
+    max_depth: int = MAX_DEPTH,
+    weighted_vote: bool = True,
 ) -> dict:
     """Run the whole evaluation and return the JSON-contract dict."""
     from sklearn.model_selection import KFold
@@ -277,7 +282,10 @@ def evaluate(
         splits = []
         for k, (fit, test) in enumerate(kf.split(np.arange(n))):
             say(f"fold {k + 1}/{folds}: fitting router on {len(fit)} questions")
-            rf = RouterFit(data, fit, cost_kind, feature_set, calibrator, adaptive, seed, arbiter)
+            rf = RouterFit(
+                data, fit, cost_kind, feature_set, calibrator, adaptive, seed, arbiter,
+                max_depth=max_depth, weighted_vote=weighted_vote, target=target,
+            )  # fmt: skip
             splits.append((fit, test, rf.artifact(target), rf))
         protocol = (
             f"{folds}-fold cross-fitting over the {n} questions (seed {seed}): router, schedule and thresholds "
@@ -294,9 +302,8 @@ def evaluate(
         prep = ev.sweep_prep(art, test)
         for t in taus:
             sweeps[t].append((test, ev.sweep_artifact(prep, test, float(t))))
-        last = art.router().stages[-1]
         cal_p[test] = prep["probs"][-1]
-        cal_y[test] = data.correct(data.features(art.feature_set, last.agents)[1])[test]
+        cal_y[test] = prep["committee_ok"][-1]
         schedules.append([{"agents": s["agents"], "threshold": s["threshold"]} for s in art.stages])
         for name, o in ev.fixed(test).items():
             baselines.setdefault(name, []).append((test, o))
@@ -337,6 +344,8 @@ def evaluate(
             "feature_set": feature_set,
             "calibrator": calibrator,
             "adaptive": adaptive,
+            "max_depth": max_depth if adaptive else 1,
+            "weighted_vote": weighted_vote,
             "arbiter": arbiter if artifact is None else artifact.arbiter is not None,
             "target": target.to_dict(),
             "cost_models_available": ev.kinds,

@@ -49,20 +49,37 @@ class Vote:
     keys: tuple[str | None, ...]
 
 
-def committee_vote(outputs: Sequence[AgentOutput], numeric: bool = True) -> Vote:
-    """Plurality among non-null answers; ties go to the earliest agent (as in the trace README)."""
+def committee_vote(
+    outputs: Sequence[AgentOutput], numeric: bool = True, weights: Sequence[float] | None = None
+) -> Vote:
+    """The answer with the most support among non-null answers; ties go to the earliest agent (as in
+    the trace README). Support is a count (plurality), or with ``weights`` (one per agent, e.g.
+    ``vote_weights``) their sum, so that one reliable model is not outvoted by two weak ones."""
     keys = tuple(answer_key(o.answer, numeric) for o in outputs)
     counts: dict[str, int] = {}
+    support: dict[str, float] = {}
     first: dict[str, int] = {}
     for pos, k in enumerate(keys):
         if k is None:
             continue
         counts[k] = counts.get(k, 0) + 1
+        support[k] = support.get(k, 0.0) + (1.0 if weights is None else weights[pos])
         first.setdefault(k, pos)
     if not counts:
         return Vote(None, None, 0, 0, keys)
-    best = max(counts, key=lambda k: (counts[k], -first[k]))
+    best = max(counts, key=lambda k: (support[k], -first[k]))
     return Vote(outputs[first[best]].answer, best, counts[best], len(counts), keys)
+
+
+def vote_weights(accuracies: Sequence[float], floor: float = 0.02) -> list[float]:
+    """Reliability weights for ``committee_vote``: the log-odds of each agent being right on its own
+    (the weighted-majority rule that is optimal for independent voters), from accuracies measured
+    on fitting questions; clipped so that no agent gets infinite or negative say."""
+    out = []
+    for acc in accuracies:
+        a = min(max(float(acc), 0.5 + floor), 1.0 - floor)
+        out.append(math.log(a / (1.0 - a)))
+    return out
 
 
 def _question_numbers(question: str) -> list[float]:
@@ -74,13 +91,16 @@ class FeatureSet(ABC):
 
     name: str = ""
 
-    def __init__(self, agents: Sequence[str], numeric: bool = True) -> None:
+    def __init__(self, agents: Sequence[str], numeric: bool = True, weights: Sequence[float] | None = None) -> None:
         if len(agents) == 0:
             raise ValueError("a feature set needs at least one agent")
         if len(set(agents)) != len(agents):
             raise ValueError(f"duplicate agent names in {list(agents)}")
+        if weights is not None and (len(weights) != len(agents) or not all(math.isfinite(w) for w in weights)):
+            raise ValueError(f"vote weights must be one finite number per agent {list(agents)}, got {list(weights)}")
         self.agents = list(agents)
         self.numeric = numeric
+        self.weights = None if weights is None else [float(w) for w in weights]
 
     @property
     @abstractmethod
@@ -98,7 +118,7 @@ class FeatureSet(ABC):
 
     def __call__(self, question: str, outputs: Sequence[AgentOutput]) -> tuple[list[float], Vote]:
         self.check_outputs(outputs)
-        vote = committee_vote(outputs, self.numeric)
+        vote = committee_vote(outputs, self.numeric, self.weights)
         return self.compute(question, outputs, vote), vote
 
 
@@ -242,12 +262,15 @@ def register_feature_set(cls: type[FeatureSet]) -> type[FeatureSet]:
     return cls
 
 
-def make_feature_set(name: str, agents: Sequence[str], numeric: bool = True) -> FeatureSet:
+def make_feature_set(
+    name: str, agents: Sequence[str], numeric: bool = True, weights: Sequence[float] | None = None
+) -> FeatureSet:
+    """The feature set ``name`` over ``agents``; ``weights``: reliability weights of the vote."""
     try:
         cls = _FEATURE_SETS[name]
     except KeyError:
         raise KeyError(f"unknown feature set {name!r}; known: {', '.join(sorted(_FEATURE_SETS))}") from None
-    return cls(agents, numeric)
+    return cls(agents, numeric, weights)
 
 
 def feature_set_names() -> list[str]:

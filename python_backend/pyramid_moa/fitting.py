@@ -1,17 +1,27 @@
-"""Fitting a router: calibrators per stage, then thresholds for a budget target.
+"""Fitting a router: the schedule, its stage calibrators and vote weights, then thresholds for a budget.
 
 Thresholds are chosen on *out-of-fold* probabilities of the fitting questions
 (inner k-fold), never on in-sample scores, which are optimistic and would put
-the threshold too low. The search covers one-stage schedules (the plain
-Pyramid MoA router) and two-stage "anytime" schedules (ask a subset first, the
-rest only when unsure) and keeps the cheapest (or most accurate) schedule that
-meets the target.
+the threshold too low.
+
+A schedule is a pyramid: a chain of stages, each adding one or more members to
+the models already asked (cheaper models first), with the oracle above the last.
+The search covers every such chain up to ``max_depth`` stages (one stage is the
+plain Pyramid MoA router) and keeps the cheapest (or most accurate) schedule
+that meets the target. Each candidate's whole threshold grid is scored in one
+vectorized pass (``evaluate_grid``); a candidate whose first stage alone costs
+more than the best schedule already found is never scored (``prune``).
+
+Each stage's answer is a reliability-weighted vote (``fit_vote_weights``), so a
+larger model added at a later stage is not outvoted by smaller ones that agree
+by chance.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -20,13 +30,17 @@ from .answers import answer_key
 from .artifact import CalibrationArtifact
 from .calibration import make_calibrator
 from .dataset import RoutingData
-from .features import ARBITER_FEATURES, AgentOutput, arbiter_features, committee_vote, make_feature_set
+from .features import ARBITER_FEATURES, AgentOutput, arbiter_features, committee_vote, make_feature_set, vote_weights
 from .router import replay_schedule
 
 TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop")
 INNER_FOLDS = 5
 MAX_GRID = 120  # last-stage threshold candidates
-MAX_GRID_FIRST = 24  # first-stage threshold candidates (coarse: fewer choices, less selection optimism)
+MAX_DEPTH = 3  # stages below the oracle that the search considers by default
+COST_ORDER_SLACK = 0.5  # a later stage may add a model that costs at least this share of the dearest earlier one
+# Threshold candidates per earlier stage (coarse: fewer choices, less selection optimism), by the
+# number of earlier stages; the last stage gets MAX_GRID.
+GRID_EARLY = {1: 24, 2: 12}
 
 
 class TargetUnreachable(ValueError):
@@ -50,6 +64,61 @@ class Target:
         return {"kind": self.kind, "value": self.value}
 
 
+def schedule_shapes(
+    members: list[str], adaptive: bool, max_depth: int = MAX_DEPTH, costs: dict[str, float] | None = None
+) -> list[list[list[str]]]:
+    """Candidate schedules, each a list of cumulative stages (agent lists in ``members`` order).
+
+    Not adaptive: the one-stage whole committee. Adaptive: every chain of stages up to
+    ``max_depth`` long, each adding at least one member, where a model is never added after a
+    clearly dearer one (``costs``: mean cost per call; a later model must cost at least
+    ``COST_ORDER_SLACK`` times the dearest earlier one). The one-stage whole committee comes first.
+    """
+    if max_depth < 1:
+        raise ValueError(f"max_depth must be at least 1, got {max_depth}")
+    full = [list(members)]
+    if not adaptive:
+        return [full]
+    cost = costs or {m: 1.0 for m in members}
+    pos = {m: i for i, m in enumerate(members)}
+    shapes = [full]
+
+    def extend(chain: list[frozenset[str]]) -> None:
+        if chain:
+            shape = [sorted(st, key=pos.__getitem__) for st in chain]
+            if shape != full:
+                shapes.append(shape)
+        if len(chain) == max_depth:
+            return
+        have = chain[-1] if chain else frozenset()
+        rest = [m for m in members if m not in have]
+        dearest = max((cost[m] for m in have), default=0.0)
+        for k in range(1, len(rest) + 1):
+            for add in itertools.combinations(rest, k):
+                if all(cost[m] >= COST_ORDER_SLACK * dearest for m in add):
+                    extend([*chain, have | frozenset(add)])
+
+    extend([])
+    return shapes
+
+
+def _grid(p: np.ndarray, size: int = MAX_GRID) -> np.ndarray:
+    """Candidate thresholds: quantiles of the OOF probabilities, plus never/always."""
+    qs = np.unique(np.quantile(p, np.linspace(0, 1, size)))
+    return np.unique(np.r_[0.0, qs, np.nextafter(qs, 2.0), 1.0 + 1e-9])
+
+
+@dataclass
+class Evaluated:
+    """Accuracy, oracle rate and cost of threshold grids for one candidate on fitting questions."""
+
+    taus: np.ndarray  # (G, n_stages), the last stage's threshold varying fastest
+    acc: np.ndarray
+    rate: np.ndarray
+    cost: np.ndarray
+    n_early: int = 1  # rows of earlier-stage thresholds: G = n_early x the last stage's grid
+
+
 @dataclass
 class Candidate:
     """One schedule shape on the fitting questions: per stage its calibrator, out-of-fold
@@ -65,64 +134,70 @@ class Candidate:
     final_ok: list[np.ndarray]
     stage_costs: list[np.ndarray]
     oracle_cost: np.ndarray
+    weights: list[list[float] | None] = field(default_factory=list)
+    arbiter: dict | None = None
 
-
-def _oof_and_fit(X: np.ndarray, y: np.ndarray, calibrator: str, seed: int) -> tuple[np.ndarray, object]:
-    from sklearn.model_selection import StratifiedKFold
-
-    oof = np.zeros(len(y))
-    for tr, te in StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(X, y):
-        oof[te] = make_calibrator(calibrator).fit(X[tr], y[tr]).predict(X[te])
-    return oof, make_calibrator(calibrator).fit(X, y)
-
-
-def schedule_shapes(committee: list[str], adaptive: bool) -> list[list[list[str]]]:
-    """One-stage full committee, plus (adaptive) every proper subset first, the full committee after.
-
-    Agents keep the committee's order inside a stage so every two-stage
-    schedule shares the full-committee calibrator.
-    """
-    shapes = [[list(committee)]]
-    if adaptive:
-        for k in range(1, len(committee)):
-            for first in itertools.combinations(committee, k):
-                shapes.append([list(first), list(committee)])
-    return shapes
-
-
-def _grid(p: np.ndarray, size: int = MAX_GRID) -> np.ndarray:
-    """Candidate thresholds: quantiles of the OOF probabilities, plus never/always."""
-    qs = np.unique(np.quantile(p, np.linspace(0, 1, size)))
-    return np.unique(np.r_[0.0, qs, np.nextafter(qs, 2.0), 1.0 + 1e-9])
-
-
-@dataclass
-class Evaluated:
-    """Accuracy, oracle rate and cost of threshold grids for one candidate on fitting questions."""
-
-    taus: np.ndarray  # (G, n_stages)
-    acc: np.ndarray
-    rate: np.ndarray
-    cost: np.ndarray
+    def lower_bound_cost(self) -> float:
+        """The least this schedule can cost relative to always-oracle: its first stage, always paid."""
+        return float(self.stage_costs[0].mean() / self.oracle_cost.mean())
 
 
 def threshold_grid(cand: Candidate) -> np.ndarray:
     """(G, n_stages) threshold rows: every combination of the stages' candidate thresholds, coarse
     for the earlier stages, fine for the last, the last varying fastest (``_robust_acc`` relies on
     that order)."""
-    last = len(cand.oof) - 1
-    grids = [_grid(p, MAX_GRID if s == last else MAX_GRID_FIRST) for s, p in enumerate(cand.oof)]
-    return np.array(list(itertools.product(*grids)), float)
+    return np.array(list(itertools.product(*_stage_grids(cand))), float)
+
+
+def _stage_grids(cand: Candidate) -> list[np.ndarray]:
+    early = GRID_EARLY.get(len(cand.oof) - 1, 8)
+    return [_grid(p, early) for p in cand.oof[:-1]] + [_grid(cand.oof[-1], MAX_GRID)]
 
 
 def evaluate_grid(cand: Candidate) -> Evaluated:
-    """Accuracy, oracle rate and cost (relative to always-oracle) of every threshold row, replayed
-    by ``replay_schedule``: the rule of ``Router.decide``, all-failed stages included."""
-    taus = threshold_grid(cand)
-    rp = replay_schedule(cand.oof, cand.all_failed, taus)
-    acc = rp.correct(cand.labels, cand.final_ok).mean(1)
-    cost = rp.mean_cost(cand.stage_costs, cand.oracle_cost) / cand.oracle_cost.mean()
-    return Evaluated(taus, acc, rp.escalated.mean(1), cost)
+    """Accuracy, oracle rate and cost (relative to always-oracle) of every threshold row.
+
+    The rule is ``Router.decide``'s, applied by ``replay_schedule`` to the earlier stages over
+    the product of their coarse grids; the last stage's fine grid is then scored for all its
+    thresholds at once from cumulative sums over its probabilities in sorted order (a question
+    reaching it is accepted iff P >= tau and not all its agents failed), so a deep schedule
+    costs a few early rows times one sort, not the full product of rows times questions.
+    """
+    grids = _stage_grids(cand)
+    n = len(cand.oracle_cost)
+    norm = cand.oracle_cost.mean()
+    S = len(cand.oof)
+    early = np.array(list(itertools.product(*grids[:-1])), float) if S > 1 else np.zeros((1, 0))
+    if S > 1:
+        rp = replay_schedule(cand.oof[:-1], cand.all_failed[:-1], early, final=False)
+        reach = rp.active  # (Ge, n): the questions that get to the last stage
+        base_ok = np.where(reach, False, rp.correct(cand.labels[:-1], cand.final_ok[:-1])).sum(1)
+        base_esc = rp.escalated.sum(1)
+        base_cost = rp.mean_cost(cand.stage_costs[:-1], cand.oracle_cost) * n
+    else:
+        reach = np.ones((1, n), bool)
+        base_ok = base_esc = base_cost = np.zeros(1)
+    base_cost = base_cost + reach @ cand.stage_costs[-1]
+
+    p = np.where(cand.all_failed[-1], -np.inf, cand.oof[-1])
+    order = np.argsort(p, kind="stable")
+    below = np.searchsorted(p[order], grids[-1], side="left")  # questions with P < tau, per tau
+
+    def cum(values: np.ndarray) -> np.ndarray:
+        """(Ge, G_last): sum of ``values`` over reaching questions with P < tau."""
+        c = np.zeros((reach.shape[0], n + 1))
+        np.cumsum(reach[:, order] * values[order], axis=1, out=c[:, 1:])
+        return c[:, below]
+
+    total_ok = reach @ cand.labels[-1].astype(float)
+    acc = (
+        base_ok[:, None] + total_ok[:, None] - cum(cand.labels[-1].astype(float)) + cum(cand.final_ok[-1].astype(float))
+    )
+    esc = base_esc[:, None] + cum(np.ones(n))
+    cost = base_cost[:, None] + cum(cand.oracle_cost)
+    last = grids[-1]
+    taus = np.c_[np.repeat(early, len(last), axis=0), np.tile(last, len(early))]
+    return Evaluated(taus, (acc / n).ravel(), (esc / n).ravel(), (cost / n / norm).ravel(), len(early))
 
 
 def _robust_acc(ev: Evaluated, n_stage1: int) -> np.ndarray:
@@ -140,22 +215,25 @@ def _robust_acc(ev: Evaluated, n_stage1: int) -> np.ndarray:
     return acc
 
 
+def _feasible(ev: Evaluated, target: Target, oracle_acc: float, n_questions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of ``ev`` that meet ``target``, a sort key per row: larger is better)."""
+    if target.kind == "max_accuracy_drop":
+        ok = _robust_acc(ev, ev.n_early) >= oracle_acc - target.value - 1e-12
+        return ok, np.c_[-ev.cost, ev.acc]
+    if target.kind == "cost":
+        return ev.cost <= target.value + 1e-12, np.c_[ev.acc, -ev.cost]
+    dist = np.abs(ev.rate - target.value)
+    ok = dist <= max(0.5 / n_questions, 1e-12) + 0.005
+    return ok, np.c_[-np.round(dist, 3), ev.acc, -ev.cost]
+
+
 def choose(evs: list[Evaluated], target: Target, oracle_acc: float, n_questions: int) -> tuple[int, int]:
     """Pick (candidate, grid row) for the target; raise TargetUnreachable with the best achievable."""
     best: tuple[tuple, int, int] | None = None
     for ci, ev in enumerate(evs):
-        n1 = 1 if ev.taus.shape[1] == 1 else len(np.unique(ev.taus[:, :-1], axis=0))
-        if target.kind == "max_accuracy_drop":
-            ok = _robust_acc(ev, n1) >= oracle_acc - target.value - 1e-12
-            keys = [(-ev.cost[j], ev.acc[j]) for j in np.flatnonzero(ok)]
-        elif target.kind == "cost":
-            ok = ev.cost <= target.value + 1e-12
-            keys = [(ev.acc[j], -ev.cost[j]) for j in np.flatnonzero(ok)]
-        else:
-            dist = np.abs(ev.rate - target.value)
-            ok = dist <= max(0.5 / n_questions, 1e-12) + 0.005
-            keys = [(-round(dist[j], 3), ev.acc[j], -ev.cost[j]) for j in np.flatnonzero(ok)]
-        for key, j in zip(keys, np.flatnonzero(ok)):
+        ok, keys = _feasible(ev, target, oracle_acc, n_questions)
+        for j in np.flatnonzero(ok):
+            key = tuple(keys[j])
             if best is None or key > best[0]:
                 best = (key, ci, int(j))
     if best is None:
@@ -169,11 +247,65 @@ def choose(evs: list[Evaluated], target: Target, oracle_acc: float, n_questions:
     return best[1], best[2]
 
 
+def _oof_and_fit(X: np.ndarray, y: np.ndarray, calibrator: str, seed: int) -> tuple[np.ndarray, object]:
+    from sklearn.model_selection import StratifiedKFold
+
+    oof = np.zeros(len(y))
+    for tr, te in StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(X, y):
+        oof[te] = make_calibrator(calibrator).fit(X[tr], y[tr]).predict(X[te])
+    return oof, make_calibrator(calibrator).fit(X, y)
+
+
+WEIGHT_STEPS = (0.0, 0.25, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0)
+
+
+def fit_vote_weights(keys: list[list[str | None]], correct: np.ndarray, passes: int = 3) -> list[float]:
+    """Vote weights for ``committee_vote`` that maximise the vote's accuracy on fitting questions.
+
+    ``keys[a][j]``: agent ``a``'s answer key on question ``j``; ``correct[a, j]``: whether it is
+    right. Starts from the log-odds weights of the agents' own accuracies (``vote_weights``) and
+    improves one weight at a time by a few multiplicative steps; a change is kept only if it
+    raises accuracy. Few parameters, so little room to overfit; equal weights win ties.
+    """
+    m, n = correct.shape
+    same = np.zeros((n, m, m))
+    for a in range(m):
+        for b in range(m):
+            same[:, a, b] = [ka is not None and ka == kb for ka, kb in zip(keys[a], keys[b])]
+    valid = np.array([[k is not None for k in keys[a]] for a in range(m)]).T  # (n, m)
+    cols = np.arange(n)
+
+    def accuracy(w: np.ndarray) -> float:
+        support = np.where(valid, same @ w, -np.inf)
+        return float(correct[support.argmax(1), cols].mean())
+
+    plural = np.ones(m)
+    w = np.array(vote_weights(correct.mean(1)))
+    best = accuracy(w)
+    for _ in range(passes):
+        improved = False
+        for a in range(m):
+            for step in WEIGHT_STEPS:
+                trial = w.copy()
+                trial[a] *= step
+                if trial.sum() <= 0:
+                    continue
+                got = accuracy(trial)
+                if got > best + 1e-12:
+                    w, best, improved = trial, got, True
+        if not improved:
+            break
+    if accuracy(plural) >= best - 1e-12:
+        return plural.tolist()
+    return (w / w.max()).tolist()
+
+
 class RouterFit:
     """All candidate schedules fitted on one set of questions; artifacts are cut from it.
 
     Fitting once and choosing many times lets evaluation report the one-stage
-    ablation without refitting.
+    ablation without refitting. With ``target``, candidates that cannot beat the
+    best schedule already found for it are pruned unscored.
     """
 
     def __init__(
@@ -187,81 +319,137 @@ class RouterFit:
         seed: int = 0,
         arbiter: bool = True,
         traces: str = "",
+        max_depth: int = MAX_DEPTH,
+        weighted_vote: bool = True,
+        target: Target | None = None,
     ) -> None:
         rows = np.asarray(rows)
         if len(rows) < 40:
             raise ValueError(f"too few questions to calibrate: {len(rows)} (need at least 40)")
         data.cost_model.require(cost_kind, [*data.committee, data.oracle])
+        t0 = time.perf_counter()
         self.data, self.rows, self.cost_kind = data, rows, cost_kind
         self.feature_set, self.calibrator, self.seed, self.traces = feature_set, calibrator, seed, traces
+        self.use_arbiter, self.weighted_vote, self.max_depth = arbiter, weighted_vote, max_depth
+        self.numeric = data.task != "text"
         self.oracle_ok = data.correct(data.answers(data.oracle))[rows]
-        oracle_cost = data.call_costs(cost_kind, data.oracle)[rows]
+        self.oracle_cost = data.call_costs(cost_kind, data.oracle)[rows]
+        members = list(data.committee)
+        self.member_cost = {m: float(data.call_costs(cost_kind, m)[rows].mean()) for m in members}
+        self._keys = {m: [answer_key(a, self.numeric) for a in data.answers(m)] for m in members}
+        self._member_ok = {m: data.correct(data.answers(m))[rows] for m in members}
+        self._stage_cache: dict[tuple[str, ...], tuple] = {}
+        self._arbiter_cache: dict[tuple[str, ...], tuple[dict | None, np.ndarray]] = {}
 
-        fitted: dict[tuple[str, ...], tuple[np.ndarray, object, np.ndarray]] = {}
-
-        def fit_agents(agents: list[str]) -> tuple[np.ndarray, object, np.ndarray]:
-            if tuple(agents) not in fitted:
-                X, tops = data.features(feature_set, agents)
-                y = data.correct(tops)[rows]
-                oof, cal = _oof_and_fit(X[rows], y, calibrator, seed)
-                fitted[tuple(agents)] = (oof, cal, y)
-            return fitted[tuple(agents)]
-
-        full_oof = fit_agents(data.committee)[0]
-        self.arbiter, oracle_final = self._fit_arbiter(full_oof) if arbiter else (None, None)
-        if oracle_final is None:
-            full_top = data.features(feature_set, data.committee)[1]
-            oans = data.answers(data.oracle)
-            oracle_final = data.correct([o if o is not None else c for o, c in zip(oans, full_top)])[rows]
-
+        shapes = schedule_shapes(members, adaptive, max_depth, self.member_cost)
         self.cands: list[Candidate] = []
         self.evs: list[Evaluated] = []
-        for shape in schedule_shapes(data.committee, adaptive):
-            parts = [fit_agents(a) for a in shape]
-            prev: list[str] = []
-            stage_costs = []
-            for agents in shape:
-                extra = [a for a in agents if a not in prev]
-                stage_costs.append(sum(data.call_costs(cost_kind, a)[rows] for a in extra))
-                prev = agents
-            cand = Candidate(
-                stages=shape,
-                calibrators=[p[1] for p in parts],
-                oof=[p[0] for p in parts],
-                labels=[p[2] for p in parts],
-                all_failed=[data.all_failed(a)[rows] for a in shape],
-                # After escalating from the last stage: the oracle's answer (or the arbiter's choice);
-                # from an earlier one (only when all its agents failed: no vote, no arbiter), the
-                # oracle's own, or none when it failed too.
-                final_ok=[self.oracle_ok] * (len(shape) - 1) + [oracle_final],
-                stage_costs=stage_costs,
-                oracle_cost=oracle_cost,
-            )
+        self.pruned = 0
+        oracle_acc = float(self.oracle_ok.mean())
+        best_cost = np.inf
+        # The one-stage whole committee first (always scored: the ablation baseline), then by lower bound.
+        first, rest = shapes[0], sorted(shapes[1:], key=lambda sh: self._first_stage_cost(sh[0]))
+        for shape in [first, *rest]:
+            if target is not None and shape is not first:
+                bound = self._first_stage_cost(shape[0])
+                if (target.kind == "max_accuracy_drop" and bound >= best_cost) or (
+                    target.kind == "cost" and bound > target.value + 1e-12
+                ):
+                    self.pruned += 1
+                    continue
+            try:
+                cand = self._candidate(shape)
+            except ValueError:  # a stage whose labels are all one class cannot be calibrated
+                continue
+            ev = evaluate_grid(cand)
             self.cands.append(cand)
-            self.evs.append(evaluate_grid(cand))
+            self.evs.append(ev)
+            if target is not None and target.kind == "max_accuracy_drop":
+                ok, _ = _feasible(ev, target, oracle_acc, len(rows))
+                if ok.any():
+                    best_cost = min(best_cost, float(ev.cost[ok].min()))
+        self.search_seconds = time.perf_counter() - t0
 
-    def _fit_arbiter(self, full_oof: np.ndarray) -> tuple[dict | None, np.ndarray | None]:
+    def _first_stage_cost(self, agents: list[str]) -> float:
+        return sum(self.member_cost[a] for a in agents) / float(self.oracle_cost.mean())
+
+    def _stage(self, agents: list[str]) -> tuple:
+        """(weights, oof, calibrator, labels, all-failed) of a cumulative agent set, fitted once."""
+        key = tuple(agents)
+        if key not in self._stage_cache:
+            d, rows = self.data, self.rows
+            weights = None
+            if self.weighted_vote and len(agents) > 1:
+                correct = np.array([self._member_ok[a] for a in agents])
+                weights = fit_vote_weights([[self._keys[a][r] for r in rows] for a in agents], correct)
+                if all(w == 1.0 for w in weights):
+                    weights = None
+            X, tops = d.features(self.feature_set, agents, weights)
+            y = d.correct(tops)[rows]
+            oof, cal = _oof_and_fit(X[rows], y, self.calibrator, self.seed)
+            self._stage_cache[key] = (weights, oof, cal, y, d.all_failed(agents)[rows])
+        return self._stage_cache[key]
+
+    def _candidate(self, shape: list[list[str]]) -> Candidate:
+        parts = [self._stage(a) for a in shape]
+        prev: list[str] = []
+        stage_costs = []
+        for agents in shape:
+            extra = [a for a in agents if a not in prev]
+            stage_costs.append(sum(self.data.call_costs(self.cost_kind, a)[self.rows] for a in extra))
+            prev = agents
+        arb, last_final = self._final(shape[-1], parts[-1])
+        return Candidate(
+            stages=shape,
+            calibrators=[p[2] for p in parts],
+            oof=[p[1] for p in parts],
+            labels=[p[3] for p in parts],
+            all_failed=[p[4] for p in parts],
+            # After escalating from the last stage: the oracle's answer (or the arbiter's choice);
+            # from an earlier one (only when all its agents failed: no vote, no arbiter), the
+            # oracle's own, or none when it failed too.
+            final_ok=[self.oracle_ok] * (len(shape) - 1) + [last_final],
+            stage_costs=stage_costs,
+            oracle_cost=self.oracle_cost,
+            weights=[p[0] for p in parts],
+            arbiter=arb,
+        )
+
+    def _final(self, agents: list[str], stage: tuple) -> tuple[dict | None, np.ndarray]:
+        """(arbiter, out-of-fold correctness of the answer after escalating from ``agents``)."""
+        key = tuple(agents)
+        if key not in self._arbiter_cache:
+            weights, oof = stage[0], stage[1]
+            d, rows = self.data, self.rows
+            tops = d.features(self.feature_set, agents, weights)[1]
+            oans = d.answers(d.oracle)
+            plain = d.correct([o if o is not None else c for o, c in zip(oans, tops)])[rows]
+            arb, final = self._fit_arbiter(agents, weights, oof) if self.use_arbiter else (None, None)
+            self._arbiter_cache[key] = (arb, plain if final is None else final)
+        return self._arbiter_cache[key]
+
+    def _fit_arbiter(
+        self, agents: list[str], weights: list[float] | None, stage_oof: np.ndarray
+    ) -> tuple[dict | None, np.ndarray | None]:
         """Fit the oracle-vs-committee arbiter on fitting questions where exactly one of them is right.
 
         Returns the serialized arbiter and the out-of-fold correctness of the
         final answer after escalation (None when there are too few cases).
         """
         d, rows = self.data, self.rows
-        X_full, tops = d.features(self.feature_set, d.committee)
+        tops = d.features(self.feature_set, agents, weights)[1]
         oracle = d.outputs[d.oracle]
         com_ok = d.correct(tops)[rows]
         orc_ok = self.oracle_ok
-        numeric = d.task != "text"
         feats, differ = [], []
-        agents = d.committee
         for j, r in enumerate(rows):
             outs = [d.outputs[a][r] for a in agents]
-            vote = committee_vote(outs, numeric)
+            vote = committee_vote(outs, self.numeric, weights)
             o = oracle[r]
             differ.append(
-                o.answer is not None and vote.answer is not None and answer_key(o.answer, numeric) != vote.key
+                o.answer is not None and vote.answer is not None and answer_key(o.answer, self.numeric) != vote.key
             )
-            feats.append(arbiter_features(d.questions[r], outs, vote, o, float(full_oof[j]), numeric))
+            feats.append(arbiter_features(d.questions[r], outs, vote, o, float(stage_oof[j]), self.numeric))
         F = np.array(feats, float)
         differ = np.array(differ)
         train = differ & (com_ok != orc_ok)
@@ -284,11 +472,12 @@ class RouterFit:
         cand, ev = self.cands[ci], self.evs[ci]
         d = self.data
         stages = []
-        for agents, cal, tau in zip(cand.stages, cand.calibrators, ev.taus[j]):
-            fs = make_feature_set(self.feature_set, agents, numeric=d.task != "text")
-            stages.append(
-                {"agents": agents, "feature_names": fs.names, "calibrator": cal.to_dict(), "threshold": float(tau)}
-            )
+        for agents, cal, tau, w in zip(cand.stages, cand.calibrators, ev.taus[j], cand.weights):
+            fs = make_feature_set(self.feature_set, agents, numeric=self.numeric, weights=w)
+            stage = {"agents": agents, "feature_names": fs.names, "calibrator": cal.to_dict(), "threshold": float(tau)}
+            if w is not None:
+                stage["vote_weights"] = w
+            stages.append(stage)
         return CalibrationArtifact(
             committee=list(d.committee),
             oracle=d.oracle,
@@ -311,14 +500,17 @@ class RouterFit:
                 "oracle_accuracy": float(self.oracle_ok.mean()),
                 "oof_oracle_call_rate": float(ev.rate[j]),
                 "oof_mean_cost": float(ev.cost[j]),
-                "schedules_considered": [self.cands[k].stages for k in idx],
+                "schedules_considered": len(idx),
+                "schedules_pruned": self.pruned,
+                "max_depth": self.max_depth,
+                "search_seconds": round(self.search_seconds, 3),
                 # What one call of each model costs on average (the server's "relative to one oracle
                 # call" needs the oracle's output length on requests where it is not called).
                 "mean_output_tokens": {
                     name: _mean_tokens([d.outputs[name][r] for r in self.rows]) for name in [*d.committee, d.oracle]
                 },
             },
-            arbiter=self.arbiter,
+            arbiter=cand.arbiter,
         )
 
 
@@ -338,7 +530,22 @@ def fit_router(
     seed: int = 0,
     traces: str = "",
     arbiter: bool = True,
+    max_depth: int = MAX_DEPTH,
+    weighted_vote: bool = True,
 ) -> CalibrationArtifact:
     """Fit calibrators and thresholds on ``rows`` (positions into ``data``) and return the artifact."""
-    fit = RouterFit(data, rows, cost_kind, feature_set, calibrator, adaptive, seed, arbiter, traces)
+    fit = RouterFit(
+        data,
+        rows,
+        cost_kind,
+        feature_set,
+        calibrator,
+        adaptive,
+        seed,
+        arbiter,
+        traces,
+        max_depth,
+        weighted_vote,
+        target,
+    )
     return fit.artifact(target)

@@ -84,6 +84,7 @@ class Replay:
     accepted: np.ndarray
     escalated_from: np.ndarray
     asked: np.ndarray
+    active: np.ndarray  # (G, n): still undecided after the stages given (only with final=False)
 
     @property
     def escalated(self) -> np.ndarray:
@@ -103,15 +104,19 @@ class Replay:
         return (asked + self.escalated @ np.asarray(oracle_cost, float)) / self.accepted.shape[1]
 
 
-def replay_schedule(probs: Sequence[np.ndarray], all_failed: Sequence[np.ndarray], taus: np.ndarray) -> Replay:
+def replay_schedule(
+    probs: Sequence[np.ndarray], all_failed: Sequence[np.ndarray], taus: np.ndarray, final: bool = True
+) -> Replay:
     """``Router.plan``'s stage rule, vectorized over questions and threshold rows.
 
     ``probs[s]``/``all_failed[s]``: P(committee correct) and "every agent of the stage failed" at
     stage ``s`` for each question; ``taus``: (G, S) thresholds, one row per policy. The rule is
     ``Router.decide``'s: all failed -> escalate now; P >= tau -> accept; else the next stage, or
-    the oracle after the last. The fitting search, the evaluator's sweep and its baselines replay
-    schedules through this function alone, and tests/test_router.py holds it against
-    ``Router.route`` (failures included), so the fast path cannot drift from the served one.
+    the oracle after the last. ``final=False``: the stages given are not the last, so what is
+    neither accepted nor escalated stays ``active`` (``fitting.evaluate_grid`` scores the last
+    stage itself). The fitting search, the evaluator's sweep and its baselines replay schedules
+    through this function alone, and tests/test_pipeline.py holds them against ``Router.route``
+    (failures included), so the fast path cannot drift from the served one.
     """
     taus = np.atleast_2d(np.asarray(taus, float))
     n_stages = len(probs)
@@ -127,11 +132,11 @@ def replay_schedule(probs: Sequence[np.ndarray], all_failed: Sequence[np.ndarray
         asked[:, s, :] = active
         failed = np.asarray(all_failed[s], bool)[None, :]
         acc = active & ~failed & (np.asarray(probs[s])[None, :] >= taus[:, s : s + 1])
-        esc = active & ~acc & (failed | (s == n_stages - 1))
+        esc = active & ~acc & (failed | (final and s == n_stages - 1))
         accepted[acc] = s
         escalated_from[esc] = s
         active &= ~(acc | esc)
-    return Replay(accepted, escalated_from, asked)
+    return Replay(accepted, escalated_from, asked, active)
 
 
 class Router:
