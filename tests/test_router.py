@@ -78,3 +78,24 @@ def test_force_tier():
 def test_stages_must_grow():
     with pytest.raises(ValueError, match="grow cumulatively"):
         Router([stage(["a", "b"], 1, 0, 0.5), stage(["a", "c"], 1, 0, 0.5)], "o")
+
+
+def test_the_route_names_the_models_that_answered():
+    router = two_stage_router()
+    agree = router.route("q", caller({"a": "1", "b": "1", "c": "2", "o": "3"}, []))
+    assert agree.answered_by == ["a", "b"]
+    late = router.route("q", caller({"a": "1", "b": "2", "c": "2", "o": "9"}, []), threshold=0.4)
+    assert late.tier == "committee" and late.decisions[-1].stage == 1 and late.answered_by == ["b", "c"]
+    oracle = router.route("q", caller({"a": "1", "b": "2", "c": "3", "o": "9"}, []))
+    assert oracle.answered_by == ["o"]
+    down = router.route("q", caller({"a": "1", "b": "2", "c": "1", "o": "FAIL"}, []), threshold=1.0)
+    assert down.oracle_fallback and down.answered_by == ["a", "c"]
+
+
+def test_a_weighted_vote_lets_one_reliable_model_outvote_two_weak_ones():
+    fs = make_feature_set("agreement", ["a", "b", "big"], weights=[0.3, 0.3, 1.0])
+    outs = [AgentOutput(n, f"#### {x}", x, 3) for n, x in (("a", "1"), ("b", "1"), ("big", "2"))]
+    _, vote = fs("q", outs)
+    assert vote.answer == "2" and vote.count == 1
+    _, plain = make_feature_set("agreement", ["a", "b", "big"])("q", outs)
+    assert plain.answer == "1" and plain.count == 2

@@ -62,6 +62,9 @@ class RouteResult:
     decisions: list[StageDecision] = field(default_factory=list)
     committee_answer: str | None = None
     oracle_fallback: bool = False
+    # The models whose answer was returned: the oracle, or the agents of the deciding stage that
+    # voted for it (in a pyramid, e.g. a middle-tier model and the small agents that agreed).
+    answered_by: list[str] = field(default_factory=list)
 
 
 def validate_threshold(value: float | None, what: str = "escalation_threshold") -> float | None:
@@ -208,6 +211,12 @@ class Router:
             return vote.answer, True
         return oracle.answer, False
 
+    def voters(self, decision: StageDecision) -> list[str]:
+        """The agents of ``decision``'s stage whose answer is the stage's vote."""
+        vote = decision.vote
+        agents = self.stages[decision.stage].agents
+        return [a for a, k in zip(agents, vote.keys) if k is not None and k == vote.key]
+
     def plan(
         self, question: str, threshold: float | None = None, force_tier: str | None = None
     ) -> Generator[list[str], dict[str, AgentOutput], RouteResult]:
@@ -222,7 +231,7 @@ class Router:
             raise ValueError(f"force_tier must be one of {TIERS}, got {force_tier!r}")
         if force_tier == "oracle":
             out = (yield [self.oracle])[self.oracle]
-            return RouteResult(out.answer, "oracle", True, 0.0, 0.0, [self.oracle])
+            return RouteResult(out.answer, "oracle", True, 0.0, 0.0, [self.oracle], answered_by=[self.oracle])
         got: dict[str, AgentOutput] = {}
         calls: list[str] = []
         decisions: list[StageDecision] = []
@@ -237,7 +246,15 @@ class Router:
             decisions.append(d)
             if force_tier == "committee" or d.action == "accept":
                 return RouteResult(
-                    d.vote.answer, "committee", False, d.confidence, d.agreement, calls, decisions, d.vote.answer
+                    d.vote.answer,
+                    "committee",
+                    False,
+                    d.confidence,
+                    d.agreement,
+                    calls,
+                    decisions,
+                    d.vote.answer,
+                    answered_by=self.voters(d),
                 )
             if d.action == "escalate":
                 break
@@ -246,7 +263,10 @@ class Router:
         calls.append(self.oracle)
         stage_outputs = [got[a] for a in self.stages[d.stage].agents]
         answer, fallback = self.final_answer(question, stage_outputs, d, oracle_out)
-        return RouteResult(answer, "oracle", True, d.confidence, d.agreement, calls, decisions, d.vote.answer, fallback)
+        by = self.voters(d) if fallback else [self.oracle]
+        return RouteResult(
+            answer, "oracle", True, d.confidence, d.agreement, calls, decisions, d.vote.answer, fallback, by
+        )
 
     def route(
         self,
