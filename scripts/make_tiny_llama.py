@@ -6,7 +6,8 @@ usage: python3 scripts/make_tiny_llama.py [--spec deploy/gpu-1gpu-smoke.yaml] [-
 A Hugging Face checkpoint directory (config.json, model.safetensors, generation_config.json, a
 tokenizer with a chat template) whose shapes are the spec's ``engine.architecture``, so that
 scripts/build_engines.py converts and builds it like any other model and the renderer's placement
-checks describe it. The tokenizer is a byte-level BPE trained on the shipped GSM8K questions (any
+checks describe it (the spec's head_dim, hidden_size / num_attention_heads, must be one TensorRT-LLM's
+attention kernels support: 64 in the shipped spec). The tokenizer is a byte-level BPE trained on the shipped GSM8K questions (any
 text encodes); the weights are random, so the model's answers are noise. For scripts/gpu_check.sh:
 it proves the GPU path (engine build, repository load, pre/postprocessing, the router), not quality.
 Needs torch, transformers and tokenizers (NVIDIA's Triton TRT-LLM container has them). Idempotent:
@@ -40,6 +41,22 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = yaml.safe_load(a.spec.read_text(encoding="utf-8"))
     arch = spec["engine"]["architecture"]
+    sys.path.insert(0, str(ROOT / "python_backend"))
+    from pyramid_triton import trtllm_facts  # noqa: PLC0415
+    from pyramid_triton.trtllm_spec import Architecture  # noqa: PLC0415
+
+    try:
+        shape = Architecture.from_config(arch, f"{a.spec}: engine.architecture")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if shape.head_dim not in trtllm_facts.head_sizes():
+        print(
+            f"error: {a.spec}: head_dim {shape.head_dim} is not a head size TensorRT-LLM's attention kernels support "
+            f"({', '.join(map(str, trtllm_facts.head_sizes()))})",
+            file=sys.stderr,
+        )
+        return 2
     out = a.out or (a.spec.parent / spec["engine"]["checkpoint"]).resolve()
     cfg_path = out / "config.json"
     if cfg_path.is_file() and (out / "tokenizer.json").is_file():

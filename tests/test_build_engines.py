@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyramid_triton import engine_build
+from pyramid_triton import engine_build, trtllm_spec
 from pyramid_triton.engine_build import BuildError, StepFailed, execute, plan_builds
 from pyramid_triton.render import load_trtllm_models
 
@@ -240,3 +240,61 @@ def test_the_api_converter_needs_tensorrt_llm(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode != 0 and "tensorrt_llm is not importable" in r.stderr
+
+
+# --- FP8 prerequisites ---------------------------------------------------------------------------------
+
+
+def _fp8(env, **engine):
+    env.doc["engine"].update(quantization="fp8", **engine)
+    env.spec.write_text(yaml.safe_dump(env.doc, sort_keys=False))
+    return _plans(env)
+
+
+def test_dry_run_states_the_fp8_prerequisites_of_the_70b(capsys):
+    assert engine_build.main(["deploy/gpu-4x80gb-fp8.yaml", "--dry-run", "--only", "llama-3.1-70b-instruct-fp8"]) == 0
+    out = capsys.readouterr().out
+    assert "a TensorRT-LLM source checkout at the container's version" in out
+    assert "downloads 'cnn_dailymail' from the Hugging Face hub; an offline node needs a local copy" in out
+    assert "more than 210 GB for a 70B model" in out and "about 212 GB" in out
+    assert "4 x 80 GB = 320 GB: enough" in out
+    # the BF16 agents have no FP8 block
+    assert engine_build.main(["deploy/gpu-8x80gb.yaml", "--dry-run"]) == 0
+    assert "FP8 quantization" not in capsys.readouterr().out
+
+
+def test_fp8_offline_without_a_local_calibration_set_is_refused(env, monkeypatch):
+    monkeypatch.setattr(engine_build, "visible_gpu_memory_gb", lambda: None)
+    (p,) = _fp8(env)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BuildError, match="offline .* set calib_dataset in the spec to a local copy"):
+        engine_build.preflight([p], env.src, str(env.build))
+    (p,) = _fp8(env, calib_dataset=str(env.tmp / "no-such-dir"))
+    with pytest.raises(BuildError, match="calib_dataset .*no-such-dir does not exist"):
+        engine_build.preflight([p], env.src, str(env.build))
+    (env.tmp / "calib").mkdir()
+    (p,) = _fp8(env, calib_dataset=str(env.tmp / "calib"))
+    engine_build.preflight([p], env.src, str(env.build))  # a local copy: fine offline
+
+
+def test_fp8_needs_the_gpu_memory_nvidia_states(env, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    env.doc["engine"]["architecture"] = dict(trtllm_spec.CATALOG["meta-llama/Llama-3.1-70B-Instruct"])
+    (p,) = _fp8(env)
+    assert engine_build.fp8_calibration_peak_gb(p.model) == pytest.approx(211.7, abs=0.5)
+    monkeypatch.setattr(engine_build, "visible_gpu_memory_gb", lambda: (2, 160.0))
+    with pytest.raises(BuildError, match=r"needs about 212 GB of GPU memory .*2 visible GPU\(s\) have 160 GB"):
+        engine_build.preflight([p], env.src, str(env.build))
+    monkeypatch.setattr(engine_build, "visible_gpu_memory_gb", lambda: (4, 320.0))
+    engine_build.preflight([p], env.src, str(env.build))
+
+
+def test_a_checkout_at_another_version_is_refused(env, monkeypatch):
+    (env.src / "tensorrt_llm").mkdir()
+    (env.src / "tensorrt_llm" / "version.py").write_text('__version__ = "0.19.0"\n')
+    assert engine_build.checkout_version(env.src) == "0.19.0"
+    monkeypatch.setattr(engine_build, "trtllm_version", lambda: "0.20.0")
+    (p,) = _plans(env)
+    with pytest.raises(BuildError, match=r"checkout at .* is version 0.19.0, the installed tensorrt_llm 0.20.0"):
+        engine_build.preflight([p], env.src, str(env.build))
+    assert "WARNING: the checkout at" in engine_build.describe([p], "0.20.0", env.src)

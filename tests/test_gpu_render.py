@@ -255,7 +255,9 @@ def test_four_gpu_fp8_node_layout():
     assert all(len(v) == 1 for g, v in placement.items() if g != 0)
     oracle = models[-1]
     assert (oracle.tp_size, oracle.quantization, oracle.gpu_device_ids) == (2, "fp8", (2, 3))
-    assert 30 < oracle.weights_gb_per_gpu() < 36  # ~66 GiB of FP8 weights over 2 GPUs
+    # ~35 GiB per GPU: the FP8 layers split over 2 GPUs (~32 GiB), the BF16 embedding table whole (~2 GiB) and
+    # half the BF16 lm_head (~1 GiB) on each (tests/test_trtllm_facts.py has the exact layout)
+    assert 34 < oracle.weights_gb_per_gpu() < 36
     shared = [m for m in models if 0 in m.gpu_device_ids]
     planned = sum(m.planned_gb_per_gpu() for m in shared)
     assert planned < 80 * trtllm_spec.GPU_MEMORY_HEADROOM

@@ -25,6 +25,11 @@ command, the TensorRT-LLM version, the checkpoint's ``config.json`` and weight f
 sizes, the previous step's fingerprint). A step whose stamp matches is skipped; anything else is
 rebuilt. ``tensorrt_llm`` is never imported (its version is read from the package metadata), so
 ``--dry-run`` works anywhere.
+
+FP8 has prerequisites a multi-hour job should not discover late (``fp8_prerequisites``; the dry run
+lists them, ``preflight`` refuses to start without them): a checkout at the installed version, a local
+calibration set on an offline node, and GPU memory for calibration (NVIDIA states more than 210 GB for
+a 70B model).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -43,12 +49,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .trtllm_spec import TrtllmModel
+from .trtllm_spec import Node, TrtllmModel
 
 STAMP = "pyramid-build.json"
 PARTIAL = ".partial"
 CALIB_SIZE = 512
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# quantize.py's calibration set when calib_dataset is not given: a Hugging Face hub data set it downloads.
+DEFAULT_CALIB_DATASET = "cnn_dailymail"
+# FP8 calibration (examples/quantization/quantize.py, NVIDIA ModelOpt) loads the BF16 model on the visible GPUs
+# (--device cuda --device_map auto) and calibrates it: NVIDIA states a peak of "more than 210GB" of GPU memory
+# for a 70B model, whose BF16 weights are about 140 GB (examples/models/core/llama/README.md, "FP8 Post-Training
+# Quantization": "you need a node with at least 4 H100(A100) to run the quantization command. After
+# quantization, 2 GPUs are okay to for building and run"). Estimated here as 1.5 x the BF16 weights.
+FP8_CALIBRATION_PEAK_FACTOR = 1.5
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 class BuildError(RuntimeError):
@@ -69,6 +84,70 @@ def trtllm_version() -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def fp8_calibration_peak_gb(m: TrtllmModel) -> float:
+    """Estimated peak GPU memory (GB) of quantize.py calibrating ``m`` to FP8 (see FP8_CALIBRATION_PEAK_FACTOR)."""
+    return m.params_b * 2 * FP8_CALIBRATION_PEAK_FACTOR
+
+
+def checkout_version(src: Path | None) -> str | None:
+    """``__version__`` of a TensorRT-LLM source checkout (``tensorrt_llm/version.py``), or None."""
+    if src is None:
+        return None
+    try:
+        text = (src / "tensorrt_llm" / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    m = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
+    return m.group(1) if m else None
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0", "false", "False") for v in OFFLINE_ENV)
+
+
+def visible_gpu_memory_gb() -> tuple[int, float] | None:
+    """(GPUs, total GB) that nvidia-smi sees here, or None without nvidia-smi."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        mib = [float(x) for x in out.split()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return len(mib), sum(mib) * 2**20 / 1e9
+
+
+def fp8_prerequisites(m: TrtllmModel, version: str | None, src: Path | None, node: Node | None = None) -> list[str]:
+    """What an FP8 quantization of ``m`` needs before it starts, as lines for the dry run and the log."""
+    need = fp8_calibration_peak_gb(m)
+    have = checkout_version(src)
+    lines = [
+        f"FP8 quantization of {m.name} ({m.hf_model or m.checkpoint}) runs the checkout's examples/quantization/"
+        "quantize.py (NVIDIA ModelOpt) and needs, before it starts:",
+        f"  - a TensorRT-LLM source checkout at the container's version: "
+        f"git clone -b v{version or '<installed version>'} https://github.com/NVIDIA/TensorRT-LLM, then "
+        f"--trtllm-src DIR or TRTLLM_SRC (now: {src or 'none'}" + (f", version {have}" if have else "") + ")",
+        f"  - a calibration data set: {m.calib_dataset!r} (calib_dataset)"
+        if m.calib_dataset
+        else f"  - a calibration data set: none given, so quantize.py downloads {DEFAULT_CALIB_DATASET!r} from the "
+        "Hugging Face hub; an offline node needs a local copy named by calib_dataset in the spec",
+        f"  - GPU memory for calibration: the BF16 model is loaded on every visible GPU; NVIDIA states a peak of "
+        f"more than 210 GB for a 70B model (examples/models/core/llama/README.md); estimate for this model: about "
+        f"{need:.0f} GB, all GPUs of the node with nothing else running on them",
+    ]
+    if node is not None and node.gpus and node.gpu_memory_gb:
+        total = node.gpus * node.gpu_memory_gb
+        verdict = "enough" if total >= need else "NOT enough"
+        lines.append(f"    (the spec's node: {node.gpus} x {node.gpu_memory_gb:g} GB = {total:g} GB: {verdict})")
+    lines.append(
+        f"  - time: calibration of {CALIB_SIZE} samples and the export take tens of minutes to hours for a 70B model"
+    )
+    return lines
 
 
 def hf_cli() -> list[str]:
@@ -263,9 +342,18 @@ def plan_builds(
     return plans
 
 
-def describe(plans: Sequence[EnginePlan], version: str | None, trtllm_src: Path | None) -> str:
-    """The dry-run listing: per engine, what is current and the exact commands of the rest."""
+def describe(
+    plans: Sequence[EnginePlan],
+    version: str | None,
+    trtllm_src: Path | None,
+    nodes: dict[str, Node] | None = None,
+) -> str:
+    """The dry-run listing: per engine, what is current and the exact commands of the rest, and what an FP8
+    quantization needs before it starts (``nodes``: model name -> the spec's node, for the memory check)."""
     lines = [f"# tensorrt_llm: {version or 'not installed here (the commands run in NVIDIA Triton TRT-LLM container)'}"]
+    have = checkout_version(trtllm_src)
+    if have is not None and version is not None and have != version:
+        lines.append(f"# WARNING: the checkout at {trtllm_src} is TensorRT-LLM {have}, the installed one {version}")
     if trtllm_src is None:
         lines.append(
             "# no TensorRT-LLM checkout: unquantized models convert with the tensorrt_llm API (trtllm_convert)"
@@ -284,6 +372,8 @@ def describe(plans: Sequence[EnginePlan], version: str | None, trtllm_src: Path 
         if p.current:
             lines.append("# up to date: skipped")
             continue
+        if m.quantization == "fp8":
+            lines += [f"# {x}" for x in fp8_prerequisites(m, version, trtllm_src, (nodes or {}).get(m.name))]
         if not (m.checkpoint / "config.json").is_file() and not any(s.kind == "download" for s in p.steps):
             lines.append(
                 f"# checkpoint {m.checkpoint} is missing; fetch it (needs network): "
@@ -377,6 +467,32 @@ def preflight(plans: Sequence[EnginePlan], trtllm_src: Path | None, trtllm_build
                 f"(git clone -b v<version> https://github.com/NVIDIA/TensorRT-LLM) and pass --trtllm-src "
                 f"(now {trtllm_src}) or set TRTLLM_SRC"
             )
+    version = trtllm_version()
+    have = checkout_version(trtllm_src)
+    if todo and have is not None and version is not None and have != version:
+        raise BuildError(
+            f"the TensorRT-LLM checkout at {trtllm_src} is version {have}, the installed tensorrt_llm {version}: its "
+            f"example scripts must match the container (git -C {trtllm_src} checkout v{version})"
+        )
+    gpus = None
+    for p in plans:
+        m = p.model
+        if m.quantization != "fp8" or not any(s.kind == "convert" and not s.current for s in p.steps):
+            continue
+        if m.calib_dataset is None and offline():
+            raise BuildError(
+                f"model {m.name}: FP8 calibration would download {DEFAULT_CALIB_DATASET!r} from the Hugging Face hub, "
+                f"but this node is offline ({'/'.join(OFFLINE_ENV)}): set calib_dataset in the spec to a local copy"
+            )
+        if m.calib_dataset and m.calib_dataset.startswith(("/", "./", "../")) and not Path(m.calib_dataset).exists():
+            raise BuildError(f"model {m.name}: calib_dataset {m.calib_dataset} does not exist")
+        gpus = gpus or visible_gpu_memory_gb()
+        need = fp8_calibration_peak_gb(m)
+        if gpus is not None and gpus[1] < need:
+            raise BuildError(
+                f"model {m.name}: FP8 calibration needs about {need:.0f} GB of GPU memory (NVIDIA states more than "
+                f"210 GB for a 70B model); the {gpus[0]} visible GPU(s) have {gpus[1]:.0f} GB in all"
+            )
     for p in plans:
         m = p.model
         downloading = any(s.kind == "download" for s in p.steps)
@@ -408,8 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     src = a.trtllm_src or default_trtllm_src()
     try:
         models: list[TrtllmModel] = []
+        nodes: dict[str, Node] = {}
         for spec in a.specs:
-            ms, _ = load_trtllm_models(spec)
+            ms, node = load_trtllm_models(spec)
+            nodes.update({m.name: node for m in ms})
             if not ms:
                 raise BuildError(f"{spec}: no trtllm models in this spec")
             seen = {(x.name, x.engine_dir) for x in models}  # specs may share models (and engines)
@@ -423,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         version = trtllm_version()
         plans = plan_builds(models, src, a.python, a.trtllm_build, version, a.download, a.force)
         if a.dry_run:
-            print(describe(plans, version, src))
+            print(describe(plans, version, src, nodes))
             return 0
         if version is None:
             raise BuildError(
@@ -437,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
                         _run(s, _default_runner, print)
             plans = plan_builds(models, src, a.python, a.trtllm_build, version, False, a.force)
         preflight(plans, src, a.trtllm_build)
+        for p in plans:
+            if p.model.quantization == "fp8" and not p.current:
+                print("\n".join(fp8_prerequisites(p.model, version, src, nodes.get(p.model.name))))
         built = execute(plans, version, clean_checkpoints=a.clean_checkpoints)
     except (SpecError, BuildError) as exc:
         print(f"build_engines: error: {exc}", file=sys.stderr)

@@ -47,7 +47,7 @@ import yaml
 
 from pyramid_moa.artifact import load_artifact
 
-from . import trtllm_spec
+from . import trtllm_facts, trtllm_spec
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
 from .remote import RemoteModel, remote_map_json
 
@@ -324,6 +324,7 @@ def render(
     clashes = sorted({n for n in written if written.count(n) > 1})
     if clashes:
         raise SpecError(f"{spec_path}: model name(s) {', '.join(clashes)} would be rendered twice")
+    _check_trtllm_rendering(planned, trtllm_models, templates)
 
     out = Path(out).resolve()
     if out.exists():
@@ -371,6 +372,33 @@ def render(
     shutil.copyfile(cal_path, rdir / CALIBRATION_FILE)
     (out / MARKER).write_text(f"rendered from {source}\n", encoding="utf-8")
     return Rendered(out, router["model_name"], names[:-1], oracle["name"], written, remote)
+
+
+def _check_trtllm_rendering(
+    planned: list[trtllm_spec.PlannedModel], models: list[trtllm_spec.TrtllmModel], templates: Path
+) -> None:
+    """The TensorRT-LLM engines' four configs, filled, against the facts of the backend they target (and,
+    inside NVIDIA's container, against its own tensorrt_llm template), before anything is written: a config
+    that backend would refuse to load, or would misread, is an error here (trtllm_facts)."""
+    if not models:
+        return
+    kinds = set(trtllm_spec.TEMPLATE_DIRS.values())
+    texts = {}
+    for pm in planned:
+        if pm.template in kinds:
+            config = templates / pm.template / "config.pbtxt"
+            if not config.is_file():
+                raise SpecError(f"model {pm.name!r}: template {config} not found")
+            texts[pm.name] = fill(config.read_text(encoding="utf-8"), pm.values, str(config))
+    tpl = trtllm_facts.container_template()
+    container = tpl.read_text(encoding="utf-8") if tpl is not None else None
+    for m in models:
+        problems = trtllm_spec.check_rendered(m, texts, container)
+        if problems:
+            raise SpecError(
+                f"model {m.name!r}: the rendered configs do not fit the tensorrtllm backend of TensorRT-LLM "
+                f"{m.trtllm_version} ({m.backend_facts.id}):\n  - " + "\n  - ".join(problems)
+            )
 
 
 def _merged_engine(entry: dict[str, Any], engine_block: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:

@@ -203,17 +203,21 @@ def _json_num(v: float | None) -> float | None:
 
 
 def merge_engine_responses(parts: list[EngineResponse]) -> EngineResponse:
-    """One reply from a decoupled engine's responses: streamed text deltas concatenated, token
-    counts and log-probabilities summed where every part has them (a single part is returned as is)."""
+    """One reply from a decoupled engine's responses: streamed text deltas concatenated, token counts
+    summed where every part has them (each streamed TensorRT-LLM response's ``sequence_length`` counts
+    its own new tokens), and ``cum_log_probs`` the last value sent: a streaming TensorRT-LLM engine sends
+    the running cumulative log-probability with every response, so the last one is the request's (a sum
+    would count the early tokens again and again). A single part is returned as is; the router does not
+    ask engines to stream, so today every engine reply is one part."""
     if len(parts) == 1:
         return parts[0]
     tokens = [p.output_tokens for p in parts]
-    lps = [p.cum_log_prob for p in parts]
+    lps = [p.cum_log_prob for p in parts if p.cum_log_prob is not None]
     last = next((p for p in reversed(parts) if p.has_answer), None)
     return EngineResponse(
         text_output="".join(p.text_output for p in parts),
         output_tokens=None if None in tokens else sum(tokens),  # type: ignore[arg-type]
-        cum_log_prob=None if None in lps else float(sum(lps)),  # type: ignore[arg-type]
+        cum_log_prob=float(lps[-1]) if lps else None,
         answer=last.answer if last else None,
         has_answer=last is not None,
     )

@@ -17,16 +17,25 @@ model (so each model has its own tokenizer and chat template, and its own GPUs):
 - ``NAME_tensorrt_llm``: the engine (``backend: "tensorrtllm"``, decoupled, in-flight batching,
   ``gpu_device_ids``, ``exclude_input_in_output``, KV-cache cap);
 - ``NAME_postprocessing``: detokenization and the output token count (Python).
+
+Each repository is rendered for one TensorRT-LLM version (``trtllm_version``: the installed one inside
+the container, else the spec's, else the default image's) and its configs are held against the facts
+of that version's backend (``trtllm_facts``, ``deploy/trtllm_backend_facts.json``): the parameters it
+reads without a fallback, the request names and types it reads. ``check_model`` refuses shapes
+TensorRT-LLM cannot build or run (head sizes without attention kernels, uneven TP splits).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import trtllm_facts
 
 # --- architectures ----------------------------------------------------------------------------
 
@@ -132,13 +141,21 @@ class Architecture:
         return CONVERT_EXAMPLE[self.model_type]
 
     @property
+    def layer_params(self) -> int:
+        """Weights of one decoder layer: attention with GQA (q, k, v, o) and the gated MLP (norms omitted)."""
+        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        return h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size
+
+    @property
+    def embedding_params(self) -> int:
+        """One vocabulary x hidden table (the input embedding; lm_head is another unless tied)."""
+        return self.vocab_size * self.hidden_size
+
+    @property
     def params_b(self) -> float:
         """Parameters in billions, from the shapes (embeddings, attention with GQA, gated MLP)."""
-        h, q, kv = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
-        attention = h * q + 2 * h * kv + q * h
-        mlp = 3 * h * self.intermediate_size
-        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return (self.num_hidden_layers * (attention + mlp) + embeddings) / 1e9
+        embeddings = self.embedding_params * (1 if self.tie_word_embeddings else 2)
+        return (self.num_hidden_layers * self.layer_params + embeddings) / 1e9
 
 
 # --- engine settings ---------------------------------------------------------------------------
@@ -150,6 +167,8 @@ SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 # and workspace, the executor's buffers. An estimate for the placement check, not a measurement.
 RUNTIME_OVERHEAD_GB = 3.0
 GPU_MEMORY_HEADROOM = 0.95  # plan at most this fraction of a GPU's memory
+# GPUs (node.gpu) without FP8 tensor cores: Volta, Turing, Ampere.
+NO_FP8_GPUS = r"(?i)\b(V100|T4|A100|A800|A10G?|A16|A30|A40|A2|RTX ?A\d+|A\d000)\b"
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{question}\n\nSolve the problem step by step. "
@@ -169,6 +188,8 @@ TRTLLM_KEYS = {
     # prompt and generation defaults (pre- and postprocessing)
     "prompt_template", "system_prompt", "chat_template", "stop", "end_id", "temperature", "top_k", "top_p", "seed",
     "max_tokens",
+    # the TensorRT-LLM version the repository is rendered for (default: the installed one, else the default image's)
+    "trtllm_version",
 }  # fmt: skip
 TRTLLM_DEFAULTS: dict[str, Any] = {
     "instance_count": 1,  # of the pre/postprocessing models (the engine model has one instance per GPU set)
@@ -200,6 +221,7 @@ TRTLLM_DEFAULTS: dict[str, Any] = {
     "top_p": 1.0,
     "seed": 0,
     "max_tokens": 512,
+    "trtllm_version": None,
 }
 
 
@@ -279,6 +301,11 @@ class TrtllmModel:
     max_queue_size: int = 0
     instance_count: int = 1
     generation: Generation = field(default_factory=Generation)
+    trtllm_version: str = trtllm_facts.DEFAULT_TRTLLM_VERSION  # the backend the repository is rendered for
+
+    @property
+    def backend_facts(self) -> trtllm_facts.BackendFacts:
+        return trtllm_facts.facts_for(self.trtllm_version)
 
     @property
     def world_size(self) -> int:
@@ -298,8 +325,19 @@ class TrtllmModel:
         return self.arch.params_b
 
     def weights_gb_per_gpu(self) -> float:
-        bytes_per_param = 1 if self.quantization == "fp8" else 2
-        return self.params_b * 1e9 * bytes_per_param / self.world_size / 2**30
+        """GiB of weights on the most loaded GPU, laid out as TensorRT-LLM's converters do by default: the
+        decoder layers split over TP x PP (FP8: one byte per weight), the whole embedding table on every
+        GPU of the first pipeline stage (``use_parallel_embedding`` is off by default: convert_checkpoint.py,
+        ``PretrainedConfig``), lm_head split over TP (vocabulary padded to a multiple of TP) on the last
+        stage; embedding and lm_head stay in the model dtype under FP8 (quantize.py quantizes lm_head only
+        with ``--quantize_lm_head``). Norms and FP8 scales are left out (well under 0.1%)."""
+        a = self.arch
+        layer_bytes = 1 if self.quantization == "fp8" else 2
+        layers = math.ceil(a.num_hidden_layers / self.pp_size) * a.layer_params * layer_bytes / self.tp_size
+        embedding = a.embedding_params * 2
+        lm_head = math.ceil(a.vocab_size / self.tp_size) * a.hidden_size * 2
+        ends = embedding + lm_head if self.pp_size == 1 else max(embedding, lm_head)
+        return (layers + ends) / 2**30
 
     def kv_bytes_per_token_per_gpu(self) -> int:
         kv_bytes = 1 if self.quantization == "fp8" else 2  # the fp8 path also quantizes the KV cache
@@ -451,6 +489,14 @@ def parse_model(name: str, e: dict[str, Any], rel: Callable[[Any], Path], where:
     frac = e["kv_cache_free_gpu_mem_fraction"]
     if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
         raise ValueError(f"{where}: kv_cache_free_gpu_mem_fraction must be in (0, 1], got {frac!r}")
+    tv = e.get("trtllm_version")
+    if tv is not None and not isinstance(tv, str):
+        raise ValueError(f'{where}: trtllm_version must be a version string, e.g. "0.20.0" (quoted), got {tv!r}')
+    version = trtllm_facts.resolve_version(tv, where)
+    try:
+        trtllm_facts.facts_for(version)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     try:
         gen = Generation(
             prompt_template=e["prompt_template"],
@@ -494,14 +540,25 @@ def parse_model(name: str, e: dict[str, Any], rel: Callable[[Any], Path], where:
         max_queue_size=_int(e, "max_queue_size", where, 0),
         instance_count=_int(e, "instance_count", where),
         generation=gen,
+        trtllm_version=version,
     )
     check_model(m, where)
     return m
 
 
 def check_model(m: TrtllmModel, where: str) -> None:
-    """Checks of one engine on its own: parallelism against the architecture, lengths, budgets."""
+    """Checks of one engine on its own: what TensorRT-LLM refuses to build or run (head size, splits of
+    the weights over TP / PP), lengths, budgets."""
     a = m.arch
+    sizes = trtllm_facts.head_sizes()
+    if a.head_dim not in sizes:
+        raise ValueError(
+            f"{where}: head_dim {a.head_dim} (hidden_size {a.hidden_size} / {a.num_attention_heads} attention heads"
+            f"{'' if a.head_dim * a.num_attention_heads == a.hidden_size else ', or head_dim in config.json'}) is not "
+            f"a head size TensorRT-LLM's attention kernels support ({', '.join(map(str, sizes))}; "
+            f"{trtllm_facts.head_sizes_source()}): the engine would build and then fail at its first generation "
+            "step with 'unsupported head_size'"
+        )
     if a.num_key_value_heads % m.tp_size:
         raise ValueError(
             f"{where}: tp_size {m.tp_size} does not divide the model's {a.num_key_value_heads} KV heads "
@@ -509,6 +566,12 @@ def check_model(m: TrtllmModel, where: str) -> None:
         )
     if a.num_attention_heads % m.tp_size:
         raise ValueError(f"{where}: tp_size {m.tp_size} does not divide {a.num_attention_heads} attention heads")
+    if a.intermediate_size % m.tp_size:
+        raise ValueError(
+            f"{where}: tp_size {m.tp_size} does not divide intermediate_size {a.intermediate_size}: the checkpoint "
+            "converter splits the MLP weights over the TP ranks, and uneven pieces do not fit the engine's per-rank "
+            "shapes"
+        )
     if a.num_hidden_layers % m.pp_size:
         raise ValueError(f"{where}: pp_size {m.pp_size} does not divide {a.num_hidden_layers} layers")
     if len(m.gpu_device_ids) != m.world_size:
@@ -550,6 +613,18 @@ def check_placement(models: Iterable[TrtllmModel], node: Node, where: str) -> di
     without caps the first engine loaded takes the GPU); then, and on every GPU when the node's
     memory is known, the planned memory must fit."""
     models = list(models)
+    versions = sorted({m.trtllm_version for m in models})
+    if len(versions) > 1:
+        raise ValueError(
+            f"{where}: the engines name different TensorRT-LLM versions ({', '.join(versions)}); one server runs one "
+            "container: give trtllm_version once, in the engine block"
+        )
+    fp8 = [m.name for m in models if m.quantization == "fp8"]
+    if fp8 and node.gpu and re.search(NO_FP8_GPUS, node.gpu):
+        raise ValueError(
+            f"{where}: {', '.join(fp8)} quantize to FP8, which needs compute capability 8.9 or later (Ada, Hopper, "
+            f"Blackwell); node.gpu is {node.gpu!r}: use quantization: none"
+        )
     by_gpu: dict[int, list[TrtllmModel]] = {}
     for m in models:
         for g in m.gpu_device_ids:
@@ -590,6 +665,10 @@ TEMPLATE_DIRS = {
 }
 PROMPT_FILE = "prompt.json"
 EXECUTOR_WORKER = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
+# Parameters the pre/postprocessing models read with REQUIRED (trtllm.PreprocessingModel / PostprocessingModel;
+# tests/test_trtllm_facts.py holds these lists to the code).
+PREPROCESSING_REQUIRED = ("tokenizer_dir", "prompt", "max_input_len", "max_seq_len", "max_tokens")
+POSTPROCESSING_REQUIRED = ("tokenizer_dir", "prompt")
 
 
 @dataclass
@@ -624,6 +703,8 @@ def plan(m: TrtllmModel, python_path: str, max_input_chars: int) -> list[Planned
                 "params_b": round(m.params_b, 3),
                 "tp_size": m.tp_size,
                 "quantization": m.quantization,
+                "trtllm_version": m.trtllm_version,
+                "seed_input": m.backend_facts.names["seed"],
             },
         ),
         PlannedModel(
@@ -670,6 +751,10 @@ def plan(m: TrtllmModel, python_path: str, max_input_chars: int) -> list[Planned
                 "max_queue_delay_microseconds": m.max_queue_delay_microseconds,
                 "max_queue_size": m.max_queue_size,
                 "executor_worker_path": EXECUTOR_WORKER,
+                "trtllm_version": m.trtllm_version,
+                "backend_facts": m.backend_facts.id,
+                "seed_input": m.backend_facts.names["seed"],
+                "min_tokens_input": m.backend_facts.names["min_tokens"],
             },
         ),
         PlannedModel(
@@ -687,3 +772,27 @@ def plan(m: TrtllmModel, python_path: str, max_input_chars: int) -> list[Planned
             {PROMPT_FILE: prompt},
         ),
     ]
+
+
+def check_rendered(m: TrtllmModel, texts: dict[str, str], container_template: str | None = None) -> list[str]:
+    """The four rendered configs of engine ``m`` (``texts``: model name -> config.pbtxt text) against the
+    facts of the backend ``m`` targets (``trtllm_facts``), and the ``tensorrt_llm`` one against the
+    container's own template when there is one. Returns the problems, each naming its model."""
+    f = m.backend_facts
+    pre, eng, post = sub_model_names(m.name)
+    parsed = {}
+    for n in (m.name, pre, eng, post):
+        try:
+            parsed[n] = trtllm_facts.parse_pbtxt(texts[n])
+        except trtllm_facts.PbtxtError as exc:
+            return [f"{n}: config.pbtxt is not protobuf text ({exc})"]
+    problems = [f"{eng}: {p}" for p in trtllm_facts.check_engine_config(parsed[eng], f)]
+    problems += [f"{m.name}: {p}" for p in trtllm_facts.check_ensemble_config(parsed[m.name], eng, f)]
+    problems += [f"{pre}: {p}" for p in trtllm_facts.check_python_config(parsed[pre], list(PREPROCESSING_REQUIRED))]
+    problems += [f"{post}: {p}" for p in trtllm_facts.check_python_config(parsed[post], list(POSTPROCESSING_REQUIRED))]
+    if container_template is not None:
+        problems += [
+            f"{eng}: {p} (container template {trtllm_facts.CONTAINER_TEMPLATE})"
+            for p in trtllm_facts.check_against_container_template(parsed[eng], container_template, f)
+        ]
+    return problems
