@@ -34,6 +34,13 @@ SETUPS = {
             "tora_70b=0.0009,0.0009",
         ],
     },
+    # Setup A with ToRA-Code-34B (MIT) as a possible middle tier: the search decides where it goes.
+    "A34": {
+        "committee": "metamath_7b,abelrepo_7b,tora_7b,tora_code_34b",
+        "oracle": "tora_70b",
+        "cost": "flops",
+        "extra": [],
+    },
     "B": {
         "committee": "fgenie_chatgpt_pal,faithfulcot_gpt-3.5-turbo_COT,reread_gpt-3.5-turbo_re2_cot",
         "oracle": "mot_gpt4_cot1_greedy",
@@ -93,14 +100,27 @@ def main() -> int:
         "| agreement-only ref (acc @ saving) | eval s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    chosen = []
     for name, setup in SETUPS.items():
-        lines.append(row(f"{name}: oracle parity (adaptive, arbiter)", run(traces, out, f"{name}_parity", setup)))
+        parity = run(traces, out, f"{name}_parity", setup)
+        lines.append(row(f"{name}: oracle parity (pyramid search, arbiter)", parity))
+        for k, sched in enumerate(parity["schedules"]):
+            stages = " -> ".join(f"{'+'.join(s['agents'])} (tau {s['threshold']:.3f})" for s in sched)
+            chosen.append(f"| {name} | {k + 1} | {stages} -> {setup['oracle']} |")
         lines.append(
             row(
                 f"{name}: one stage, no arbiter",
                 run(traces, out, f"{name}_plain", setup, "--no-adaptive", "--no-arbiter"),
             )
         )
+    lines += [
+        "",
+        "Schedule chosen in each outer fold (stages cumulative):",
+        "",
+        "| setup | fold | schedule |",
+        "|---|---|---|",
+    ]
+    lines += chosen
     lines += ["", "| oracle-rate target | setup | requested | realised | error (points) |", "|---|---|---|---|---|"]
     for name, setup in SETUPS.items():
         for rate in (0.2, 0.3, 0.4):

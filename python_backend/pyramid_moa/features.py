@@ -90,6 +90,9 @@ class FeatureSet(ABC):
     """Maps a question and the outputs of a fixed, ordered agent list to a feature vector."""
 
     name: str = ""
+    # True where the features are the same whichever agent said what (no per-agent feature). A vote
+    # weighted per agent would break that, so the fit keeps such sets on a plain plurality vote.
+    symmetric: bool = False
 
     def __init__(self, agents: Sequence[str], numeric: bool = True, weights: Sequence[float] | None = None) -> None:
         if len(agents) == 0:
@@ -204,6 +207,7 @@ class SymmetricFeatures(FeatureSet):
     """
 
     name = "symmetric"
+    symmetric = True
 
     @property
     def names(self) -> list[str]:

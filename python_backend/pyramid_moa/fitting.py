@@ -330,7 +330,9 @@ class RouterFit:
         t0 = time.perf_counter()
         self.data, self.rows, self.cost_kind = data, rows, cost_kind
         self.feature_set, self.calibrator, self.seed, self.traces = feature_set, calibrator, seed, traces
-        self.use_arbiter, self.weighted_vote, self.max_depth = arbiter, weighted_vote, max_depth
+        # A symmetric feature set (e.g. for a transfer to other agents) keeps a plain plurality vote.
+        symmetric = make_feature_set(feature_set, data.committee).symmetric
+        self.use_arbiter, self.weighted_vote, self.max_depth = arbiter, weighted_vote and not symmetric, max_depth
         self.numeric = data.task != "text"
         self.oracle_ok = data.correct(data.answers(data.oracle))[rows]
         self.oracle_cost = data.call_costs(cost_kind, data.oracle)[rows]
