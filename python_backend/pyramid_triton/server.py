@@ -28,7 +28,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -244,7 +244,7 @@ class TritonServer:
         new = [f for f in shm.glob(SHM_GLOB) if str(f) not in before]
         if not new:
             return
-        in_use = _mapped_shm_files()
+        in_use = mapped_shm_files()
         for f in new:
             if str(f) not in in_use:
                 try:
@@ -270,10 +270,11 @@ _READY_PROBE = (
 )
 
 
-def _mapped_shm_files() -> set[str]:
-    """/dev/shm files mapped or open by any live process we can inspect (never remove those)."""
+def mapped_shm_files(pids: Iterable[int] | None = None) -> set[str]:
+    """/dev/shm files mapped or open by ``pids`` (default: every live process we can inspect)."""
     used: set[str] = set()
-    for proc in Path("/proc").iterdir():
+    procs = [Path(f"/proc/{pid}") for pid in pids] if pids is not None else Path("/proc").iterdir()
+    for proc in procs:
         if not proc.name.isdigit():
             continue
         try:

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import COMMITTEE, ROOT
-from .test_lifecycle import shm_of
-from .test_multihost import _netns_permitted
+from .test_lifecycle import network_namespace
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -52,18 +51,12 @@ def _pod(calibration: Path, tmp: Path) -> tuple[list[str], list[str], dict[str, 
 
 @pytest.fixture
 def namespace():
-    why = _netns_permitted()
-    if why:
-        pytest.skip(why)
-    ns = f"pmoa-{os.getpid()}-h"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-    yield ns
-    subprocess.run(["ip", "netns", "del", ns], check=False)
+    with network_namespace("h") as ns:  # port 8000 is free there, as in a pod
+        yield ns
 
 
 def test_rendered_liveness_probe_fails_when_an_engine_stub_is_dead(deployment, namespace, tmp_path):
-    from pyramid_triton.server import find_tritonserver, server_env, spawn_child, stop_child
+    from pyramid_triton.server import find_tritonserver, mapped_shm_files, server_env, spawn_child, stop_child
     from pyramid_triton.supervisor import stub_processes
 
     command, probe, pod_env, repo = _pod(deployment.calibration, tmp_path)
@@ -92,7 +85,7 @@ def test_rendered_liveness_probe_fails_when_an_engine_stub_is_dead(deployment, n
             assert time.monotonic() < deadline, "the agents tier's server did not become ready"
             time.sleep(0.5)
         stubs = stub_processes(proc.pid)  # `ip netns exec` execs tritonserver: proc.pid is the server's own
-        regions = shm_of([proc.pid, *(pid for _, pid in stubs.values())])
+        regions = mapped_shm_files([proc.pid, *(pid for _, pid in stubs.values())])
         assert {m for m, _ in stubs.values()} == set(COMMITTEE)
 
         healthy = run(probe)

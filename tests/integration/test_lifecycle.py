@@ -15,6 +15,7 @@ other address refuses connections; with ``HOST=0.0.0.0`` it answers on both.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pyramid_triton.server import mapped_shm_files as shm_of
 
 from .conftest import ROOT
 from .test_multihost import _netns_permitted
@@ -75,23 +78,6 @@ def alive(procs: dict[int, str]) -> list[int]:
         if _start_time(pid) == st and state != "Z":
             left.append(pid)
     return left
-
-
-def shm_of(pids) -> set[str]:
-    """/dev/shm files that ``pids`` have mapped or open."""
-    out = set()
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-                if "/dev/shm/" in line:
-                    out.add(line.split(None, 5)[-1].replace(" (deleted)", ""))
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("/dev/shm/"):
-                    out.add(target)
-        except OSError:
-            continue
-    return out
 
 
 def _sig_ignored(pid: int, sig: int) -> bool:
@@ -175,10 +161,22 @@ def make_serve(deployment, tmp_path):
         ms.kill_all()
 
 
-def _assert_nothing_left(ms: MakeServe, regions: set[str]) -> None:
+def _signal_and_check(ms: MakeServe, pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``pid``; make serve must exit, leaving no process of its tree and none of its shm regions."""
+    regions = shm_of(ms.procs)
+    assert regions, "the server had no shm region mapped: nothing to check"
+    server = ms.server_pid()
+    os.kill(pid, sig)
+    ms.wait_exit()
+    if sig == signal.SIGKILL:  # no cleanup code runs: tritonserver's parent-death signal must do it
+        deadline = time.monotonic() + 60  # tritonserver's graceful stop (its exit timeout is 30 s)
+        while alive({server: ms.procs[server]}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    else:
+        assert f"{sig.name}: stopping" in ms.text()
+        assert not (ms.out / "serve" / "admin-key").exists()  # the per-run key ends with the run
     assert alive(ms.procs) == [], f"left running: {alive(ms.procs)}"
-    assert regions and not [r for r in regions if Path(r).exists()], f"shm regions left: {regions}"
-    assert not (ms.out / "serve" / "admin-key").exists()  # the per-run key ends with the run
+    assert not [r for r in regions if Path(r).exists()], f"shm regions left: {regions}"
 
 
 def test_sigterm_to_make_serve_stops_everything(make_serve):
@@ -192,36 +190,18 @@ def test_sigterm_to_make_serve_stops_everything(make_serve):
     key = key_file.read_text().strip()
     assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key) >= 32
     assert key not in ms.text() and f"'pyramid-admin-key': key {key[:4]}…" in ms.text()
-    regions = shm_of(ms.procs)
-    os.kill(ms.make_pid, signal.SIGTERM)
-    ms.wait_exit()
-    _assert_nothing_left(ms, regions)
-    assert "SIGTERM: stopping" in ms.text()
+    _signal_and_check(ms, ms.make_pid, signal.SIGTERM)
 
 
 def test_sigint_stops_the_server_although_the_parent_ignored_it(make_serve):
     ms = make_serve()
-    wrapper = ms.wrapper_pid()
-    assert _sig_ignored(wrapper, signal.SIGINT) is False  # the wrapper installed its own handler
-    regions = shm_of(ms.procs)
-    os.kill(wrapper, signal.SIGINT)
-    ms.wait_exit()
-    _assert_nothing_left(ms, regions)
-    assert "SIGINT: stopping" in ms.text()
+    assert _sig_ignored(ms.wrapper_pid(), signal.SIGINT) is False  # the wrapper installed its own handler
+    _signal_and_check(ms, ms.wrapper_pid(), signal.SIGINT)
 
 
 def test_a_killed_wrapper_takes_tritonserver_down(make_serve):
     ms = make_serve()
-    server = ms.server_pid()
-    regions = shm_of(ms.procs)
-    os.kill(ms.wrapper_pid(), signal.SIGKILL)  # no cleanup code runs: the parent-death signal must do it
-    ms.wait_exit()
-    deadline = time.monotonic() + 60  # tritonserver's graceful stop (its exit timeout is 30 s)
-    while alive({server: ms.procs[server]}) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = alive(ms.procs)
-    assert left == [], f"left running: {left}"
-    assert not [r for r in regions if Path(r).exists()], f"shm regions left: {regions}"
+    _signal_and_check(ms, ms.wrapper_pid(), signal.SIGKILL)
 
 
 def _reachable(ns: str, addr: str, port: str) -> bool:
@@ -237,22 +217,30 @@ def _reachable(ns: str, addr: str, port: str) -> bool:
     return subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", code, url], timeout=30).returncode == 0
 
 
-@pytest.fixture
-def namespace():
+@contextlib.contextmanager
+def network_namespace(suffix: str, *setup: list[str]):
+    """A fresh network namespace ``pmoa-PID-<suffix>`` with loopback up and ``ip -n NS <setup...>`` run in it;
+    removed on exit. Skips (saying why) where namespaces cannot be made."""
     why = _netns_permitted()
     if why:
         pytest.skip(why)
-    ns = f"pmoa-{os.getpid()}-l"
+    ns = f"pmoa-{os.getpid()}-{suffix}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        # a veth pair with both ends inside the namespace: a second address, and no way out of it
-        for cmd in (["link", "set", "lo", "up"], ["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-                    ["addr", "add", f"{NS_ADDR}/24", "dev", "d0"], ["link", "set", "d0", "up"],
-                    ["link", "set", "d1", "up"]):  # fmt: skip
+        for cmd in (["link", "set", "lo", "up"], *setup):
             subprocess.run(["ip", "-n", ns, *cmd], check=True)
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture
+def namespace():
+    # a second address on a veth pair with both ends inside the namespace: no way out of it
+    with network_namespace("l", ["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+                           ["addr", "add", f"{NS_ADDR}/24", "dev", "d0"], ["link", "set", "d0", "up"],
+                           ["link", "set", "d1", "up"]) as ns:  # fmt: skip
+        yield ns
 
 
 def test_make_serve_listens_on_loopback_unless_asked(make_serve, namespace):
