@@ -166,7 +166,7 @@ class RequestLog:
         (the record itself is never in it), or None."""
         if not self.enabled:
             return None
-        rec = {"ts": round(self.clock(), 3), **record}
+        rec = {**record, "ts": round(self.clock(), 3)}  # wall time: the file's age bound reads it back
         if self.content:
             rec["text_input"], rec["text_output"] = prompt, answer
         if self.redact is not None:
