@@ -1,5 +1,5 @@
-"""Run the gateway as a child process: ``make serve``, ``make demo``, the benchmark and the tests
-start it the same way, and stop it by its own PID.
+"""Run the gateway as a child process: ``make serve`` (``pyramid_triton.server --openai-port``, beside
+tritonserver), ``make demo``, the benchmark and the tests start it the same way, and stop it by its own PID.
 """
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, Any
+
+Spawn = Callable[[Sequence[str], dict[str, str], "IO[bytes] | None"], subprocess.Popen]
+
+
+def _popen(cmd: Sequence[str], env: dict[str, str], out: IO[bytes] | None) -> subprocess.Popen:
+    return subprocess.Popen(list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 class GatewayError(RuntimeError):
@@ -19,7 +27,12 @@ class GatewayError(RuntimeError):
 
 
 class GatewayProcess:
-    """``python -m pyramid_gateway`` on ``host:port`` against Triton's gRPC ``triton_url``."""
+    """``python -m pyramid_gateway`` on ``host:port`` against Triton's gRPC ``triton_url``.
+
+    A ``pyramid_triton.server.Child`` (``name``, ``start``, ``running``, ``stop``). ``spawn``: how the
+    process is started (``make serve`` passes ``spawn_child``: its own session, a parent-death signal)."""
+
+    name = "gateway"
 
     def __init__(
         self,
@@ -29,11 +42,14 @@ class GatewayProcess:
         log_path: Path | None = None,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        spawn: Spawn = _popen,
+        stdout: IO[Any] | None = None,
     ) -> None:
         self.triton_url, self.port, self.host = triton_url, port, host
-        self.log_path, self.extra_args, self.env = log_path, list(extra_args or []), env
+        self.log_path, self.extra_args, self.env, self.spawn = log_path, list(extra_args or []), env, spawn
+        self.stdout = stdout  # where its log goes when there is no log_path (make serve: the terminal)
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -52,12 +68,12 @@ class GatewayProcess:
 
     def start(self, timeout_s: float = 30.0, wait_ready: bool = True) -> GatewayProcess:
         """Start it and wait until it answers (``/health/ready`` when ``wait_ready``, else ``/health/live``)."""
-        out = subprocess.DEVNULL
+        out = self.stdout
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = out = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ if self.env is None else self.env)
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.proc = self.spawn(self.command(), env, out)
         path = "/health/ready" if wait_ready else "/health/live"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -74,6 +90,9 @@ class GatewayProcess:
             time.sleep(0.1)
         self.stop()
         raise GatewayError(f"the gateway did not answer {path} within {timeout_s:.0f} s{self._tail()}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def _tail(self) -> str:
         if self.log_path is None or not self.log_path.is_file():

@@ -440,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--admin-key-out", type=Path, help="write a generated admin key here (0600) for tools to use")
     ap.add_argument("--spec", type=Path, help="the deployment spec: security.inference_key puts inference behind a key")
     ap.add_argument("--inference-key-out", type=Path, help="write a generated inference key here (0600) for clients")
+    ap.add_argument("--openai-port", type=int, default=0, help="also run the OpenAI-compatible gateway (0: do not)")
     args = ap.parse_args(argv)
     try:
         admin = resolve_admin_key(args.admin_key_file)
@@ -467,15 +468,24 @@ def main(argv: list[str] | None = None) -> int:
         out, env = args.inference_key_out, access.INFERENCE_KEY_FILE_ENV
         written.append(_announce_key("inference", access.INFERENCE_HEADER, inference, out, env))
 
+    children: list[Child] = [server]
+    if args.openai_port:  # the gateway (gateway/, pyramid_gateway) beside the server, stopped with it
+        from pyramid_gateway.process import GatewayProcess  # noqa: PLC0415
+
+        route = ["--model-repository", str(args.repository)]  # the router's engines, from its rendered config
+        gateway = GatewayProcess(server.grpc_url, args.openai_port, args.host, extra_args=route, spawn=spawn_child)
+        children.append(gateway)
+
     def ready() -> None:
+        openai = f", OpenAI API http://{server.connect_host}:{args.openai_port}/v1" if args.openai_port else ""
         print(
-            f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url} "
+            f"ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}{openai} "
             "(SIGTERM or Ctrl-C stops)",
             flush=True,
         )
 
     try:
-        return run_foreground([server], ready)
+        return run_foreground(children, ready)
     finally:
         for f in written:
             if f is not None:
