@@ -7,7 +7,9 @@
    (its ``fitted_on.idx``): the per-question table and the summary (accuracy, oracle-call rate,
    cost relative to always-oracle, latency); results in ``--json``;
 3. one escalating question of the sample streamed over HTTP (``pyramid ask --stream``): the
-   committee's provisional answer, then the oracle's.
+   committee's provisional answer, then the oracle's;
+4. the OpenAI-compatible gateway (gateway/, ``pyramid_gateway``) started beside the server, and that
+   question asked once more through the official ``openai`` Python SDK.
 
 Exit status: 0 when every request succeeded; 1 when the server failed to start or a request
 failed; 2 on bad arguments or a missing rendering/calibration.
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "python_backend", ROOT / "client"):
+for _p in (ROOT / "python_backend", ROOT / "client", ROOT / "gateway"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
@@ -81,11 +83,46 @@ def main(argv: list[str] | None = None) -> int:
                 idx, question = escalated
                 print(f"== pyramid ask --stream (question {idx}, escalated above), HTTP ==", flush=True)
                 rc = max(rc, ask_main([question, "--url", f"http://{server.http_url}", "--stream"]))
+            question = escalated[1] if escalated is not None else _first_question(Path(args.questions))
+            rc = max(rc, _ask_openai(server.grpc_url, repo, log.with_name("gateway.log"), question))
     except ServerError as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1
     print(f"\ntritonserver stopped; demo {'ok' if rc == 0 else 'FAILED'}", flush=True)
     return rc
+
+
+def _ask_openai(grpc_url: str, repo: Path, log: Path, question: str) -> int:
+    """Step 4: the gateway on a free port, one question through the official OpenAI SDK."""
+    import openai  # noqa: PLC0415
+
+    from pyramid_gateway.process import GatewayError, GatewayProcess  # noqa: PLC0415
+    from pyramid_triton.server import free_ports  # noqa: PLC0415
+
+    port = free_ports(1)[0]
+    print(f"\n== the openai SDK through the OpenAI-compatible gateway (port {port}, log {log}) ==", flush=True)
+    try:
+        with GatewayProcess(grpc_url, port, log_path=log, extra_args=["--model-repository", str(repo)]) as gw:
+            client = openai.OpenAI(base_url=gw.url, api_key="unused")
+            print(f'client = openai.OpenAI(base_url="{gw.url}", api_key="unused")')
+            print('client.chat.completions.create(model="pyramid", messages=[{"role": "user", "content": question}])')
+            r = client.chat.completions.create(model="pyramid", messages=[{"role": "user", "content": question}])
+    except (GatewayError, openai.OpenAIError) as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+    p = r.model_extra["pyramid"]
+    print(f"question: {question}")
+    print(f"answer:   {p['answer']} (tier {p['tier']}, escalated {p['escalated']}, cost {p['cost']})")
+    print(
+        f"usage:    {r.usage.prompt_tokens} prompt + {r.usage.completion_tokens} completion tokens over {len(p['calls'])} calls"
+    )
+    print(f"text:     {r.choices[0].message.content[:300]}", flush=True)
+    return 0
+
+
+def _first_question(questions: Path) -> str:
+    line = next(ln for ln in questions.read_text(encoding="utf-8").splitlines() if ln.strip())
+    return json.loads(line)["question"]
 
 
 def _first_escalated(results: Path, questions: Path) -> tuple[int, str] | None:
