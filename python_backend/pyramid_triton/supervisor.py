@@ -84,13 +84,15 @@ class Supervisor:
     def _run(self) -> None:
         known = stub_processes(self.server_pid)
         suspects: set[str] = set()
+        failed: set[str] = set()
         while not self._stop.wait(self.interval_s):
             now = stub_processes(self.server_pid)
             gone = {model for inst, (model, _) in known.items() if inst not in now}
             # Dead: a stub gone while its model still reports ready, twice in a row (an unload in progress
-            # can show a gone stub and a still-ready model once; a model that is not ready was unloaded).
-            ready_gone = {m for m in gone if self._ready(m)}
-            dead = sorted(ready_gone & suspects)
+            # can show a gone stub and a still-ready model once; a model that is not ready was unloaded),
+            # or a model whose reload failed (it may be left unloaded by then): retried every round.
+            ready_gone = {m for m in gone - failed if self._ready(m)}
+            dead = sorted((ready_gone & suspects) | (gone & failed))
             suspects = ready_gone - set(dead)
             failed = set()
             for model in dead:

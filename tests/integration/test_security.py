@@ -12,6 +12,7 @@ wrapper's output.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -226,13 +227,22 @@ def test_with_the_key_model_control_works_over_http_and_grpc(secured, tmp_path):
 
 
 def test_the_supervisor_still_recovers_a_killed_engine_stub(secured):
+    """With a wrong key the supervisor's reload is refused and retried; with the server's key it recovers."""
+    from pyramid_triton import access
     from pyramid_triton.supervisor import stub_processes
 
-    before = len(secured.supervisor.restarts)
+    sup = secured.supervisor
+    before, right, sup.log = len(sup.restarts), sup.admin_key, io.StringIO()
+    sup.admin_key = access.Key("not-the-key-0123456789", "test")
     victim = next(pid for model, pid in stub_processes(secured.proc.pid).values() if model == VICTIM)
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(secured.supervisor.restarts) == before:
+    while sup.log.getvalue().count("reload failed") < 2:  # refused, then refused again on the retry
+        assert time.monotonic() < deadline, sup.log.getvalue()
+        time.sleep(0.2)
+    assert "403" in sup.log.getvalue() and len(sup.restarts) == before
+    sup.admin_key = right
+    while time.monotonic() < deadline and len(sup.restarts) == before:
         time.sleep(0.2)
     assert [m for _, m in secured.supervisor.restarts[before:]] == [VICTIM]
     now = {model: pid for model, pid in stub_processes(secured.proc.pid).values()}
