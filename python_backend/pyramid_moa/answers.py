@@ -3,7 +3,7 @@
 The router decides by *agreement between answers*, so two agents that wrote the
 same number in different clothes ("$1,200.", "\\boxed{1200}", "1200.0") must map to
 the same key. Extractors are registered by task name so a new task (multiple
-choice, code, free text) is one function plus one ``register_extractor`` call.
+choice (``choice.py``), code, free text) is one function plus one ``register_extractor`` call.
 
 Normalization follows the shared GSM8K trace README: strip ``,`` ``$`` ``%``,
 a trailing ``.`` and ``\\boxed{}``; a string that is not a plain number must hold
@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .choice import choice_equal, extract_choice
 
 NUMERIC_TOLERANCE = 1e-4
 
@@ -113,9 +115,15 @@ class AnswerTask:
     """How one task turns raw text into a comparable answer key, and compares keys."""
 
     name: str
-    extract: Callable[[str | None], str | None]
+    extract: Callable[..., str | None]
     equal: Callable[[str | None, str | None], bool]
     numeric: bool
+    # True where extraction reads the question too (``choice`` maps an option's text to its letter).
+    uses_question: bool = False
+
+    def extract_for(self, text: str | None, question: str | None = None) -> str | None:
+        """The answer key of ``text``, given the question when the task can use it."""
+        return self.extract(text, question) if self.uses_question else self.extract(text)
 
 
 _REGISTRY: dict[str, AnswerTask] = {}
@@ -150,3 +158,4 @@ def answer_key(answer: str | None, numeric: bool = True) -> str | None:
 
 register_extractor(AnswerTask("gsm8k", extract_gsm8k, numbers_equal, numeric=True))
 register_extractor(AnswerTask("text", normalize_text, text_equal, numeric=False))
+register_extractor(AnswerTask("choice", extract_choice, choice_equal, numeric=False, uses_question=True))
