@@ -15,6 +15,11 @@ more than the best schedule already found is never scored (``prune``).
 Each stage's answer is a reliability-weighted vote (``fit_vote_weights``), so a
 larger model added at a later stage is not outvoted by smaller ones that agree
 by chance.
+
+What "correct" means is the data's ``labels`` (``RoutingData.correct``): against gold, or against
+the oracle's own answer (label-free: a router fitted so reproduces the oracle at lower cost, and
+its floor target is ``max_disagreement``). Nothing here branches on it; the arbiter, trained where
+exactly one of committee and oracle is right, finds no such case under oracle labels and is off.
 """
 
 from __future__ import annotations
@@ -33,7 +38,13 @@ from .dataset import RoutingData
 from .features import ARBITER_FEATURES, AgentOutput, arbiter_features, committee_vote, make_feature_set, vote_weights
 from .router import replay_schedule
 
-TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop")
+TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop", "max_disagreement")
+# Floor targets: the cheapest threshold whose accuracy under the data's labels is >= the oracle's
+# minus the value. Under gold labels that is an accuracy drop; under oracle labels the oracle's own
+# "accuracy" is the share of questions it answered, so the gap is the share of all questions whose
+# returned answer differs from the oracle's (a question the oracle gave no answer on counts for none).
+FLOOR_KINDS = ("max_accuracy_drop", "max_disagreement")
+TARGET_LABELS = {"max_accuracy_drop": "gold", "max_disagreement": "oracle"}
 INNER_FOLDS = 5
 MAX_GRID = 120  # last-stage threshold candidates
 MAX_DEPTH = 3  # stages below the oracle that the search considers by default
@@ -55,13 +66,27 @@ class Target:
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
             raise ValueError(f"unknown target {self.kind!r}; use one of {TARGET_KINDS}")
-        if self.kind in ("oracle_rate", "max_accuracy_drop") and not 0.0 <= self.value <= 1.0:
+        if self.kind != "cost" and not 0.0 <= self.value <= 1.0:
             raise ValueError(f"target {self.kind} must be within [0, 1], got {self.value}")
         if self.kind == "cost" and self.value <= 0:
             raise ValueError(f"target cost must be positive (relative to always-oracle), got {self.value}")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "value": self.value}
+
+    @property
+    def floor(self) -> bool:
+        return self.kind in FLOOR_KINDS
+
+    def check_labels(self, labels: str) -> None:
+        """A floor target is stated in one kind of labels: refuse it under the other."""
+        need = TARGET_LABELS.get(self.kind)
+        if need is not None and need != labels:
+            other = next(k for k, v in TARGET_LABELS.items() if v == labels)
+            raise ValueError(
+                f"target {self.kind} needs {need} labels, and these are {labels} labels; "
+                f"use --{other.replace('_', '-')} (or --target-oracle-rate / --target-cost)"
+            )
 
 
 def schedule_shapes(
@@ -217,7 +242,7 @@ def _robust_acc(ev: Evaluated, n_stage1: int) -> np.ndarray:
 
 def _feasible(ev: Evaluated, target: Target, oracle_acc: float, n_questions: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows of ``ev`` that meet ``target``, a sort key per row: larger is better)."""
-    if target.kind == "max_accuracy_drop":
+    if target.floor:
         ok = _robust_acc(ev, ev.n_early) >= oracle_acc - target.value - 1e-12
         return ok, np.c_[-ev.cost, ev.acc]
     if target.kind == "cost":
@@ -257,6 +282,9 @@ def _oof_and_fit(X: np.ndarray, y: np.ndarray, calibrator: str, seed: int) -> tu
 
 
 WEIGHT_STEPS = (0.0, 0.25, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0)
+# Weights replace a plain plurality only when they raise the vote's accuracy on the fitting questions
+# by at least this much: a smaller in-sample gain is within noise and did not carry over (setup A).
+MIN_WEIGHT_GAIN = 0.005
 
 
 def fit_vote_weights(keys: list[list[str | None]], correct: np.ndarray, passes: int = 3) -> list[float]:
@@ -265,7 +293,8 @@ def fit_vote_weights(keys: list[list[str | None]], correct: np.ndarray, passes: 
     ``keys[a][j]``: agent ``a``'s answer key on question ``j``; ``correct[a, j]``: whether it is
     right. Starts from the log-odds weights of the agents' own accuracies (``vote_weights``) and
     improves one weight at a time by a few multiplicative steps; a change is kept only if it
-    raises accuracy. Few parameters, so little room to overfit; equal weights win ties.
+    raises accuracy. Few parameters, so little room to overfit; equal weights are kept unless the
+    weights beat them by ``MIN_WEIGHT_GAIN``.
     """
     m, n = correct.shape
     same = np.zeros((n, m, m))
@@ -295,7 +324,7 @@ def fit_vote_weights(keys: list[list[str | None]], correct: np.ndarray, passes: 
                     w, best, improved = trial, got, True
         if not improved:
             break
-    if accuracy(plural) >= best - 1e-12:
+    if accuracy(plural) >= best - MIN_WEIGHT_GAIN:
         return plural.tolist()
     return (w / w.max()).tolist()
 
@@ -327,6 +356,8 @@ class RouterFit:
         if len(rows) < 40:
             raise ValueError(f"too few questions to calibrate: {len(rows)} (need at least 40)")
         data.cost_model.require(cost_kind, [*data.committee, data.oracle])
+        if target is not None:
+            target.check_labels(data.labels)
         t0 = time.perf_counter()
         self.data, self.rows, self.cost_kind = data, rows, cost_kind
         self.feature_set, self.calibrator, self.seed, self.traces = feature_set, calibrator, seed, traces
@@ -354,7 +385,7 @@ class RouterFit:
         for shape in [first, *rest]:
             if target is not None and shape is not first:
                 bound = self._first_stage_cost(shape[0])
-                if (target.kind == "max_accuracy_drop" and bound >= best_cost) or (
+                if (target.floor and bound >= best_cost) or (
                     target.kind == "cost" and bound > target.value + 1e-12
                 ):
                     self.pruned += 1
@@ -366,7 +397,7 @@ class RouterFit:
             ev = evaluate_grid(cand)
             self.cands.append(cand)
             self.evs.append(ev)
-            if target is not None and target.kind == "max_accuracy_drop":
+            if target is not None and target.floor:
                 ok, _ = _feasible(ev, target, oracle_acc, len(rows))
                 if ok.any():
                     best_cost = min(best_cost, float(ev.cost[ok].min()))
@@ -467,7 +498,30 @@ class RouterFit:
         final = np.where(use_committee, com_ok, base)
         return {"feature_names": ARBITER_FEATURES, "calibrator": cal.to_dict()}, final
 
+    def expected(self, cand: Candidate, taus: np.ndarray) -> dict:
+        """What ``cand`` at thresholds ``taus`` does on the fitting questions (out-of-fold), in the
+        figures a live router can watch without labels: the oracle-call rate, and the fidelity of
+        accepted answers (the share of accepted committee answers that equal the oracle's, where the
+        oracle answered), whatever labels the fit used. The drift alarms compare live traffic with it."""
+        d, rows = self.data, self.rows
+        rp = replay_schedule(cand.oof, cand.all_failed, np.asarray(taus, float)[None, :])
+        stage = rp.accepted[0]
+        by_oracle = d.with_labels("oracle")
+        agree = np.zeros(len(rows), bool)
+        for s, (agents, w) in enumerate(zip(cand.stages, cand.weights)):
+            agree |= (stage == s) & by_oracle.correct(d.features(self.feature_set, agents, w)[1])[rows]
+        answered = np.array([a is not None for a in d.answers(d.oracle)])[rows]
+        watched = (stage >= 0) & answered
+        return {
+            "oracle_call_rate": float(rp.escalated[0].mean()),
+            "accepted_fidelity": float(agree[watched].mean()) if watched.any() else None,
+            "n_questions": int(len(rows)),
+            "n_accepted_with_oracle": int(watched.sum()),
+            "of": "out-of-fold on the fitting questions, at the artifact's thresholds",
+        }
+
     def artifact(self, target: Target, single_stage: bool = False) -> CalibrationArtifact:
+        target.check_labels(self.data.labels)
         idx = [k for k, c in enumerate(self.cands) if not single_stage or len(c.stages) == 1]
         ci, j = choose([self.evs[k] for k in idx], target, float(self.oracle_ok.mean()), len(self.rows))
         ci = idx[ci]
@@ -490,6 +544,7 @@ class RouterFit:
             cost_model=d.cost_model,
             fitted_on={
                 "traces": self.traces,
+                "labels": d.labels,
                 "n_questions": len(self.rows),
                 "idx": [d.idxs[r] for r in self.rows],
                 "inner_folds": INNER_FOLDS,
@@ -498,6 +553,7 @@ class RouterFit:
             },
             task=d.task,
             fit_summary={
+                "labels": d.labels,  # what oof_accuracy / oracle_accuracy are measured against
                 "oof_accuracy": float(ev.acc[j]),
                 "oracle_accuracy": float(self.oracle_ok.mean()),
                 "oof_oracle_call_rate": float(ev.rate[j]),
@@ -506,6 +562,7 @@ class RouterFit:
                 "schedules_pruned": self.pruned,
                 "max_depth": self.max_depth,
                 "search_seconds": round(self.search_seconds, 3),
+                "expected": self.expected(cand, ev.taus[j]),
                 # What one call of each model costs on average (the server's "relative to one oracle
                 # call" needs the oracle's output length on requests where it is not called).
                 "mean_output_tokens": {
