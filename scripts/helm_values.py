@@ -116,7 +116,7 @@ def _engine_tier(
         "spec": spec,
         "renderArgs": ["--engines-only"],
         # TensorRT-LLM: orchestrator mode (each engine spawns its workers on its GPUs), as make serve-gpu runs it
-        "command": ["bash", f"{project_root}/scripts/serve_gpu.sh", "/repository"]
+        "command": ["bash", f"{project_root}/scripts/serve_gpu.sh", "/repository", *restricted_args(ADMIN_KEY_IN_POD)]
         if trtllm
         else ["tritonserver", *TRITON_ARGS, *restricted_args(ADMIN_KEY_IN_POD)],
         "resources": {

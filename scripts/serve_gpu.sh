@@ -8,15 +8,19 @@
 #                                          $GPU_CALIBRATION if that file exists, else the engines only (no router:
 #                                          record traces with pyramid record, calibrate, then serve again)
 #        scripts/serve_gpu.sh REPOSITORY   serve an already rendered repository
+#        Further arguments go to tritonserver as they are (the Helm chart passes its restricted-API flags, whose
+#        key is shown masked in the command line this script prints; docs/SECURITY.md).
 # env:   GPU_REPO (out/model_repository/<profile>), GPU_CALIBRATION, HTTP_PORT/GRPC_PORT/METRICS_PORT
 #        (8000/8001/8002), LOG_VERBOSE (0), PYTHON (python3), TRITONSERVER (/opt/tritonserver/bin/tritonserver),
 #        MPIRUN (mpirun)
 set -euo pipefail
 
-if [ $# -ne 1 ]; then
-  echo "usage: $0 SPEC.yaml | REPOSITORY" >&2
+if [ $# -lt 1 ]; then
+  echo "usage: $0 SPEC.yaml | REPOSITORY [TRITONSERVER_ARGS...]" >&2
   exit 2
 fi
+target=$1
+shift
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TRITONSERVER=${TRITONSERVER:-/opt/tritonserver/bin/tritonserver}
 MPIRUN=${MPIRUN:-mpirun}
@@ -27,9 +31,9 @@ if [ ! -x "$TRITONSERVER" ] || [ ! -d "$(dirname "$TRITONSERVER")/../backends/te
   exit 2
 fi
 
-case "$1" in
+case "$target" in
   *.yaml|*.yml)
-    spec=$1
+    spec=$target
     profile=$(basename "$spec"); profile=${profile%.*}
     repo=${GPU_REPO:-$ROOT/out/model_repository/$profile}
     render=("$PYTHON" "$ROOT/scripts/render_repository.py" "$spec" --out "$repo")
@@ -46,7 +50,7 @@ case "$1" in
     "${render[@]}"
     ;;
   *)
-    repo=$1
+    repo=$target
     ;;
 esac
 if [ ! -d "$repo" ]; then
@@ -75,5 +79,7 @@ for ((i = 0; i < ngpus; i++)); do
   args+=("--cuda-memory-pool-byte-size=$i:0")
 done
 
-echo "+ $MPIRUN --allow-run-as-root -n 1 $TRITONSERVER ${args[*]}" >&2
+args+=("$@")
+# never print a restricted API's key (--http-restricted-api=APIS:HEADER=KEY)
+echo "+ $MPIRUN --allow-run-as-root -n 1 $TRITONSERVER ${args[*]}" | sed -E 's/(restricted-(api|protocol)=[^ =]*=)[^ ]*/\1****/g' >&2
 exec "$MPIRUN" --allow-run-as-root -n 1 "$TRITONSERVER" "${args[@]}"

@@ -113,7 +113,7 @@ def test_gpu_tiers_get_their_gpus_shm_node_selection_and_model_store(rendered):
         if gpus:
             assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
             assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-            assert c["command"][-2].endswith("scripts/serve_gpu.sh")  # orchestrator mode, as make serve-gpu
+            assert c["command"][1].endswith("scripts/serve_gpu.sh")  # orchestrator mode, as make serve-gpu
             assert "--engines-only" in init["command"]
             claim = next(v for v in pod["volumes"] if v["name"] == "model-store")
             assert claim["persistentVolumeClaim"]["claimName"] == values["modelStore"]["claimName"]
@@ -307,3 +307,41 @@ def test_a_spec_with_an_inference_key_keys_the_routers_inference_only(calibratio
             ]
         else:  # the router calls the engines without it; the NetworkPolicy guards them
             assert "PYRAMID_INFERENCE_KEY" not in env and inference == []
+
+
+def test_gpu_tiers_pass_the_restricted_flags_through_serve_gpu_without_printing_the_key(rendered, tmp_path):
+    """The TensorRT-LLM tiers' rendered command (scripts/serve_gpu.sh), run with stand-ins for mpirun and
+    tritonserver (no GPU here): tritonserver gets the restricted-API flags; the printed command line masks the key."""
+    import os
+    import subprocess
+
+    values = make_values(ROOT / "deploy" / "gpu-8x80gb.yaml", engines_only=True, project_root=str(ROOT))
+    docs = helm_check.manifests(helm_check.render_chart(values, RELEASE, NAMESPACE))
+    c = by_kind(docs, "Deployment")[f"{FULL}-agents"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][:3] == ["bash", f"{ROOT}/scripts/serve_gpu.sh", "/repository"]
+    key = "k" * 48
+    (tmp_path / "repository").mkdir()
+    cmd = [a.replace("$(PYRAMID_ADMIN_KEY)", key) for a in c["command"]]
+    cmd[2] = str(tmp_path / "repository")
+    (tmp_path / "backends" / "tensorrtllm").mkdir(parents=True)
+    (tmp_path / "bin").mkdir()
+    fake_triton, fake_mpirun = tmp_path / "bin" / "tritonserver", tmp_path / "bin" / "mpirun"
+    fake_triton.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
+    fake_mpirun.write_text('#!/bin/sh\nshift 3\nexec "$@"\n')  # --allow-run-as-root -n 1 TRITONSERVER ARGS...
+    for f in (fake_triton, fake_mpirun):
+        f.chmod(0o755)
+    env = {
+        **os.environ,
+        "TRITONSERVER": str(fake_triton),
+        "MPIRUN": str(fake_mpirun),
+        "ARGS_OUT": str(tmp_path / "args"),
+    }
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    got = (tmp_path / "args").read_text().splitlines()
+    apis = "model-repository,model-config,shared-memory,logging,trace"
+    assert got[-2:] == [
+        f"--http-restricted-api={apis}:pyramid-admin-key={key}",
+        f"--grpc-restricted-protocol={apis}:pyramid-admin-key={key}",
+    ]
+    assert key not in r.stdout + r.stderr and "pyramid-admin-key=****" in r.stderr
