@@ -14,7 +14,7 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf helm-check soak calibrate-replay
+.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf helm-check soak calibrate-replay perf-gateway
 # Deployment profile: deploy/$(PROFILE).yaml (replay: recorded outputs; llamacpp: Gemma 3 270M on llama.cpp).
 PROFILE ?= replay
 # replay (the default): the committed calibration and the committed, directly servable top-level
@@ -74,8 +74,13 @@ bench-serving: $(STAMP) $(REPLAY_CALIBRATION)  ## router overhead and routed/dir
 setup-perf: $(STAMP)  ## perf_analyzer 2.60 (private Debian 13 glibc) + genai-perf 0.0.16 (own venv) in ~/.cache/pyramid-moa
 	bash scripts/install_perf_analyzer.sh $(VENV)
 
+# Not part of make test (a benchmark, about 2 minutes): the OpenAI gateway against the same requests over gRPC,
+# side by side (added latency p50/p99 at c=1, throughput at c=16), and genai-perf --endpoint-type chat against it.
+perf-gateway: setup-perf render  ## the OpenAI gateway vs the gRPC path: added latency, throughput ratio, genai-perf chat
+	$(PY) scripts/bench_gateway.py --repository $(SERVE_REPO) --out $(OUT)/bench_gateway --genai-perf $(PERF_GATEWAY_ARGS)
+
 # Not part of make test (a benchmark, about 9 minutes). PERF_ARGS: e.g. --quick, --no-genai-perf, --rounds 7.
-perf: setup-perf $(REPLAY_CALIBRATION)  ## load test: perf_analyzer sweeps of pyramid vs one engine, GPU-like latency check, genai-perf
+perf: setup-perf $(REPLAY_CALIBRATION) perf-gateway  ## load test: perf_analyzer sweeps of pyramid vs one engine, GPU-like latency check, genai-perf (also against the OpenAI gateway)
 	$(PY) scripts/perf.py --calibration $(REPLAY_CALIBRATION) --out $(OUT)/perf $(PERF_ARGS)
 
 soak: $(STAMP) $(REPLAY_CALIBRATION)  ## 64 clients for 300 s against the replay profile: nothing lost, router RSS
@@ -114,11 +119,13 @@ HOST ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# The OpenAI-compatible gateway (gateway/, README "OpenAI-compatible API") beside tritonserver; 0: none.
+OPENAI_PORT ?= 9000
 ADMIN_KEY_FILE ?=
-serve: render  ## real tritonserver in the foreground with deploy/$(PROFILE).yaml (SIGTERM or Ctrl-C stops; HOST, *_PORT)
+serve: render  ## real tritonserver + the OpenAI gateway in the foreground, deploy/$(PROFILE).yaml (SIGTERM or Ctrl-C stops both; HOST, *_PORT)
 	exec $(PY) -m pyramid_triton.server $(SERVE_REPO) --host $(HOST) --http-port $(HTTP_PORT) \
 	  --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --admin-key-out $(OUT)/serve/admin-key \
-	  --spec deploy/$(PROFILE).yaml --inference-key-out $(OUT)/serve/inference-key \
+	  --spec deploy/$(PROFILE).yaml --inference-key-out $(OUT)/serve/inference-key --openai-port $(OPENAI_PORT) \
 	  $(if $(ADMIN_KEY_FILE),--admin-key-file $(ADMIN_KEY_FILE))
 
 # --- GPU deployment: TensorRT-LLM engines behind the router (README "GPU deployment", docs/GPU.md) -------------
