@@ -95,7 +95,9 @@ def test_gpu_tiers_get_their_gpus_shm_node_selection_and_model_store(rendered):
     values, docs = rendered["gpu-8x80gb.yaml"]
     deps = by_kind(docs, "Deployment")
     assert set(deps) == {f"{FULL}-router", f"{FULL}-agents", f"{FULL}-oracle"}
-    want_gpus = {"router": None, "agents": 3, "oracle": 4}  # GPUs 0-2 and 4-7 of the spec
+    spec = load_spec(ROOT / "deploy" / "gpu-8x80gb.yaml")  # each engine tier: the GPUs its engines use
+    agent_gpus = {g for a in spec["agents"] for g in a["gpu_device_ids"]}
+    want_gpus = {"router": None, "agents": len(agent_gpus), "oracle": len(spec["oracle"]["gpu_device_ids"])}
     for tier, gpus in want_gpus.items():
         pod = deps[f"{FULL}-{tier}"]["spec"]["template"]["spec"]
         c = pod["containers"][0]
