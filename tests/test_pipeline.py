@@ -135,7 +135,7 @@ def test_sweep_matches_router_route_exactly(routing_data):
         exact = ev.route_artifact(art, test, threshold=tau)
         fast = ev.sweep_artifact(prep, test, tau)
         assert np.array_equal(exact.escalated, fast.escalated)
-        assert np.array_equal(exact.correct, fast.correct)
+        assert np.array_equal(exact.answers, fast.answers)
         assert np.allclose(exact.costs["usd"], fast.costs["usd"])
 
 
@@ -249,5 +249,5 @@ def test_sweep_matches_router_route_with_failures(routing_data):
         exact = ev.route_artifact(art, test, threshold=tau)
         fast = ev.sweep_artifact(prep, test, tau)
         assert np.array_equal(exact.escalated, fast.escalated), tau
-        assert np.array_equal(exact.correct, fast.correct), tau
+        assert np.array_equal(exact.answers, fast.answers), tau
         assert np.allclose(exact.costs["usd"], fast.costs["usd"]), tau

@@ -3,11 +3,18 @@
 Built once from a trace directory; features for any agent subset, labels and
 per-call costs are derived from it, so fitting and evaluation never re-read
 files and every number comes from the same aligned rows.
+
+*Labels*: what "a committee answer is correct" means is the one thing ``labels`` says, read by
+``correct``: ``gold`` compares with the gold answers; ``oracle`` with the oracle's own answer under
+the task's equality (no gold is read), so a router fitted on it reproduces the oracle at lower
+cost. Where the reference is missing (no gold, or the oracle gave no answer) nothing is correct.
+``with_labels`` gives the same rows under the other labels (caches shared), so the evaluator can
+score a policy by both.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -15,6 +22,8 @@ from .answers import get_task
 from .cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
 from .features import AgentOutput, make_feature_set
 from .traces import TraceError, TraceSet
+
+LABELS = ("gold", "oracle")
 
 
 @dataclass
@@ -27,6 +36,7 @@ class RoutingData:
     outputs: dict[str, list[AgentOutput]]
     cost_model: CostModel
     task: str = "gsm8k"
+    labels: str = "gold"  # what correct() compares with: "gold" or "oracle" (see the module doc)
     _cost_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _feature_cache: dict[tuple, tuple[np.ndarray, list[str | None]]] = field(default_factory=dict)
 
@@ -34,9 +44,26 @@ class RoutingData:
     def n(self) -> int:
         return len(self.idxs)
 
+    def __post_init__(self) -> None:
+        if self.labels not in LABELS:
+            raise ValueError(f"unknown labels {self.labels!r}; use one of {LABELS}")
+
+    @property
+    def has_gold(self) -> bool:
+        """Every question has a gold answer."""
+        return all(g is not None for g in self.gold)
+
+    def reference(self) -> list[str | None]:
+        """Per question, the answer ``correct`` compares with under ``labels``."""
+        return list(self.gold) if self.labels == "gold" else self.answers(self.oracle)
+
+    def with_labels(self, labels: str) -> RoutingData:
+        """The same rows under other labels (feature and cost caches shared)."""
+        return self if labels == self.labels else replace(self, labels=labels)
+
     def correct(self, answers: list[str | None]) -> np.ndarray:
         eq = get_task(self.task).equal
-        return np.array([eq(a, g) for a, g in zip(answers, self.gold)], dtype=bool)
+        return np.array([g is not None and eq(a, g) for a, g in zip(answers, self.reference())], dtype=bool)
 
     def answers(self, name: str) -> list[str | None]:
         return [o.answer for o in self.outputs[name]]
@@ -104,8 +131,14 @@ def load_routing_data(
     task: str = "gsm8k",
     params: dict[str, list[float]] | None = None,
     prices: dict[str, list[float]] | None = None,
+    labels: str | None = None,
 ) -> RoutingData:
-    """Align first samples of the committee and oracle on a common question set."""
+    """Align first samples of the committee and oracle on a common question set.
+
+    ``labels``: ``gold``, ``oracle``, or None for ``gold`` when every question has a gold answer
+    and ``oracle`` otherwise. ``gold`` on questions without gold is an error naming the file."""
+    if labels is not None and labels not in LABELS:
+        raise ValueError(f"unknown labels {labels!r}; use one of {LABELS}")
     if len(committee) < 2:
         raise TraceError(f"a committee needs at least two agents, got {committee}")
     if len(set(committee)) != len(committee) or oracle in committee:
@@ -137,4 +170,13 @@ def load_routing_data(
         models[n] = ModelCost(p_b, p_in, p_out)
     questions = [ts.questions[i].question for i in idxs]
     gold = [ts.questions[i].gold for i in idxs]
-    return RoutingData(idxs, questions, gold, list(committee), oracle, outputs, CostModel(models), task)
+    missing = [i for i, g in zip(idxs, gold) if g is None]
+    if labels is None:
+        labels = "oracle" if missing else "gold"
+    if labels == "gold" and missing:
+        how = "it was recorded without gold answers" if len(missing) == len(idxs) else f"first: idx {missing[:5]}"
+        raise TraceError(
+            f"{ts.root / 'questions.jsonl'}: {len(missing)} of {len(idxs)} questions have no gold answer ({how}); "
+            "--labels gold needs one for every question: use --labels oracle (agreement with the oracle)"
+        )
+    return RoutingData(idxs, questions, gold, list(committee), oracle, outputs, CostModel(models), task, labels)

@@ -7,6 +7,11 @@ out-of-fold probabilities; the held-out fold is then routed by the same
 ``Router`` code the server runs. Every question is scored exactly once, by
 a model that never saw it. With ``--calibration`` the given artifact is
 scored on the questions it was *not* fitted on.
+
+A policy's outcome is the answer it returns per question; every point is scored twice from it:
+``accuracy`` against gold (None when some question has none) and ``fidelity`` against the oracle
+(1 - ``disagreement``: the share of all questions whose returned answer differs from the oracle's
+answer, where it gave one). What the fit learns from is the data's ``labels`` (gold or oracle).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .answers import get_task
 from .artifact import CalibrationArtifact
 from .dataset import RoutingData
 from .fitting import MAX_DEPTH, Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
@@ -31,7 +37,7 @@ SWEEP_POINTS = 50
 class Outcome:
     """Per-question results of one policy over the evaluated rows."""
 
-    correct: np.ndarray
+    answers: np.ndarray  # (object) the answer returned per question
     escalated: np.ndarray
     costs: dict[str, np.ndarray]  # cost kind -> per-question absolute cost
     threshold: float | None = None
@@ -44,15 +50,31 @@ class Evaluator:
         self.data = data
         self.cost_kind = cost_kind
         self.kinds = data.cost_kinds()
+        self.equal = get_task(data.task).equal
+        self.oracle_answers = _objects(data.answers(data.oracle))
+        self.gold = _objects(data.gold) if data.has_gold else None
+        # The oracle's correctness under the fit's labels (what fitted baselines are chosen by).
         self.oracle_ok = data.correct(data.answers(data.oracle))
         self.cost = {k: {m: data.call_costs(k, m) for m in [*data.committee, data.oracle]} for k in self.kinds}
 
     # ---- turning outcomes into the JSON contract -------------------------------------------
+    def agree(self, answers: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Per question: ``answers`` equals ``reference`` under the task's equality (a missing reference: no)."""
+        return np.array([r is not None and self.equal(a, r) for a, r in zip(answers, reference)], dtype=bool)
+
+    def gold_ok(self, answers: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+        return None if self.gold is None else self.agree(answers, self.gold[rows])
+
     def point(self, o: Outcome, rows: np.ndarray) -> dict:
         d = self.data
+        ok = self.gold_ok(o.answers, rows)
+        oracle = self.oracle_answers[rows]
+        differ = (oracle != None) & ~self.agree(o.answers, oracle)  # noqa: E711 (elementwise)
         out = {
-            "accuracy": float(o.correct.mean()),
-            "oracle_accuracy": float(self.oracle_ok[rows].mean()),
+            "accuracy": None if ok is None else float(ok.mean()),
+            "oracle_accuracy": None if ok is None else float(self.gold_ok(oracle, rows).mean()),
+            "fidelity": float(1.0 - differ.mean()),
+            "disagreement": float(differ.mean()),
             "oracle_call_rate": float(o.escalated.mean()),
             "cost_model": self.cost_kind,
             "threshold": o.threshold,
@@ -76,16 +98,15 @@ class Evaluator:
         """Route each question through ``Router.route``: the exact decision path of the server."""
         d = self.data
         router = art.router()
-        eq = router.task.equal
-        correct, esc = np.zeros(len(rows), bool), np.zeros(len(rows), bool)
+        answers, esc = np.empty(len(rows), object), np.zeros(len(rows), bool)
         called = {m: np.zeros(len(rows)) for m in [*d.committee, d.oracle]}
         for j, r in enumerate(rows):
             res = router.route(d.questions[r], lambda m, r=r: d.outputs[m][r], threshold)
-            correct[j] = eq(res.answer, d.gold[r])
+            answers[j] = res.answer
             esc[j] = res.escalated
             for m in res.calls:
                 called[m][j] = 1.0
-        return Outcome(correct, esc, self.calls_cost(rows, called), threshold)
+        return Outcome(answers, esc, self.calls_cost(rows, called), threshold)
 
     def stage_probs(self, art: CalibrationArtifact, rows: np.ndarray) -> list[np.ndarray]:
         router = art.router()
@@ -95,24 +116,32 @@ class Evaluator:
         ]
 
     def sweep_prep(self, art: CalibrationArtifact, rows: np.ndarray) -> dict:
-        """Per-fold arrays the τ sweep reuses: stage probabilities, committee correctness and
-        all-failed masks per stage, and the correctness of the answer after escalating from each
-        stage (``Router.final_answer``, arbiter included; it does not depend on τ)."""
+        """Per-fold arrays the τ sweep reuses: stage probabilities, committee answers, their
+        correctness under the fit's labels and all-failed masks per stage, and the answer after
+        escalating from each stage (``Router.final_answer``, arbiter included; it does not depend on τ)."""
         d = self.data
         router = art.router()
         probs = self.stage_probs(art, rows)
-        committee_ok, failed, final_ok = [], [], []
+        committee, committee_ok, failed, final = [], [], [], []
         for s, st in enumerate(router.stages):
-            committee_ok.append(d.correct(d.features(art.feature_set, st.agents, st.features.weights)[1])[rows])
+            tops = d.features(art.feature_set, st.agents, st.features.weights)[1]
+            committee.append(_objects(tops)[rows])
+            committee_ok.append(d.correct(tops)[rows])
             failed.append(d.all_failed(st.agents)[rows])
-            fin = np.zeros(len(rows), bool)
+            fin = np.empty(len(rows), object)
             for j, r in enumerate(rows):
                 outs = [d.outputs[a][r] for a in st.agents]
                 dec = router.decide(s, d.questions[r], outs)
-                ans, _ = router.final_answer(d.questions[r], outs, dec, d.outputs[d.oracle][r])
-                fin[j] = router.task.equal(ans, d.gold[r])
-            final_ok.append(fin)
-        return {"router": router, "probs": probs, "committee_ok": committee_ok, "failed": failed, "final_ok": final_ok}
+                fin[j], _ = router.final_answer(d.questions[r], outs, dec, d.outputs[d.oracle][r])
+            final.append(fin)
+        return {
+            "router": router,
+            "probs": probs,
+            "committee": committee,
+            "committee_ok": committee_ok,
+            "failed": failed,
+            "final": final,
+        }
 
     def sweep_artifact(self, prep: dict, rows: np.ndarray, tau: float) -> Outcome:
         """The artifact's schedule with one threshold for every stage (the per-request override),
@@ -126,8 +155,8 @@ class Evaluator:
                 called[m] = rp.asked[0, s].astype(float)
         esc = rp.escalated[0]
         called[d.oracle] = esc.astype(float)
-        correct = rp.correct(prep["committee_ok"], prep["final_ok"])[0]
-        return Outcome(correct, esc.copy(), self.calls_cost(rows, called), tau)
+        answers = rp.correct(prep["committee"], prep["final"])[0]  # the same selection, of answers
+        return Outcome(answers, esc.copy(), self.calls_cost(rows, called), tau)
 
     def fixed(self, rows: np.ndarray) -> dict[str, Outcome]:
         """Baselines with nothing to fit."""
@@ -136,25 +165,27 @@ class Evaluator:
         zeros = np.zeros(n, bool)
         out: dict[str, Outcome] = {}
         ones = np.ones(n)
-        out["oracle_alone"] = Outcome(self.oracle_ok[rows], np.ones(n, bool), self.calls_cost(rows, {d.oracle: ones}))
+        out["oracle_alone"] = Outcome(
+            self.oracle_answers[rows], np.ones(n, bool), self.calls_cost(rows, {d.oracle: ones})
+        )
         for a in d.committee:
-            ok = d.correct(d.answers(a))[rows]
-            out[f"agent:{a}"] = Outcome(ok, zeros, self.calls_cost(rows, {a: ones}))
+            out[f"agent:{a}"] = Outcome(_objects(d.answers(a))[rows], zeros, self.calls_cost(rows, {a: ones}))
         X, tops = d.features("agreement", d.committee)
-        maj_ok = d.correct(tops)[rows]
+        maj = _objects(tops)[rows]
         all_called = {a: ones for a in d.committee}
-        out["majority_vote"] = Outcome(maj_ok, zeros, self.calls_cost(rows, all_called))
+        out["majority_vote"] = Outcome(maj, zeros, self.calls_cost(rows, all_called))
         unanimous = X[rows, 0] >= 1.0 - 1e-9
         esc = ~unanimous
         oracle_final = self._oracle_final(tops)[rows]
         out["unanimity_or_escalate"] = Outcome(
-            np.where(esc, oracle_final, maj_ok), esc, self.calls_cost(rows, all_called | {d.oracle: esc.astype(float)})
+            np.where(esc, oracle_final, maj), esc, self.calls_cost(rows, all_called | {d.oracle: esc.astype(float)})
         )
         return out
 
     def _oracle_final(self, committee_tops: list[str | None]) -> np.ndarray:
+        """The answer after escalation without an arbiter: the oracle's, the committee's where it gave none."""
         oans = self.data.answers(self.data.oracle)
-        return self.data.correct([o if o is not None else c for o, c in zip(oans, committee_tops)])
+        return _objects([o if o is not None else c for o, c in zip(oans, committee_tops)])
 
     def vote_cascade(self, fit_rows: np.ndarray, rows: np.ndarray, target: Target) -> Outcome:
         """MoT-cascade style: escalate when the vote share is below θ; θ fitted for the target."""
@@ -162,19 +193,22 @@ class Evaluator:
         X, tops = d.features("agreement", d.committee)
         share = X[:, 0]
         ok = d.correct(tops)
-        fin = self._oracle_final(tops)
+        fin_answers = self._oracle_final(tops)
+        fin = d.correct(list(fin_answers))
         ev = self._grid_eval(share[fit_rows], ok[fit_rows], fin[fit_rows], fit_rows, committee_first=True)
         _, j = choose([ev], target, float(self.oracle_ok[fit_rows].mean()), len(fit_rows))
         theta = float(ev.taus[j, 0])
         esc = share[rows] < theta
         called = {a: np.ones(len(rows)) for a in d.committee} | {d.oracle: esc.astype(float)}
-        return Outcome(np.where(esc, fin[rows], ok[rows]), esc, self.calls_cost(rows, called), theta)
+        answers = np.where(esc, fin_answers[rows], _objects(tops)[rows])
+        return Outcome(answers, esc, self.calls_cost(rows, called), theta)
 
     def prompt_only(self, fit_rows: np.ndarray, rows: np.ndarray, target: Target, seed: int) -> Outcome:
         """RouteLLM-style router on the question alone: committee *or* oracle, decided before any call."""
         d = self.data
         Q = question_features(d.questions)
-        ok = d.correct(d.features("agreement", d.committee)[1])
+        tops = d.features("agreement", d.committee)[1]
+        ok = d.correct(tops)
         oof, cal = _oof_and_fit(Q[fit_rows], ok[fit_rows], "logistic", seed)
         ev = self._grid_eval(oof, ok[fit_rows], self.oracle_ok[fit_rows], fit_rows, committee_first=False)
         _, j = choose([ev], target, float(self.oracle_ok[fit_rows].mean()), len(fit_rows))
@@ -182,7 +216,8 @@ class Evaluator:
         esc = cal.predict(Q[rows]) < tau
         com = (~esc).astype(float)
         called = {a: com for a in d.committee} | {d.oracle: esc.astype(float)}
-        return Outcome(np.where(esc, self.oracle_ok[rows], ok[rows]), esc, self.calls_cost(rows, called), tau)
+        answers = np.where(esc, self.oracle_answers[rows], _objects(tops)[rows])
+        return Outcome(answers, esc, self.calls_cost(rows, called), tau)
 
     def _grid_eval(
         self, p: np.ndarray, ok: np.ndarray, fin: np.ndarray, fit_rows: np.ndarray, committee_first: bool
@@ -229,17 +264,24 @@ def question_features(questions: list[str]) -> np.ndarray:
     return np.array(rows, float)
 
 
+def _objects(values) -> np.ndarray:
+    """A 1-D object array (answers: strings or None)."""
+    out = np.empty(len(values), object)
+    out[:] = list(values)
+    return out
+
+
 def _concat(parts: list[tuple[np.ndarray, Outcome]], n: int) -> Outcome:
     """Reassemble per-fold outcomes into question order."""
-    correct, esc = np.zeros(n, bool), np.zeros(n, bool)
+    answers, esc = np.empty(n, object), np.zeros(n, bool)
     kinds = parts[0][1].costs.keys()
     costs = {k: np.zeros(n) for k in kinds}
     for rows, o in parts:
-        correct[rows], esc[rows] = o.correct, o.escalated
+        answers[rows], esc[rows] = o.answers, o.escalated
         for k in kinds:
             costs[k][rows] = o.costs[k]
     thr = [o.threshold for _, o in parts if o.threshold is not None]
-    return Outcome(correct, esc, costs, float(np.mean(thr)) if thr else None)
+    return Outcome(answers, esc, costs, float(np.mean(thr)) if thr else None)
 
 
 def evaluate(
@@ -326,7 +368,9 @@ def evaluate(
     r = op["oracle_call_rate"]
     maj, orc = base_out["majority_vote"], base_out["oracle_alone"]
     rand = {key: (1 - r) * maj[key] + r * orc[key] if isinstance(maj[key], float) else maj[key] for key in maj}
-    rand.update({"oracle_call_rate": r, "accuracy": (1 - r) * maj["accuracy"] + r * orc["accuracy"]})
+    rand["oracle_call_rate"] = r
+    if maj["accuracy"] is not None:
+        rand["accuracy"] = (1 - r) * maj["accuracy"] + r * orc["accuracy"]
     for kind in ev.kinds:
         rand[f"mean_cost_{kind}"] = maj[f"mean_cost_{kind}"] + r * 1.0
     rand["mean_cost"] = rand[f"mean_cost_{cost_kind}"]
@@ -334,7 +378,8 @@ def evaluate(
     rand["oracle_accuracy"] = op["oracle_accuracy"]
     base_out["random_same_rate"] = rand
 
-    weak = sweep[0]["accuracy"]
+    score = "accuracy" if ev.gold is not None else "fidelity"  # APGR on gold where there is gold
+    weak = sweep[0][score]
     ok_rows = cal_y[rows_all].astype(bool)
     result = {
         "protocol": protocol,
@@ -346,7 +391,9 @@ def evaluate(
             "adaptive": adaptive,
             "max_depth": max_depth if adaptive else 1,
             "weighted_vote": weighted_vote,
-            "arbiter": arbiter if artifact is None else artifact.arbiter is not None,
+            "arbiter": any(art.arbiter is not None for _, _, art, _ in splits),
+            "labels": data.labels,
+            "scored_against": "gold and oracle" if ev.gold is not None else "oracle (no gold)",
             "target": target.to_dict(),
             "cost_models_available": ev.kinds,
             "prompt_tokens": "recorded prompt_tokens, else question chars/4 (every tier gets the same prompt)",
@@ -361,16 +408,20 @@ def evaluate(
             "auroc": auroc(cal_p[rows_all], ok_rows),
             "committee_accuracy": float(ok_rows.mean()),
             "reliability": reliability(cal_p[rows_all], ok_rows),
-            "of": "held-out P(full-committee plurality answer is correct)",
+            "of": f"held-out P(last stage's committee answer is correct), correct = equal to the {data.labels} answer",
         },
         "apgr": apgr(
             np.array([s["oracle_call_rate"] for s in sweep]),
-            np.array([s["accuracy"] for s in sweep]),
+            np.array([s[score] for s in sweep]),
             weak,
-            sweep[-1]["accuracy"],
+            sweep[-1][score],
         ),
         "budget_targeting_error": _targeting(target, op),
-        "mcnemar_p": mcnemar_p(ours_o.correct[rows_all], ev.oracle_ok[rows_all]),
+        "mcnemar_p": None
+        if ev.gold is None
+        else mcnemar_p(
+            ev.gold_ok(ours_o.answers[rows_all], rows_all), ev.gold_ok(ev.oracle_answers[rows_all], rows_all)
+        ),
         "schedules": schedules,
     }
     return result
@@ -407,7 +458,7 @@ def _fitted_baselines(
 
 
 def _sub(o: Outcome, rows: np.ndarray) -> Outcome:
-    return Outcome(o.correct[rows], o.escalated[rows], {k: v[rows] for k, v in o.costs.items()}, o.threshold, o.extra)
+    return Outcome(o.answers[rows], o.escalated[rows], {k: v[rows] for k, v in o.costs.items()}, o.threshold, o.extra)
 
 
 def _targeting(target: Target, op: dict) -> dict:
@@ -416,6 +467,9 @@ def _targeting(target: Target, op: dict) -> dict:
         requested = target.value
     elif target.kind == "cost":
         realised = op["mean_cost"]
+        requested = target.value
+    elif target.kind == "max_disagreement":
+        realised = op["disagreement"]
         requested = target.value
     else:
         realised = op["accuracy"]
