@@ -84,11 +84,13 @@ def calibration_for(symmetric_calibration, tmp_path_factory):
 
     def make(spec: Path) -> Path:
         d = yaml.safe_load(spec.read_text())
-        agents = [a["name"] for a in d["agents"]]
+        # the committee onto the spec's first agents (a spec may have more, e.g. an optional middle tier
+        # that a transferred calibration does not use), the oracle onto its oracle
+        agents = [a["name"] for a in d["agents"]][: len(symmetric_calibration["committee"])]
         new = [*agents, d["oracle"]["name"]]
         old = [*symmetric_calibration["committee"], symmetric_calibration["oracle"]]
         models, _ = load_trtllm_models(spec)
-        params = {m.name: [round(m.params_b, 3)] for m in models}
+        params = {m.name: [round(m.params_b, 3)] for m in models if m.name in new}
         art = relabel.relabel(symmetric_calibration, dict(zip(old, new)), params, {}, "test", "transfer (tests)")
         path = tmp / f"{spec.stem}.json"
         write_json_atomic(path, art)
@@ -246,6 +248,21 @@ def test_eight_gpu_node_layout():
         "mistralai/Mistral-7B-Instruct-v0.3",
         "Qwen/Qwen2.5-7B-Instruct",
     }
+    # the optional 32B middle tier on GPU 3: ~61 GiB of BF16 weights plus a capped KV cache fits one 80 GB card
+    middle = models[3]
+    assert (middle.hf_model, middle.gpu_device_ids, middle.tp_size) == ("Qwen/Qwen2.5-32B-Instruct", (3,), 1)
+    assert 60 < middle.weights_gb_per_gpu() < 62
+    assert middle.planned_gb_per_gpu() < node.gpu_memory_gb * trtllm_spec.GPU_MEMORY_HEADROOM
+
+
+def test_the_middle_tier_memory_plan_is_checked(tmp_path):
+    """A KV cache cap too large for the 32B's GPU is refused before anything is built, naming the GPU."""
+
+    def edit(d):
+        d["agents"][3]["max_tokens_in_paged_kv_cache"] = 131072  # ~32 GiB of KV on top of ~61 GiB of weights
+
+    with pytest.raises(SpecError, match="GPU 3 is planned at"):
+        load_trtllm_models(_spec(tmp_path, "gpu-8x80gb.yaml", edit))
 
 
 def test_four_gpu_fp8_node_layout():
@@ -269,6 +286,8 @@ def test_catalog_sizes_match_the_published_parameter_counts():
     assert size["meta-llama/Llama-3.1-70B-Instruct"] == pytest.approx(70.55, abs=0.05)
     assert size["mistralai/Mistral-7B-Instruct-v0.3"] == pytest.approx(7.25, abs=0.01)
     assert size["Qwen/Qwen2.5-7B-Instruct"] == pytest.approx(7.62, abs=0.02)
+    # 32,763,876,352 counted from its config.json with the QKV biases (the model card rounds to 32.5B)
+    assert size["Qwen/Qwen2.5-32B-Instruct"] == pytest.approx(32.76, abs=0.02)
 
 
 # --- what the renderer refuses ------------------------------------------------------------------
@@ -293,7 +312,7 @@ def _spec(tmp_path: Path, base: str, edit) -> Path:
         (lambda d: d["agents"][2].update(tp_size=8, gpu_device_ids=list(range(8))), r"tp_size 8 does not divide the model's 4 KV heads"),
         (lambda d: d["oracle"].update(gpu_device_ids=[4, 5, 6]), r"name 3 GPU\(s\); tp_size x pp_size = 4"),
         (lambda d: d["oracle"].update(gpu_device_ids=[5, 6, 7, 8]), r"placed on GPU 8; the node has 8 GPUs"),
-        (lambda d: d["oracle"].update(tp_size=1, gpu_device_ids=[3]), r"GPU 3 is planned at .* GiB"),
+        (lambda d: d["oracle"].update(tp_size=1, gpu_device_ids=[4]), r"GPU 4 is planned at .* GiB"),
         (lambda d: d["oracle"].update(gpu_device_ids=[4, 4, 5, 6]), r"lists a GPU twice"),
         (lambda d: d["agents"][0].update(max_tokens_in_paged_kv_cache=1000), r"cannot hold one request"),
         (lambda d: d["agents"][1].update(max_input_len=32768), r"exceeds the model's 32768 positions"),
@@ -325,7 +344,7 @@ def test_gpu_spec_needs_a_calibration_or_engines_only(tmp_path):
     with pytest.raises(SpecError, match="pyramid record"):
         render(spec, tmp_path / "repo")
     r = render(spec, tmp_path / "repo", engines_only=True)
-    assert not (r.out / "pyramid").exists() and len(r.models) == 16
+    assert not (r.out / "pyramid").exists() and len(r.models) == 20  # 5 engines x (ensemble + 3 models)
     parse_repository(r.out)
 
 

@@ -65,6 +65,11 @@ CATALOG: dict[str, dict[str, Any]] = {
         "hidden_size": 3584, "intermediate_size": 18944, "vocab_size": 152064,
         "max_position_embeddings": 32768, "tie_word_embeddings": False,
     },
+    "Qwen/Qwen2.5-32B-Instruct": {  # the optional middle tier of deploy/gpu-8x80gb.yaml
+        "model_type": "qwen2", "num_hidden_layers": 64, "num_attention_heads": 40, "num_key_value_heads": 8,
+        "hidden_size": 5120, "intermediate_size": 27648, "vocab_size": 152064,
+        "max_position_embeddings": 32768, "tie_word_embeddings": False,
+    },
 }  # fmt: skip
 
 ARCH_FIELDS = (
