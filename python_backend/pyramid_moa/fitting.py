@@ -520,9 +520,14 @@ class RouterFit:
             "of": "out-of-fold on the fitting questions, at the artifact's thresholds",
         }
 
-    def artifact(self, target: Target, single_stage: bool = False) -> CalibrationArtifact:
+    def artifact(self, target: Target, single_stage: bool = False, depth: int | None = None) -> CalibrationArtifact:
+        """The artifact of the best schedule for ``target``; ``single_stage`` (the ablation) or ``depth``
+        restrict the choice to schedules of one stage, or of exactly ``depth`` stages."""
         target.check_labels(self.data.labels)
-        idx = [k for k, c in enumerate(self.cands) if not single_stage or len(c.stages) == 1]
+        want = 1 if single_stage else depth
+        idx = [k for k, c in enumerate(self.cands) if want is None or len(c.stages) == want]
+        if not idx:
+            raise TargetUnreachable(f"no schedule of {want} stage(s) was fitted (max_depth {self.max_depth})")
         ci, j = choose([self.evs[k] for k in idx], target, float(self.oracle_ok.mean()), len(self.rows))
         ci = idx[ci]
         cand, ev = self.cands[ci], self.evs[ci]
