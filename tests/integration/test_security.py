@@ -290,3 +290,15 @@ def test_an_inference_key_puts_inference_behind_it_too(secured, traces, tmp_path
         g.close()
         # the admin key is a different key: it does not open inference
         assert _http(keyed, "POST", "/v2/models/pyramid/generate", body, access.http_headers(keyed.admin_key))[0] == 403
+
+
+def test_known_limit_the_backends_shm_regions_are_readable_by_local_users(secured):
+    """docs/SECURITY.md: the Python backend's /dev/shm regions (requests and responses in flight) are created
+    with mode 0644 by tritonserver 2.51 itself (a umask does not change it), so local users can read them."""
+    from pyramid_triton.server import mapped_shm_files
+    from pyramid_triton.supervisor import stub_processes
+
+    pids = [secured.proc.pid, *(pid for _, pid in stub_processes(secured.proc.pid).values())]
+    regions = [r for r in mapped_shm_files(pids) if "triton_python_backend_shm_region_" in r]
+    assert regions
+    assert {oct(Path(r).stat().st_mode & 0o777) for r in regions} == {"0o644"}
