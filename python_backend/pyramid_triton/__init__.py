@@ -13,7 +13,9 @@ Layout (after NVIDIA's ``tensorrt_llm_bls``: thin ``model.py`` files, logic else
 * ``trtllm_spec`` / ``trtllm`` / ``trtllm_convert`` / ``engine_build``: the GPU kind: NVIDIA's
   TensorRT-LLM model layout, its pre/postprocessing, checkpoint conversion, engine builds.
 * ``server``: start / wait / stop a real ``tritonserver`` process.
-* ``supervisor``: reload an engine whose stub process died (Triton 2.51 does not).
+* ``supervisor``: reload an engine whose stub process died (Triton 2.51 does not); the liveness check.
+* ``access``: the admin key (model control) and inference key: sources, tritonserver flags, headers.
+* ``request_log``: the router's per-request log (off by default, redaction hook, private bounded file).
 """
 
 __all__ = ["__version__"]
