@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "python_backend"), str(ROOT / "client")]
 
 from pyramid_moa.traces import TraceSet  # noqa: E402
-from pyramid_triton.render import render  # noqa: E402
+from pyramid_triton.perf import percentile, render_spec  # noqa: E402
 from pyramid_triton.server import TritonServer  # noqa: E402
 
 DEFAULT_CAL = "out/calibration/replay.json"
@@ -106,10 +106,6 @@ async def throughput(target: Target, questions: list[str], concurrency: int, sec
     return done / (time.perf_counter() - t0)
 
 
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(xs, q))
-
-
 async def measure(server: TritonServer, engine: str, questions: list[str], a: argparse.Namespace) -> dict:
     """Interleaved rounds (this VM's speed drifts by tens of percent within a minute): each round
     measures every target's latency block and throughput block back to back; ratios are taken
@@ -135,7 +131,8 @@ async def measure(server: TritonServer, engine: str, questions: list[str], a: ar
                 lat[t.key] += lat_r
             router_ms += routed.router_ms
             overheads.append(
-                pct(lat[routed.key][-(a.n // a.rounds) :], 50) - pct(lat[direct.key][-(a.n // a.rounds) :], 50)
+                percentile(lat[routed.key][-(a.n // a.rounds) :], 50)
+                - percentile(lat[direct.key][-(a.n // a.rounds) :], 50)
             )
             for t in targets:
                 thr[t.key].append(await throughput(t, questions, a.concurrency, a.seconds / a.rounds))
@@ -147,7 +144,8 @@ async def measure(server: TritonServer, engine: str, questions: list[str], a: ar
         stages[k] = statistics.median(d[k] for d in router_ms if k in d)
     return {
         "c1": {
-            m: {"p50_ms": pct(v, 50), "p90_ms": pct(v, 90), "p99_ms": pct(v, 99), "n": len(v)} for m, v in lat.items()
+            m: {"p50_ms": percentile(v, 50), "p90_ms": percentile(v, 90), "p99_ms": percentile(v, 99), "n": len(v)}
+            for m, v in lat.items()
         },
         "router_overhead_p50_ms": statistics.median(overheads),
         "router_overhead_p50_ms_rounds": overheads,
@@ -211,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     a = ap.parse_args(argv)
 
-    import yaml
-
     from pyramid_moa.artifact import load_artifact
 
     art = load_artifact(a.calibration)
@@ -223,13 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     router = art.router()
     escalated = sum(router.route(q, lambda n, i=i: _offline(ts, n, i)).escalated for i, q in zip(ok, questions))
     with tempfile.TemporaryDirectory() as tmp:
-        spec = yaml.safe_load(Path(a.spec).read_text(encoding="utf-8"))
-        spec.pop("calibration", None)
-        spec["engine"]["traces"] = str(Path(a.traces).resolve())
-        spec["engine"]["seconds_per_token"] = 0.0
-        spec_path = Path(tmp) / "spec.yaml"
-        spec_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
-        repo = render(spec_path, Path(tmp) / "repo", calibration=a.calibration).out
+        repo = render_spec(Path(a.spec), Path(a.traces), a.calibration, Path(tmp) / "repo", None)
         with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
             s = asyncio.run(measure(server, art.committee[0], questions, a))
     s.update(

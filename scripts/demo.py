@@ -31,7 +31,8 @@ for _p in (ROOT / "python_backend", ROOT / "client", ROOT / "gateway"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from pyramid_client.cli import ask_main, run_gsm8k_main  # noqa: E402
+from pyramid_cli.gsm8k import run_gsm8k_main  # noqa: E402
+from pyramid_client.cli import ask_main  # noqa: E402
 from pyramid_triton.server import ServerError, TritonServer  # noqa: E402
 
 

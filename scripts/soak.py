@@ -78,9 +78,8 @@ async def soak(
     grpc_url: str, server_pid: int | None, cases: list[tuple[str, str, str]], clients: int, seconds: float
 ) -> SoakResult:
     """``cases``: (question, expected answer, expected tier)."""
-    import numpy as np
-
     from pyramid_client import AsyncPyramidClient, PyramidError
+    from pyramid_triton.perf import percentile
 
     res = SoakResult(clients, seconds)
     latencies: list[float] = []
@@ -117,8 +116,8 @@ async def soak(
     res.seconds = time.monotonic() - t0
     res.unanswered = res.sent - res.answered - sum(res.errors.values())
     if latencies:
-        res.p50_ms = float(np.percentile(latencies, 50))
-        res.p99_ms = float(np.percentile(latencies, 99))
+        res.p50_ms = percentile(latencies, 50)
+        res.p99_ms = percentile(latencies, 99)
     return res
 
 
@@ -174,19 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "out" / "soak"))
     a = ap.parse_args(argv)
 
-    import yaml
-
-    from pyramid_triton.render import render
+    from pyramid_triton.perf import render_spec
     from pyramid_triton.server import TritonServer
 
     cases = expected_cases(a.calibration, a.traces)
     with tempfile.TemporaryDirectory() as tmp:
-        spec = yaml.safe_load(Path(a.spec).read_text(encoding="utf-8"))
-        spec.pop("calibration", None)
-        spec["engine"]["traces"] = str(Path(a.traces).resolve())
-        spec_path = Path(tmp) / "spec.yaml"
-        spec_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
-        repo = render(spec_path, Path(tmp) / "repo", calibration=a.calibration).out
+        repo = render_spec(Path(a.spec), Path(a.traces), a.calibration, Path(tmp) / "repo", None)
         with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
             res = asyncio.run(soak(server.grpc_url, server.proc.pid, cases, a.clients, a.seconds))
     s = res.summary()

@@ -23,8 +23,7 @@ for _p in (ROOT / "python_backend", ROOT / "client"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from pyramid_client import PyramidClient, PyramidError, PyramidResult, resolve_endpoint  # noqa: E402
-from pyramid_client.gsm8k import (  # noqa: E402
+from pyramid_cli.gsm8k import (  # noqa: E402
     Outcome,
     Progress,
     Question,
@@ -38,6 +37,7 @@ from pyramid_client.gsm8k import (  # noqa: E402
     select,
     summarize,
 )
+from pyramid_client import PyramidClient, PyramidError, PyramidResult, resolve_endpoint  # noqa: E402
 from pyramid_client.types import build_inputs, error_from_message, result_from_outputs  # noqa: E402
 
 DETAILS = {
@@ -303,7 +303,7 @@ def test_shipped_questions_load():
 
 
 def test_run_gsm8k_usage_errors_exit_2(tmp_path, capsys):
-    from pyramid_moa.cli import main
+    from pyramid_cli import main
 
     assert main(["run-gsm8k", "--n", "0", "--quiet"]) == 2
     assert main(["run-gsm8k", "--n", "2", "--idx", "1,x", "--quiet"]) == 2

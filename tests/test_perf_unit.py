@@ -1,10 +1,10 @@
-"""Unit tests of scripts/perf.py (make perf) without a server: concurrency ranges, --input-data,
-perf_analyzer CSV parsing and the row check, the sweep's fill-in of left-out levels (with a fake
-perf_analyzer), the critical-path latency model and the summary arithmetic."""
+"""Unit tests of pyramid_triton.perf (the load-test library of scripts/perf.py, make perf) without a
+server: concurrency ranges, --input-data, perf_analyzer CSV parsing and the row check, the sweep's
+fill-in of left-out levels (with a fake perf_analyzer), the critical-path latency model and the
+summary arithmetic."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
@@ -15,18 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_perf():
-    spec = importlib.util.spec_from_file_location("pyramid_perf_script", ROOT / "scripts" / "perf.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve their module by name
-    spec.loader.exec_module(mod)
-    return mod
-
-
-perf = _load_perf()
+from pyramid_triton import perf
 
 # The header perf_analyzer 2.60 writes with -f for a decoupled model over --streaming (a
 # non-decoupled model's CSV has no "Response Throughput" column).

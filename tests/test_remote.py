@@ -418,7 +418,7 @@ def test_host_spec_compacts_gpus_per_tier():
     assert tier["engine"]["engine_root"] == "/models/engines"
     assert all(a["remote"]["decoupled"] and a.get("log_probs") for a in tier["agents"])
     tier = host_spec(spec, set(agents), {oracle: "oracle:8001"})
-    assert [a["gpu_device_ids"] for a in tier["agents"]] == [[0], [1], [2]] and tier["node"]["gpus"] == 3
+    assert [a["gpu_device_ids"] for a in tier["agents"]] == [[0], [1], [2], [3]] and tier["node"]["gpus"] == 4
 
 
 def test_dns_urls_balance_round_robin_and_are_renewed(monkeypatch):

@@ -13,9 +13,9 @@ The protocol comes from ``protocol=`` or the URL's scheme (``grpc://``, ``http:/
 Timeouts and retries: ``timeout_s`` bounds a whole call (retries and, for ``ask_stream``, every
 response included; DEADLINE_EXCEEDED past it). A call is retried only when it fails with
 UNAVAILABLE (nothing listening, server not ready) before any response arrived, at most
-``retries`` times, sleeping ``backoff_s * 2**k`` (capped at ``max_backoff_s``) in between; every
-other error is raised at once as ``PyramidError`` with the server's code and message (a bad
-input's message names the input).
+``retries`` times, sleeping ``backoff_s * 2**k`` (capped at ``max_backoff_s``) in between
+(``retry``); every other error is raised at once as ``PyramidError`` with the server's code and
+message (a bad input's message names the input).
 """
 
 from __future__ import annotations
@@ -23,37 +23,40 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from .types import (
-    DEADLINE_EXCEEDED,
-    INTERNAL,
-    UNAVAILABLE,
-    PyramidError,
-    PyramidResult,
-    build_inputs,
-    result_from_outputs,
-)
+from .retry import Attempts, RetryHook, RetryPolicy
+from .types import PyramidError, PyramidResult, build_inputs, result_from_outputs
+from .wire import DEADLINE_EXCEEDED, INTERNAL, ROUTER_OUTPUTS
 
-OUTPUTS = (
-    "text_output",
-    "answer",
-    "tier",
-    "escalated",
-    "confidence",
-    "agreement",
-    "agent_answers",
-    "degraded",
-    "cost",
-    "provisional",
-)
+if TYPE_CHECKING:
+    from typing import Unpack
+
+OUTPUTS = tuple(ROUTER_OUTPUTS)
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 DEFAULT_URL = "localhost:8001"  # gRPC
 DEFAULT_HTTP_URL = "localhost:8000"
 
-RetryHook = Callable[[int, PyramidError, float], None]
+
+class AskOptions(TypedDict, total=False):
+    """The keywords of ``ask`` / ``ask_stream`` (every one optional; None: the deployment's default).
+
+    ``threshold``: per-request escalation threshold in [0, 1]; ``force_tier``: ``committee`` or
+    ``oracle``; ``deadline_ms``: return the committee's answer, provisional, if the oracle is slower;
+    ``strict``: an oracle failure is an error, not a degraded answer; ``timeout_s``: this call's
+    timeout instead of the client's; ``request_id``: default a random one."""
+
+    threshold: float | None
+    force_tier: str | None
+    max_tokens: int | None
+    deadline_ms: int | None
+    strict: bool | None
+    temperature: float | None
+    seed: int | None
+    timeout_s: float | None
+    request_id: str | None
 
 
 def resolve_endpoint(url: str | None, protocol: str | None) -> tuple[str, str]:
@@ -75,52 +78,30 @@ def resolve_endpoint(url: str | None, protocol: str | None) -> tuple[str, str]:
     return proto, url
 
 
-class _Base:
-    def __init__(
-        self,
-        url: str | None,
-        model: str,
-        timeout_s: float,
-        retries: int,
-        protocol: str | None,
-        backoff_s: float,
-        max_backoff_s: float,
-        on_retry: RetryHook | None,
-    ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        self.protocol, self.url = resolve_endpoint(url, protocol)
-        self.model, self.timeout_s, self.retries = model, float(timeout_s), int(retries)
-        self.backoff_s, self.max_backoff_s, self.on_retry = backoff_s, max_backoff_s, on_retry
+def make_transport(protocol: str, url: str, model: str, asynchronous: bool) -> Any:
+    """The transport of one model: ``stream(inputs, request_id, deadline, timeout_s)`` yields each
+    response as ``{output name: scalar}`` (an async iterator when ``asynchronous``)."""
+    if protocol == "http":
+        from .http_transport import AsyncHttpTransport, HttpTransport  # noqa: PLC0415
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return (AsyncHttpTransport if asynchronous else HttpTransport)(url, model)
+    from .grpc_transport import AsyncGrpcTransport, GrpcTransport  # noqa: PLC0415
 
-    def _retry_delay(self, exc: PyramidError, attempt: int, yielded: bool, deadline: float) -> float | None:
-        """The delay before the next attempt, or None to raise ``exc``."""
-        exc.attempts = attempt
-        if exc.code != UNAVAILABLE or yielded or attempt > self.retries:
-            return None
-        delay = self.backoff(attempt)
-        if time.monotonic() + delay >= deadline:
-            return None  # the call's timeout would pass while waiting
-        if self.on_retry is not None:
-            self.on_retry(attempt, exc, delay)
-        return delay
-
-    def _prepare(self, question: str, timeout_s: float | None, request_id: str | None, **kw: Any):
-        timeout = self.timeout_s if timeout_s is None else float(timeout_s)
-        if timeout <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout}")
-        return build_inputs(question, **kw), request_id or uuid.uuid4().hex, timeout
+    return (AsyncGrpcTransport if asynchronous else GrpcTransport)(url, model)
 
 
-class PyramidClient(_Base):
-    """Synchronous client. ``protocol``: ``"grpc"`` or ``"http"`` (default: from the URL's scheme,
-    else gRPC). Safe to share between threads (gRPC: one connection per thread)."""
+def _final(last: PyramidResult | None) -> PyramidResult:
+    if last is None:
+        raise PyramidError("the server ended the request without a response", INTERNAL)
+    return last
+
+
+class _Base(RetryPolicy):
+    """What both clients share: the endpoint (``url``, ``protocol``), the router ``model``, the call
+    timeout ``timeout_s`` and the retry policy (``retries``, ``backoff_s``, ``max_backoff_s``,
+    ``on_retry(attempt, error, wait)``: see ``retry``)."""
+
+    _asynchronous = False
 
     def __init__(
         self,
@@ -134,16 +115,31 @@ class PyramidClient(_Base):
         max_backoff_s: float = 4.0,
         on_retry: RetryHook | None = None,
     ) -> None:
-        super().__init__(url, model, timeout_s, retries, protocol, backoff_s, max_backoff_s, on_retry)
-        if self.protocol == "http":
-            from .http_transport import HttpTransport  # noqa: PLC0415
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        super().__init__(retries, backoff_s, max_backoff_s)
+        self.protocol, self.url = resolve_endpoint(url, protocol)
+        self.model, self.timeout_s, self.on_retry = model, float(timeout_s), on_retry
+        self._transport = make_transport(self.protocol, self.url, model, self._asynchronous)
+        self._sleep: Any = asyncio.sleep if self._asynchronous else time.sleep
 
-            self._transport: Any = HttpTransport(self.url, model)
-        else:
-            from .grpc_transport import GrpcTransport  # noqa: PLC0415
+    def _prepare(self, question: str, options: AskOptions, stream: bool) -> tuple[dict[str, Any], str, float]:
+        """(inputs, request id, timeout) of one call."""
+        opts = dict(options)
+        timeout = opts.pop("timeout_s", None)
+        timeout = self.timeout_s if timeout is None else float(timeout)
+        if timeout <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout}")
+        rid = opts.pop("request_id", None)
+        return build_inputs(question, stream, **opts), rid or uuid.uuid4().hex, timeout
 
-            self._transport = GrpcTransport(self.url, model)
-        self._sleep = time.sleep
+    def _attempts(self, timeout: float) -> Attempts:
+        return Attempts(self, time.monotonic() + timeout, on_retry=self.on_retry, sleep=self._sleep)
+
+
+class PyramidClient(_Base):
+    """Synchronous client. ``protocol``: ``"grpc"`` or ``"http"`` (default: from the URL's scheme,
+    else gRPC). Safe to share between threads (gRPC: one connection per thread)."""
 
     def close(self) -> None:
         self._transport.close()
@@ -154,99 +150,34 @@ class PyramidClient(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ask(
-        self,
-        question: str,
-        *,
-        threshold: float | None = None,
-        force_tier: str | None = None,
-        max_tokens: int | None = None,
-        deadline_ms: int | None = None,
-        strict: bool | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        timeout_s: float | None = None,
-        request_id: str | None = None,
-    ) -> PyramidResult:
+    def ask(self, question: str, **options: Unpack[AskOptions]) -> PyramidResult:
         """One question, one answer (the final one; a provisional one only when ``deadline_ms``
-        passed before the oracle answered)."""
-        inputs, rid, timeout = self._prepare(
-            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
-            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed,
-        )  # fmt: skip
+        passed before the oracle answered). ``options``: ``AskOptions``."""
         last = None
-        for r in self._run(inputs, rid, timeout):
+        for r in self._run(*self._prepare(question, options, False)):
             last = r
-        if last is None:
-            raise PyramidError("the server ended the request without a response", INTERNAL)
-        return last
+        return _final(last)
 
-    def ask_stream(
-        self,
-        question: str,
-        *,
-        threshold: float | None = None,
-        force_tier: str | None = None,
-        max_tokens: int | None = None,
-        deadline_ms: int | None = None,
-        strict: bool | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        timeout_s: float | None = None,
-        request_id: str | None = None,
-    ) -> Iterator[PyramidResult]:
+    def ask_stream(self, question: str, **options: Unpack[AskOptions]) -> Iterator[PyramidResult]:
         """Every response as it arrives: on escalation the committee's answer
         (``provisional=True``), then the oracle's final one; otherwise just the final one."""
-        inputs, rid, timeout = self._prepare(
-            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
-            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed, stream=True,
-        )  # fmt: skip
-        return self._run(inputs, rid, timeout)
+        return self._run(*self._prepare(question, options, True))
 
     def _run(self, inputs: dict[str, Any], rid: str, timeout: float) -> Iterator[PyramidResult]:
-        deadline = time.monotonic() + timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            t0 = time.perf_counter()
-            yielded = False
-            try:
-                for out in self._transport.stream(inputs, rid, deadline, timeout):
-                    yielded = True
+        tries = self._attempts(timeout)
+        for _ in tries:
+            with tries:
+                t0 = time.perf_counter()
+                for out in self._transport.stream(inputs, rid, tries.deadline, timeout):
+                    tries.answered = True
                     yield result_from_outputs(out, rid, time.perf_counter() - t0)
                 return
-            except PyramidError as exc:
-                delay = self._retry_delay(exc, attempt, yielded, deadline)
-                if delay is None:
-                    raise
-            self._sleep(delay)
 
 
 class AsyncPyramidClient(_Base):
     """asyncio client; many ``await client.ask(...)`` may run concurrently."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        model: str = "pyramid",
-        timeout_s: float = 60.0,
-        retries: int = 3,
-        *,
-        protocol: str | None = None,
-        backoff_s: float = 0.25,
-        max_backoff_s: float = 4.0,
-        on_retry: RetryHook | None = None,
-    ) -> None:
-        super().__init__(url, model, timeout_s, retries, protocol, backoff_s, max_backoff_s, on_retry)
-        if self.protocol == "http":
-            from .http_transport import AsyncHttpTransport  # noqa: PLC0415
-
-            self._transport: Any = AsyncHttpTransport(self.url, model)
-        else:
-            from .grpc_transport import AsyncGrpcTransport  # noqa: PLC0415
-
-            self._transport = AsyncGrpcTransport(self.url, model)
-        self._sleep = asyncio.sleep
+    _asynchronous = True
 
     async def close(self) -> None:
         await self._transport.close()
@@ -257,69 +188,25 @@ class AsyncPyramidClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def ask(
-        self,
-        question: str,
-        *,
-        threshold: float | None = None,
-        force_tier: str | None = None,
-        max_tokens: int | None = None,
-        deadline_ms: int | None = None,
-        strict: bool | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        timeout_s: float | None = None,
-        request_id: str | None = None,
-    ) -> PyramidResult:
-        inputs, rid, timeout = self._prepare(
-            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
-            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed,
-        )  # fmt: skip
+    async def ask(self, question: str, **options: Unpack[AskOptions]) -> PyramidResult:
         last = None
-        async for r in self._run(inputs, rid, timeout):
+        async for r in self._run(*self._prepare(question, options, False)):
             last = r
-        if last is None:
-            raise PyramidError("the server ended the request without a response", INTERNAL)
-        return last
+        return _final(last)
 
-    def ask_stream(
-        self,
-        question: str,
-        *,
-        threshold: float | None = None,
-        force_tier: str | None = None,
-        max_tokens: int | None = None,
-        deadline_ms: int | None = None,
-        strict: bool | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-        timeout_s: float | None = None,
-        request_id: str | None = None,
-    ) -> AsyncIterator[PyramidResult]:
+    def ask_stream(self, question: str, **options: Unpack[AskOptions]) -> AsyncIterator[PyramidResult]:
         """``async for r in client.ask_stream(q)``: provisional (on escalation), then final."""
-        inputs, rid, timeout = self._prepare(
-            question, timeout_s, request_id, threshold=threshold, force_tier=force_tier, max_tokens=max_tokens,
-            deadline_ms=deadline_ms, strict=strict, temperature=temperature, seed=seed, stream=True,
-        )  # fmt: skip
-        return self._run(inputs, rid, timeout)
+        return self._run(*self._prepare(question, options, True))
 
     async def _run(self, inputs: dict[str, Any], rid: str, timeout: float) -> AsyncIterator[PyramidResult]:
-        deadline = time.monotonic() + timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            t0 = time.perf_counter()
-            yielded = False
-            try:
-                async for out in self._transport.stream(inputs, rid, deadline, timeout):
-                    yielded = True
+        tries = self._attempts(timeout)
+        async for _ in tries:
+            with tries:
+                t0 = time.perf_counter()
+                async for out in self._transport.stream(inputs, rid, tries.deadline, timeout):
+                    tries.answered = True
                     yield result_from_outputs(out, rid, time.perf_counter() - t0)
                 return
-            except PyramidError as exc:
-                delay = self._retry_delay(exc, attempt, yielded, deadline)
-                if delay is None:
-                    raise
-            await self._sleep(delay)
 
 
 __all__ = [
@@ -327,9 +214,11 @@ __all__ = [
     "DEFAULT_HTTP_URL",
     "DEFAULT_URL",
     "OUTPUTS",
+    "AskOptions",
     "AsyncPyramidClient",
     "PyramidClient",
     "PyramidError",
     "PyramidResult",
+    "make_transport",
     "resolve_endpoint",
 ]

@@ -27,20 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from .types import DEADLINE_EXCEEDED, INPUT_DATATYPES, PyramidError, error_from_message
+from .arrays import to_array
+from .types import PyramidError, error_from_message, timed_out
+from .wire import INPUT_DATATYPES, INTERNAL
 
 
 def _tensors(mod: Any, inputs: dict[str, Any]) -> list:
     out = []
     for name, value in inputs.items():
-        dtype = INPUT_DATATYPES[name]
-        if dtype == "BYTES":
-            arr = np.array([[str(value).encode("utf-8")]], dtype=np.object_)
-        else:
-            np_dtype = {"INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64, "BOOL": np.bool_}[dtype]
-            arr = np.array([[value]], dtype=np_dtype)
-        t = mod.InferInput(name, [1, 1], dtype)
-        t.set_data_from_numpy(arr)
+        t = mod.InferInput(name, [1, 1], INPUT_DATATYPES[name])
+        t.set_data_from_numpy(to_array(value, INPUT_DATATYPES[name]))
         out.append(t)
     return out
 
@@ -89,10 +85,6 @@ def _from_rpc(exc: Any) -> PyramidError:
     except Exception:  # noqa: BLE001
         code, details = "", str(exc)
     return error_from_message(details, code or None)
-
-
-def _timeout(timeout_s: float) -> PyramidError:
-    return PyramidError(f"no complete response within {timeout_s:g} s", DEADLINE_EXCEEDED)
 
 
 class GrpcTransport:
@@ -157,11 +149,11 @@ class GrpcTransport:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _timeout(timeout_s)
+                    raise timed_out(timeout_s)
                 try:
                     result, error = got.get(timeout=remaining)
                 except queue.Empty:
-                    raise _timeout(timeout_s) from None
+                    raise timed_out(timeout_s) from None
                 if error is not None:
                     ended = True  # an error response is the request's last
                     raise _from_triton(error)
@@ -220,14 +212,14 @@ class AsyncGrpcTransport:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise _timeout(timeout_s)
+                    raise timed_out(timeout_s)
                 try:
                     result, error = await asyncio.wait_for(it.__anext__(), remaining)
                 except StopAsyncIteration:
                     ended = True
                     return
                 except asyncio.TimeoutError:
-                    raise _timeout(timeout_s) from None
+                    raise timed_out(timeout_s) from None
                 except self._grpc.RpcError as exc:
                     ended = True
                     raise _from_rpc(exc) from None
@@ -241,7 +233,7 @@ class AsyncGrpcTransport:
                     raise _from_triton(error)
                 got_id = result.get_response().id
                 if got_id and got_id != request_id:
-                    raise PyramidError(f"response for request id {got_id!r}, expected {request_id!r}", "INTERNAL")
+                    raise PyramidError(f"response for request id {got_id!r}, expected {request_id!r}", INTERNAL)
                 if result.get_response().outputs:
                     yield outputs_of(result)
         finally:

@@ -30,15 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .types import DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, PyramidError, error_from_message
+from .types import PyramidError, error_from_message, timed_out
+from .wire import CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARG, NOT_FOUND, UNAVAILABLE, UNKNOWN, UNSUPPORTED
 
 _STATUS_CODES = {
-    400: "INVALID_ARG",
-    404: "NOT_FOUND",
+    400: INVALID_ARG,
+    404: NOT_FOUND,
     408: DEADLINE_EXCEEDED,
-    499: "CANCELLED",
+    499: CANCELLED,
     500: INTERNAL,
-    501: "UNSUPPORTED",
+    501: UNSUPPORTED,
     503: UNAVAILABLE,
     504: DEADLINE_EXCEEDED,
 }
@@ -70,13 +71,9 @@ def _error_body(status: int, body: bytes) -> PyramidError:
     if status == 503:
         return error_from_message(message or f"HTTP {status}", UNAVAILABLE)
     err = error_from_message(message or f"HTTP {status}")
-    if err.code == "UNKNOWN":
+    if err.code == UNKNOWN:
         err = PyramidError(err.message, _STATUS_CODES.get(status, f"HTTP_{status}"))
     return err
-
-
-def _timeout(timeout_s: float) -> PyramidError:
-    return PyramidError(f"no complete response within {timeout_s:g} s", DEADLINE_EXCEEDED)
 
 
 class HttpTransport:
@@ -103,14 +100,14 @@ class HttpTransport:
         body = json.dumps({**inputs, "id": request_id}).encode("utf-8")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _timeout(timeout_s)
+            raise timed_out(timeout_s)
         conn = self._connection(remaining)
         try:
             try:
                 conn.request("POST", path, body, {"Content-Type": "application/json", "Accept": "*/*"})
                 resp = conn.getresponse()
             except TimeoutError:
-                raise _timeout(timeout_s) from None
+                raise timed_out(timeout_s) from None
             except OSError as exc:  # refused, reset, unreachable, name not resolved
                 raise PyramidError(
                     f"cannot reach {self.host}:{self.port}: {exc.strerror or exc}", UNAVAILABLE
@@ -125,7 +122,7 @@ class HttpTransport:
                     return
                 yield from self._events(conn, resp, deadline, timeout_s)
             except TimeoutError:
-                raise _timeout(timeout_s) from None
+                raise timed_out(timeout_s) from None
             except (OSError, http.client.HTTPException) as exc:
                 raise PyramidError(f"the connection broke while reading the response: {exc}", INTERNAL) from None
         finally:
@@ -149,7 +146,7 @@ class HttpTransport:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _timeout(timeout_s)
+                raise timed_out(timeout_s)
             if conn.sock is not None:
                 conn.sock.settimeout(remaining)
             line = resp.readline()

@@ -20,6 +20,7 @@ from .calibration import calibrator_from_dict
 from .cost import CostModel
 from .features import ARBITER_FEATURES, make_feature_set
 from .router import Router, Stage
+from .traces import read_json
 
 FORMAT = "pyramid-moa/calibration"
 # 2: stages may carry "vote_weights" (a reliability-weighted vote) and schedules may be any depth.
@@ -90,29 +91,29 @@ class CalibrationArtifact:
         write_json_atomic(path, self.to_dict())
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` all at once: readers see the old file or the new one, never a part
+    (a temporary file beside it, renamed over it; removed if writing fails)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
 def load_artifact(path: str | Path, known_agents: Iterable[str] | None = None) -> CalibrationArtifact:
     """Load and validate; ``known_agents`` (e.g. a deployment's models) must cover all named models."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: calibration file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    d = read_json(path, ArtifactError, "calibration file")
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a {FORMAT} file")
     if d.get("version") not in READABLE_VERSIONS:

@@ -18,6 +18,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .answers import normalize_number
 
@@ -173,13 +174,18 @@ def _load_questions(path: Path) -> dict[int, Question]:
     return out
 
 
-def _load_sources(path: Path) -> dict[str, SourceInfo]:
+def read_json(path: Path, error: type[Exception] = ValueError, what: str = "file") -> Any:
+    """The JSON document in ``path``; ``error`` naming the file (and the line) when it is missing or not JSON."""
     if not path.is_file():
-        raise TraceError(f"{path}: file not found")
+        raise error(f"{path}: {what} not found")
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise TraceError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _load_sources(path: Path) -> dict[str, SourceInfo]:
+    rows = read_json(path, TraceError)
     if not isinstance(rows, list):
         raise TraceError(f"{path}: expected a JSON list of source objects")
     out: dict[str, SourceInfo] = {}

@@ -16,7 +16,22 @@ Layout (after NVIDIA's ``tensorrt_llm_bls``: thin ``model.py`` files, logic else
 * ``supervisor``: reload an engine whose stub process died (Triton 2.51 does not); the liveness check.
 * ``access``: the admin key (model control) and inference key: sources, tritonserver flags, headers.
 * ``request_log``: the router's per-request log (off by default, redaction hook, private bounded file).
+* ``perf``: load tests with perf_analyzer (``scripts/perf.py``, ``make perf``).
+
+The wire format (tensor names and datatypes, response fields, error codes) and the retry rule are
+the client's (``pyramid_client.wire``, ``pyramid_client.retry``): one definition for both sides.
 """
+
+import importlib.util
+import sys
+from pathlib import Path
 
 __all__ = ["__version__"]
 __version__ = "0.1.0"
+
+# pyramid-client is a dependency (make setup installs it into .venv). Run from a source tree without it
+# installed (NVIDIA's container serving a rendered repository, whose models add only python_backend/ to
+# sys.path; the scripts there), it is found in client/ beside python_backend/.
+_CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "client"
+if importlib.util.find_spec("pyramid_client") is None and (_CLIENT_SOURCE / "pyramid_client").is_dir():
+    sys.path.append(str(_CLIENT_SOURCE))

@@ -11,19 +11,28 @@ so a client never waits for a response that will not come.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import traceback
 from dataclasses import replace
 from typing import Any
 
+from pyramid_client.wire import CODE_NAMES, split_code
 from pyramid_moa.artifact import load_artifact
 from pyramid_moa.features import AgentOutput
 
 from . import tensors
 from .config import REQUIRED, ModelParams
 from .metrics import FLUSH_S, RequestRecord, RouterMetrics
-from .protocol import INTERNAL, UNAVAILABLE, EngineRequest, Limits, PyramidRequest, PyramidResponse, ServeError
+from .protocol import (
+    INTERNAL,
+    ROUTER_PARAMS,
+    UNAVAILABLE,
+    EngineRequest,
+    Limits,
+    PyramidRequest,
+    PyramidResponse,
+    ServeError,
+)
 from .remote import CallError, RemoteEngines, parse_remote_map
 from .request_log import RequestLog
 from .routing import (
@@ -37,9 +46,6 @@ from .routing import (
     route_async,
     to_agent_output,
 )
-
-_CODE_PREFIX = re.compile(r"^\[([A-Z_]+)\] ")
-_CODE_NAMES = ("NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "CANCELLED", "INTERNAL", "UNKNOWN")
 
 
 class PyramidModel:
@@ -56,16 +62,17 @@ class PyramidModel:
             )
         self.router = self.artifact.router()
         self.cost_kind = self.artifact.target.get("cost_model")
-        self.limits = Limits(p.get_int("max_input_chars", 20_000), p.get_int("max_tokens_cap", 8192))
-        self.default_max_tokens = p.get_int("default_max_tokens", 512)
-        self.agent_timeout_us = int(p.get_float("agent_timeout_s", 0.0) * 1e6)
-        self.oracle_timeout_us = int(p.get_float("oracle_timeout_s", 0.0) * 1e6)
+        d = ROUTER_PARAMS  # the defaults of the parameters a config may leave out (the renderer's too)
+        self.limits = Limits.from_params(p)
+        self.default_max_tokens = p.get_int("default_max_tokens", d["default_max_tokens"])
+        self.agent_timeout_us = int(p.get_float("agent_timeout_s", d["agent_timeout_s"]) * 1e6)
+        self.oracle_timeout_us = int(p.get_float("oracle_timeout_s", d["oracle_timeout_s"]) * 1e6)
         self.parsed_answer_models = set(p.get_list("parsed_answer_models"))
         self.decoupled_models = set(p.get_list("decoupled_models"))
         self.logprob_models = set(p.get_list("logprob_models"))
         # Models on other Triton servers (spec entries with ``remote``): called over gRPC, not BLS.
         self.remote = RemoteEngines(
-            parse_remote_map(p.get_str("remote", "") or ""), retries=p.get_int("remote_retries", 2)
+            parse_remote_map(p.get_str("remote", "") or ""), retries=p.get_int("remote_retries", d["remote_retries"])
         )
         stray = sorted(set(self.remote.models) - {*self.agents, self.oracle})
         if stray:
@@ -74,7 +81,7 @@ class PyramidModel:
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         # Circuit breaker: after an engine fails (timeout, crash: not a per-question NOT_FOUND or a bad
         # argument), calls to it fail fast for breaker_s seconds; the next call after that probes it.
-        self.breaker_s = p.get_float("breaker_s", 0.0)
+        self.breaker_s = p.get_float("breaker_s", d["breaker_s"])
         self._down_until: dict[str, float] = {}
         # off by default; prompts and answers only if asked, through the redaction hook (request_log.py)
         self.request_log = RequestLog.from_params(p, self.name)
@@ -254,15 +261,14 @@ class PyramidModel:
 
     def _code_name(self, err: Any) -> tuple[str, str]:
         """(code name, message without its "[CODE] " prefix) of a child model's error."""
-        message = str(err.message())
-        m = _CODE_PREFIX.match(message)
-        if m:
-            return m.group(1), message[m.end() :]
+        prefixed, message = split_code(str(err.message()))
+        if prefixed:
+            return prefixed, message
         try:
             code = err.code()
         except Exception:  # noqa: BLE001
             return INTERNAL, message
-        for name in _CODE_NAMES:
+        for name in CODE_NAMES:
             if getattr(self.pb.TritonError, name, object()) == code:
                 return name, message
         return INTERNAL, message

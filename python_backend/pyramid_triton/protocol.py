@@ -8,20 +8,34 @@ The text API follows TensorRT-LLM's ensemble / BLS models so that the router
 cannot tell engines apart and standard tools work unchanged: ``text_input``
 (STRING), ``max_tokens`` (INT32), optional ``temperature``, ``seed``,
 ``return_log_probs``; outputs ``text_output``, ``cum_log_probs``, ``output_tokens``.
+The names, datatypes, response fields and error codes are the client's and the server's
+common definition, ``pyramid_client.wire``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
-TIERS = ("committee", "oracle")
+from pyramid_client.wire import INTERNAL, INVALID_ARG, NOT_FOUND, TIERS, RoutedAnswer
+from pyramid_client.wire import UNAVAILABLE as UNAVAILABLE  # the error codes are importable from here
 
-# Error codes, mirroring Triton's TritonError codes by name (``tensors`` maps them).
-INVALID_ARG = "INVALID_ARG"
-NOT_FOUND = "NOT_FOUND"
-UNAVAILABLE = "UNAVAILABLE"
-INTERNAL = "INTERNAL"
+# The router model's parameters (config.pbtxt) that have a default: what ``render`` writes when the
+# deployment spec leaves one out, and what the router (``bls``) assumes when a config does.
+ROUTER_PARAMS: dict[str, Any] = {
+    "default_max_tokens": 512,
+    "max_tokens_cap": 8192,
+    "max_input_chars": 20000,
+    "agent_timeout_s": 60.0,  # a call to an agent that has not answered by then has failed
+    "oracle_timeout_s": 120.0,
+    # One JSON line per request: off | verbose (printed with --log-verbose=1) | info. Not free: each line is a
+    # message from the router's stub to the server even when not printed (-15% routed throughput, BENCHMARKS.md).
+    "request_log": "off",
+    "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
+    "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
+    "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)
+}
 
 
 class ServeError(Exception):
@@ -55,8 +69,15 @@ class NotFound(ServeError):
 class Limits:
     """Per-deployment caps on request inputs (from the model config)."""
 
-    max_input_chars: int = 20_000
-    max_tokens_cap: int = 8192
+    max_input_chars: int = ROUTER_PARAMS["max_input_chars"]
+    max_tokens_cap: int = ROUTER_PARAMS["max_tokens_cap"]
+
+    @classmethod
+    def from_params(cls, params: Any) -> Limits:
+        """From a model's parameters (``config.ModelParams``); a parameter left out takes the default."""
+        return cls(
+            params.get_int("max_input_chars", cls.max_input_chars), params.get_int("max_tokens_cap", cls.max_tokens_cap)
+        )
 
 
 @dataclass(frozen=True)
@@ -102,25 +123,13 @@ class PyramidRequest:
         return EngineRequest(self.text_input, self.max_tokens, self.temperature, self.seed)
 
 
-@dataclass
-class PyramidResponse:
-    text_output: str
-    answer: str | None
-    tier: str
-    escalated: bool
-    confidence: float
-    agreement: float
-    agent_answers: dict[str, str | None] = field(default_factory=dict)
-    failed_agents: list[str] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)
-    degraded: bool = False
-    cost: float = float("nan")  # relative to one oracle call, in the calibration's cost model
-    costs: dict[str, float | None] = field(default_factory=dict)  # both cost models, relative
-    provisional: bool = False
+@dataclass(frozen=True)
+class PyramidResponse(RoutedAnswer):
+    """The router's answer (``RoutedAnswer``: the fields the client reads too; ``cost`` NaN when
+    unknown), the answering model's ``text_output`` and the router's wall time per step."""
+
+    text_output: str = ""
     latency_ms: dict[str, float] = field(default_factory=dict)
-    # Per call whose output is in hand: [prompt tokens, completion tokens] (the engine's counts where it
-    # reports them, else chars/4); what an OpenAI ``usage`` sums (pyramid_gateway).
-    tokens: dict[str, list[int]] = field(default_factory=dict)
 
 
 def validate_text(name: str, value: str | None, limits: Limits) -> str:

@@ -12,10 +12,10 @@ they do to local engines.
 - **Connection reuse**: one ``InferenceServerClient`` (one gRPC channel, one HTTP/2 connection that
   multiplexes every concurrent call) per remote URL, created lazily in the running event loop and
   kept for the model's lifetime.
-- **Retries**: only a gRPC ``UNAVAILABLE`` (nothing listening, connection refused or reset, the
-  channel in back-off) is retried, at most ``retries`` times, after ``backoff_s * 2**k`` seconds,
-  and only while the per-call timeout leaves room; a decoupled call is retried only if no response
-  had arrived. Nothing else is retried.
+- **Retries**: the client's rule (``pyramid_client.retry``): only a gRPC ``UNAVAILABLE`` (nothing
+  listening, connection refused or reset, the channel in back-off) is retried, at most ``retries``
+  times, after ``backoff_s * 2**k`` seconds, and only while the per-call timeout leaves room; a
+  decoupled call is retried only if no response had arrived. Nothing else is retried.
 - **Deadlines**: every RPC carries the call's remaining time as its gRPC deadline, so the remote
   server can drop it; a call the router abandons (timeout, cancelled request) is cancelled, which
   for a remote engine really cancels the RPC (unlike a BLS child in Triton 2.51).
@@ -36,16 +36,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pyramid_client.arrays import datatype
+from pyramid_client.retry import UNCAPPED, Attempts, RetryPolicy
+from pyramid_client.wire import CANCELLED, UNKNOWN, UNSUPPORTED, split_code
+
 from . import tensors
 from .protocol import INTERNAL, INVALID_ARG, NOT_FOUND, UNAVAILABLE, EngineRequest, EngineResponse
 
-CANCELLED, UNSUPPORTED = "CANCELLED", "UNSUPPORTED"
 REMOTE_KEYS = {"url", "model", "decoupled", "return_answer"}
 # gRPC status -> the Triton error code names the router uses. DEADLINE_EXCEEDED is our own
 # per-call deadline (the engine did not answer in time): UNAVAILABLE, as a local timeout is.
@@ -59,9 +62,8 @@ GRPC_CODES = {
     "CANCELLED": CANCELLED,
     "UNIMPLEMENTED": UNSUPPORTED,
     "INTERNAL": INTERNAL,
-    "UNKNOWN": INTERNAL,
+    UNKNOWN: INTERNAL,
 }
-_CODE_NAMES = ("NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "CANCELLED", "INTERNAL", "UNKNOWN")
 # Channel options of every remote client (gRPC core names). Keepalive: a ping every 10 s, even
 # without calls, and a connection whose ping is not answered in 5 s is closed (a dead link is
 # found without waiting for the OS's TCP timeout). Reconnect: back-off from 0.5 s to at most 2 s,
@@ -161,21 +163,9 @@ class _InputsShim:
         self._mod = grpcclient
 
     def Tensor(self, name: str, array: np.ndarray) -> Any:  # noqa: N802 - pb_utils' name
-        t = self._mod.InferInput(name, list(array.shape), triton_dtype(array.dtype))
+        t = self._mod.InferInput(name, list(array.shape), datatype(array.dtype))
         t.set_data_from_numpy(array)
         return t
-
-
-_DTYPES = {np.dtype(np.object_): "BYTES", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
-           np.dtype(np.uint64): "UINT64", np.dtype(np.bool_): "BOOL"}  # fmt: skip
-
-
-def triton_dtype(dtype: Any) -> str:
-    """Triton's name of the numpy dtypes of the engine text API."""
-    try:
-        return _DTYPES[np.dtype(dtype)]
-    except KeyError:
-        raise ValueError(f"no Triton datatype for numpy dtype {dtype}") from None
 
 
 class _OutputTensor:
@@ -212,15 +202,6 @@ def parse_result(result: Any, with_answer: bool) -> EngineResponse | None:
 
 
 # --- errors -------------------------------------------------------------------------------------
-
-
-def split_code(message: str) -> tuple[str | None, str]:
-    """(code name, message) of an engine's "[CODE] message" error text; (None, message) if unprefixed."""
-    if message.startswith("["):
-        code, sep, rest = message[1:].partition("] ")
-        if sep and code in _CODE_NAMES:
-            return code, rest
-    return None, message
 
 
 def call_error(exc: BaseException) -> CallError:
@@ -274,7 +255,7 @@ class RemoteEngines:
         if retries < 0:
             raise ValueError(f"remote_retries must be >= 0, got {retries}")
         self.models = dict(models)
-        self.retries, self.backoff_s = retries, backoff_s
+        self.policy = RetryPolicy(retries, backoff_s, UNCAPPED)
         self.client_factory = client_factory
         self.grpcclient = grpcclient
         self._clients: dict[str, tuple[Any, Any, float]] = {}  # url -> (event loop, client, made at)
@@ -327,38 +308,23 @@ class RemoteEngines:
         rm = self.models[name]
         deadline = None if not timeout_s or timeout_s <= 0 else time.monotonic() + timeout_s
         outputs = list(tensors.ENGINE_OUTPUTS) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
-        attempt = 0
-        while True:
-            attempt += 1
-            self.attempts[name] = self.attempts.get(name, 0) + 1
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise CallError(f"no answer from {rm.url} within {timeout_s:g} s", UNAVAILABLE)
-            received: list[EngineResponse] = []
-            try:
-                if rm.decoupled:
-                    await self._stream(rm, ereq, outputs, with_answer, remaining, received)
-                else:
-                    received.append(await self._unary(rm, ereq, outputs, with_answer, remaining))
+        send = self._stream if rm.decoupled else self._unary
+        tries = Attempts(self.policy, deadline, lambda exc, attempt: _failure(rm, exc, attempt))
+        async for _ in tries:
+            with tries:
+                self.attempts[name] = self.attempts.get(name, 0) + 1
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise CallError(f"no answer from {rm.url} within {timeout_s:g} s", UNAVAILABLE)
+                received: list[EngineResponse] = []
+                async for reply in send(rm, ereq, outputs, with_answer, remaining):
+                    tries.answered = True
+                    received.append(reply)
                 return received
-            except asyncio.CancelledError:
-                raise
-            except CallError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a code; only UNAVAILABLE is retried
-                err = call_error(exc)
-            err.message = f"{rm.model}@{rm.url}: {err.message}"
-            wait = self.backoff_s * 2 ** (attempt - 1)
-            room = deadline is None or deadline - time.monotonic() > wait
-            if not (getattr(err, "retryable", False) and attempt <= self.retries and not received and room):
-                if attempt > 1:
-                    err.message += f" (after {attempt} attempts)"
-                raise err
-            await asyncio.sleep(wait)
 
     async def _unary(
         self, rm: RemoteModel, ereq: EngineRequest, outputs: list[str], with_answer: bool, timeout_s: float | None
-    ) -> EngineResponse:
+    ) -> AsyncIterator[EngineResponse]:
         mod = self._mod()
         result = await self.client(rm.url).infer(
             rm.model,
@@ -369,17 +335,11 @@ class RemoteEngines:
         reply = parse_result(result, with_answer)
         if reply is None:
             raise CallError(f"{rm.model}@{rm.url}: the engine sent no output", INTERNAL)
-        return reply
+        yield reply
 
     async def _stream(
-        self,
-        rm: RemoteModel,
-        ereq: EngineRequest,
-        outputs: list[str],
-        with_answer: bool,
-        timeout_s: float | None,
-        received: list[EngineResponse],
-    ) -> None:
+        self, rm: RemoteModel, ereq: EngineRequest, outputs: list[str], with_answer: bool, timeout_s: float | None
+    ) -> AsyncIterator[EngineResponse]:
         """One request over a gRPC stream; every response until the server ends the stream (it does
         after the request's final response, since the request iterator is then exhausted)."""
         mod = self._mod()
@@ -403,8 +363,19 @@ class RemoteEngines:
                     raise err
                 reply = parse_result(result, with_answer)
                 if reply is not None:
-                    received.append(reply)
+                    yield reply
             done = True
         finally:
             if not done:
                 it.cancel()
+
+
+def _failure(rm: RemoteModel, exc: Exception, attempt: int) -> tuple[CallError, bool] | None:
+    """How a remote call's exception counts (``pyramid_client.retry``): a ``CallError`` (the engine's
+    error response, or no time left) as it is; anything else mapped by ``call_error``, named after
+    the remote model, and retried when it is a gRPC UNAVAILABLE."""
+    if isinstance(exc, CallError):
+        return None
+    err = call_error(exc)
+    err.message = f"{rm.model}@{rm.url}: {err.message}" + (f" (after {attempt} attempts)" if attempt > 1 else "")
+    return err, err.retryable  # type: ignore[attr-defined]

@@ -49,6 +49,7 @@ from pyramid_moa.artifact import load_artifact
 
 from . import trtllm_facts, trtllm_spec
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
+from .protocol import ROUTER_PARAMS
 from .remote import RemoteModel, remote_map_json
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
@@ -84,21 +85,9 @@ MODEL_KEYS = {"name", "remote"} | ENGINE_KEYS
 REMOTE_ENTRY_KEYS = {"name", "remote", "log_probs"}  # a remote model's entry: its engine is configured there
 # Spec keys that hold paths (relative to the spec file); host_spec makes them absolute or overrides them.
 PATH_KEYS = ("traces", "gguf", "checkpoint", "checkpoint_root", "tokenizer", "engine_dir", "engine_root")
-ROUTER_DEFAULTS: dict[str, Any] = {
-    "model_name": "pyramid",
-    "instance_count": 1,
-    "default_max_tokens": 512,
-    "max_tokens_cap": 8192,
-    "max_input_chars": 20000,
-    "agent_timeout_s": 60.0,
-    "oracle_timeout_s": 120.0,
-    # One JSON line per request: off | verbose (printed with --log-verbose=1) | info. Not free: each line is a
-    # message from the router's stub to the server even when not printed (-15% routed throughput, BENCHMARKS.md).
-    "request_log": "off",
-    "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
-    "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
-    "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)
-}
+# The spec's ``router`` keys: the model's name and instances, and its parameters (``protocol.ROUTER_PARAMS``,
+# whose defaults the router assumes too).
+ROUTER_DEFAULTS: dict[str, Any] = {"model_name": "pyramid", "instance_count": 1, **ROUTER_PARAMS}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 

@@ -4,16 +4,16 @@ Every function takes the ``pb_utils`` module as its first argument instead of
 importing it, so the glue is importable outside the Python-backend stub.
 Shapes follow TensorRT-LLM's text API with ``max_batch_size: 1``: each
 input/output is ``[1, 1]`` (batch, element); any shape with exactly one element
-is accepted on input.
+is accepted on input. Names and datatypes: ``pyramid_client.wire``, the client's too.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
-import numpy as np
+from pyramid_client import wire
+from pyramid_client.arrays import to_array
 
 from .protocol import (
     EngineRequest,
@@ -27,8 +27,8 @@ from .protocol import (
     validate_pyramid_request,
 )
 
-ENGINE_OUTPUTS = ("text_output", "output_tokens", "cum_log_probs")
-PARSED_ANSWER_OUTPUT = "answer"
+ENGINE_OUTPUTS = tuple(wire.ENGINE_OUTPUTS)
+PARSED_ANSWER_OUTPUT = wire.PARSED_ANSWER_OUTPUT
 
 
 def _one(pb: Any, request: Any, name: str) -> Any | None:
@@ -69,12 +69,22 @@ def get_bool(pb: Any, request: Any, name: str) -> bool | None:
     return None if v is None else bool(v)
 
 
-def _str_tensor(pb: Any, name: str, value: str) -> Any:
-    return pb.Tensor(name, np.array([[value.encode("utf-8")]], dtype=np.object_))
+_GETTERS = {
+    wire.BYTES: get_string,
+    wire.BOOL: get_bool,
+    wire.INT32: get_int,
+    wire.UINT64: get_int,
+    wire.FP32: get_float,
+}
 
 
-def _scalar_tensor(pb: Any, name: str, value: Any, dtype: Any) -> Any:
-    return pb.Tensor(name, np.array([[value]], dtype=dtype))
+def _inputs(pb: Any, request: Any, datatypes: dict[str, str]) -> dict[str, Any]:
+    """``{name: value or None}`` of the inputs ``datatypes`` names (but those the router ignores)."""
+    return {n: _GETTERS[t](pb, request, n) for n, t in datatypes.items() if n not in wire.IGNORED_INPUTS}
+
+
+def _tensors(pb: Any, values: dict[str, Any], datatypes: dict[str, str]) -> list[Any]:
+    return [pb.Tensor(name, to_array(value, datatypes[name])) for name, value in values.items()]
 
 
 def error_code(pb: Any, code: str) -> Any:
@@ -82,11 +92,11 @@ def error_code(pb: Any, code: str) -> Any:
 
 
 def error_response(pb: Any, exc: BaseException) -> Any:
-    code = exc.code if isinstance(exc, ServeError) else "INTERNAL"
+    code = exc.code if isinstance(exc, ServeError) else wire.INTERNAL
     message = str(exc) if isinstance(exc, ServeError) else f"internal error: {type(exc).__name__}: {exc}"
     # Triton's gRPC stream (the only way to reach a decoupled model) carries an error's message but
     # not its code, so the code also leads the message: "[INVALID_ARG] invalid input 'max_tokens': ...".
-    message = f"[{code}] {message}"
+    message = wire.error_message(code, message)
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, error_code(pb, code)))
 
 
@@ -94,40 +104,33 @@ def error_response(pb: Any, exc: BaseException) -> Any:
 
 
 def parse_engine_request(pb: Any, request: Any, limits: Limits) -> EngineRequest:
-    return validate_engine_request(
-        get_string(pb, request, "text_input"),
-        get_int(pb, request, "max_tokens"),
-        get_float(pb, request, "temperature"),
-        get_int(pb, request, "seed"),
-        get_bool(pb, request, "return_log_probs"),
-        limits,
-    )
+    return validate_engine_request(**_inputs(pb, request, wire.ENGINE_INPUTS), limits=limits)
+
+
+_ENGINE_OUTPUT_TYPES = {**wire.ENGINE_OUTPUTS, PARSED_ANSWER_OUTPUT: wire.BYTES}
 
 
 def engine_response_tensors(pb: Any, resp: EngineResponse, with_answer: bool) -> list[Any]:
-    out = [
-        _str_tensor(pb, "text_output", resp.text_output),
-        _scalar_tensor(pb, "output_tokens", -1 if resp.output_tokens is None else resp.output_tokens, np.int32),
-    ]
+    out: dict[str, Any] = {
+        "text_output": resp.text_output,
+        "output_tokens": -1 if resp.output_tokens is None else resp.output_tokens,
+    }
     if resp.cum_log_prob is not None:
-        out.append(_scalar_tensor(pb, "cum_log_probs", resp.cum_log_prob, np.float32))
+        out["cum_log_probs"] = resp.cum_log_prob
     if with_answer and resp.has_answer:
-        out.append(_str_tensor(pb, PARSED_ANSWER_OUTPUT, resp.answer or ""))
-    return out
+        out[PARSED_ANSWER_OUTPUT] = resp.answer or ""
+    return _tensors(pb, out, _ENGINE_OUTPUT_TYPES)
 
 
 def engine_request_tensors(pb: Any, req: EngineRequest) -> list[Any]:
-    out = [
-        _str_tensor(pb, "text_input", req.text_input),
-        _scalar_tensor(pb, "max_tokens", req.max_tokens, np.int32),
-    ]
-    if req.temperature is not None:
-        out.append(_scalar_tensor(pb, "temperature", req.temperature, np.float32))
-    if req.seed is not None:
-        out.append(_scalar_tensor(pb, "seed", req.seed, np.uint64))
-    if req.return_log_probs:
-        out.append(_scalar_tensor(pb, "return_log_probs", True, np.bool_))
-    return out
+    values = {
+        "text_input": req.text_input,
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+        "seed": req.seed,
+        "return_log_probs": True if req.return_log_probs else None,
+    }
+    return _tensors(pb, {k: v for k, v in values.items() if v is not None}, wire.ENGINE_INPUTS)
 
 
 def _out(pb: Any, resp: Any, name: str) -> Any | None:
@@ -160,46 +163,12 @@ def parse_engine_response(pb: Any, resp: Any, with_answer: bool) -> EngineRespon
 
 def parse_pyramid_request(pb: Any, request: Any, limits: Limits, default_max_tokens: int) -> PyramidRequest:
     return validate_pyramid_request(
-        get_string(pb, request, "text_input"),
-        get_int(pb, request, "max_tokens"),
-        get_float(pb, request, "escalation_threshold"),
-        get_string(pb, request, "force_tier"),
-        get_float(pb, request, "temperature"),
-        get_int(pb, request, "seed"),
-        limits,
-        default_max_tokens,
-        get_int(pb, request, "deadline_ms"),
-        get_bool(pb, request, "stream"),
-        get_bool(pb, request, "strict"),
+        **_inputs(pb, request, wire.ROUTER_INPUTS), limits=limits, default_max_tokens=default_max_tokens
     )
 
 
 def pyramid_response_tensors(pb: Any, resp: PyramidResponse) -> list[Any]:
-    details = {
-        "agent_answers": resp.agent_answers,
-        "failed": resp.failed_agents,
-        "calls": resp.calls,
-        "cost": {k: _json_num(v) for k, v in resp.costs.items()},
-        "latency_ms": {k: round(v, 3) for k, v in resp.latency_ms.items()},
-        "tokens": resp.tokens,
-    }
-    return [
-        _str_tensor(pb, "text_output", resp.text_output),
-        _str_tensor(pb, "answer", resp.answer or ""),
-        _str_tensor(pb, "tier", resp.tier),
-        _scalar_tensor(pb, "escalated", resp.escalated, np.bool_),
-        _scalar_tensor(pb, "confidence", resp.confidence, np.float32),
-        _scalar_tensor(pb, "agreement", resp.agreement, np.float32),
-        _str_tensor(pb, "agent_answers", json.dumps(details, separators=(",", ":"))),
-        _scalar_tensor(pb, "degraded", resp.degraded, np.bool_),
-        _scalar_tensor(pb, "cost", resp.cost, np.float32),
-        _scalar_tensor(pb, "provisional", resp.provisional, np.bool_),
-    ]
-
-
-def _json_num(v: float | None) -> float | None:
-    """JSON has no NaN: an unknown cost is null."""
-    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+    return _tensors(pb, wire.answer_outputs(resp, resp.text_output, resp.latency_ms), wire.ROUTER_OUTPUTS)
 
 
 def merge_engine_responses(parts: list[EngineResponse]) -> EngineResponse:

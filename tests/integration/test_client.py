@@ -269,7 +269,7 @@ def test_deadline_the_oracle_meets_is_not_provisional(deployment, http_client, r
 
 
 def test_pyramid_ask_json_both_protocols(deployment, grpc_client, traces, capsys):
-    from pyramid_moa.cli import main
+    from pyramid_cli import main
 
     q = traces.questions[5].question
     want = grpc_client.ask(q)
@@ -288,7 +288,7 @@ def test_pyramid_ask_json_both_protocols(deployment, grpc_client, traces, capsys
 
 
 def test_pyramid_ask_stream_prints_provisional_then_final(deployment, router, traces, offline_route, capsys):
-    from pyramid_moa.cli import main
+    from pyramid_cli import main
 
     idx, want = escalating(router, traces, offline_route, 1, start=500, exclude=deployment.oracle_missing)[0]
     assert main(["ask", traces.questions[idx].question, "--url", deployment.grpc_url, "--stream", "--json"]) == 0
@@ -312,8 +312,8 @@ def test_console_script_ask(deployment, traces):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_run_gsm8k_summary_is_what_the_results_imply(deployment, router, traces, offline_route, tmp_path, protocol):
-    from pyramid_client.gsm8k import grade
-    from pyramid_moa.cli import main
+    from pyramid_cli import main
+    from pyramid_cli.gsm8k import grade
 
     out = tmp_path / "run.json"
     url = deployment.http_url if protocol == "http" else deployment.grpc_url
@@ -340,7 +340,7 @@ def test_run_gsm8k_summary_is_what_the_results_imply(deployment, router, traces,
 
 
 def test_run_gsm8k_prints_table_and_summary_and_exits_1_on_errors(deployment, traces, tmp_path, capsys):
-    from pyramid_moa.cli import main
+    from pyramid_cli import main
 
     # The fixture's copy of the traces knows every question; a question file with one unknown
     # question makes that request fail (NOT_FOUND) while the others succeed.

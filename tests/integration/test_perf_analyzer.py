@@ -1,4 +1,4 @@
-"""The real perf_analyzer against the session deployment, through scripts/perf.py's runner.
+"""The real perf_analyzer against the session deployment, through scripts/perf.py's runner (pyramid_triton.perf).
 
 Skips, with the reason, when perf_analyzer is not installed (``make setup`` installs it without
 genai-perf, non-fatally; ``make setup-perf`` / ``scripts/install_perf_analyzer.sh``). Short: a
@@ -8,9 +8,7 @@ run of an engine over unary gRPC, each CSV checked for every row it asked for.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,11 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def perf():
-    spec = importlib.util.spec_from_file_location("pyramid_perf_script", ROOT / "scripts" / "perf.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from pyramid_triton import perf
+
+    return perf
 
 
 @pytest.fixture(scope="module")

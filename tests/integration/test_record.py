@@ -21,7 +21,7 @@ QUESTIONS = SHIPPED / "questions.jsonl"
 
 def _record(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pyramid_moa", "record", "--quiet", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "pyramid_cli", "record", "--quiet", *args], capture_output=True, text=True, timeout=300
     )
 
 
@@ -101,7 +101,7 @@ def test_record_over_http_with_named_models(deployment, tmp_path):
 
 
 def test_gsm8k_format_and_usage_errors(tmp_path):
-    from pyramid_client.record import load_questions
+    from pyramid_cli.record import load_questions
 
     raw = tmp_path / "train.jsonl"
     raw.write_text(
@@ -121,8 +121,8 @@ def test_gsm8k_format_and_usage_errors(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--params", "--price"])
 def test_overrides_must_name_recorded_models(tmp_path, flag):
-    from pyramid_client.gsm8k import UsageError
-    from pyramid_client.record import _overrides
+    from pyramid_cli.gsm8k import UsageError
+    from pyramid_cli.record import _overrides
 
     with pytest.raises(UsageError, match="not one of the recorded models"):
         _overrides(["x=1" if flag == "--params" else "x=1,2"], flag, 1 if flag == "--params" else 2, ["a"])
@@ -133,7 +133,7 @@ def test_engine_info_reads_the_rendered_trtllm_ensemble(tmp_path, monkeypatch):
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from pyramid_client import record
+    from pyramid_cli import record
     from pyramid_triton.render import render
 
     from .conftest import ROOT

@@ -1,8 +1,9 @@
-"""Send GSM8K questions through a deployment and summarise what came back (``pyramid run-gsm8k``).
+"""``pyramid run-gsm8k``: send GSM8K questions through a deployment and summarise what came back.
 
 The pure parts (loading and sampling questions, grading, the summary arithmetic, the table and
 the progress line) take plain values, so they are tested without a server; ``run_questions``
-drives an ``AsyncPyramidClient`` with bounded concurrency.
+drives an ``AsyncPyramidClient`` with bounded concurrency. Grading is the offline evaluator's
+(``pyramid_moa.answers``), which is why this command lives here and not in the client.
 
 Summary figures, over the questions sent:
 
@@ -14,13 +15,16 @@ Summary figures, over the questions sent:
   cost) instead; the two agree when the oracle's cost varies little between questions.)
 - ``degraded`` / ``provisional``: answered requests so marked;
 - ``latency_ms``: client-side request latency, p50 / p95 / mean over answered requests.
+
+Exit codes of ``run_gsm8k_main``: 0 ok; 1 any question failed (the summary is printed all the
+same); 2 usage errors (bad flags, unreadable questions or calibration file).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import math
 import random
 import sys
 import time
@@ -30,7 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .types import COST_MODELS, PyramidError, PyramidResult
+from pyramid_client import AsyncPyramidClient, PyramidError, PyramidResult
+from pyramid_client.cli import add_connection_args, add_routing_args, parse_args, routing_kwargs
+from pyramid_moa.answers import get_task, normalize_number
+from pyramid_moa.artifact import write_json_atomic
+from pyramid_moa.cost import COST_MODELS
+from pyramid_triton.perf import percentile
 
 DEFAULT_QUESTIONS = Path("data") / "gsm8k" / "questions.jsonl"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -81,8 +90,6 @@ def default_questions_path() -> Path:
 
 def load_questions(path: str | Path) -> list[Question]:
     """``{"idx": int, "question": str, "gold": str|null, ...}`` per line (docs/TRACES.md)."""
-    from pyramid_moa.answers import normalize_number  # noqa: PLC0415
-
     p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
@@ -154,22 +161,10 @@ def select(
 
 def grade(answer: str | None, gold: str | None, task: str = "gsm8k") -> bool:
     """The offline evaluator's rule: the task's equality against the normalized gold answer."""
-    from pyramid_moa.answers import get_task, normalize_number  # noqa: PLC0415
-
     t = get_task(task)
     if t.numeric:
         answer = normalize_number(answer)
     return bool(t.equal(answer, gold))
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Linear-interpolation percentile (numpy's default), ``q`` in [0, 100]; None when empty."""
-    xs = sorted(values)
-    if not xs:
-        return None
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
@@ -333,3 +328,98 @@ async def run_questions(
         return o
 
     return list(await asyncio.gather(*(one(q) for q in questions)))
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def add_selection_args(ap: argparse.ArgumentParser, concurrency: int, what: str) -> None:
+    """``--n``, ``--seed``, ``--idx`` (which questions: ``choose``), ``--concurrency`` (``what`` in
+    flight) and ``--quiet`` (no ``Progress``)."""
+    ap.add_argument("--n", type=int, help="number of questions (default: all eligible)")
+    ap.add_argument("--seed", type=int, help="sample the questions at random with this seed (default: the first N)")
+    ap.add_argument("--idx", help="comma-separated question ids to choose from (default: all)")
+    ap.add_argument("--concurrency", type=int, default=concurrency, help=f"{what} in flight (default {concurrency})")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def choose(args: argparse.Namespace, questions: Sequence[Question], exclude: Iterable[int] = ()) -> list[Question]:
+    """The questions ``add_selection_args``' flags select (``select``); UsageError on a bad flag."""
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency must be >= 1, got {args.concurrency}")
+    only = None
+    if args.idx:
+        try:
+            only = [int(x) for x in args.idx.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--idx must be comma-separated integers, got {args.idx!r}") from None
+    return select(questions, args.n, args.seed, exclude, only)
+
+
+def gsm8k_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pyramid run-gsm8k",
+        description="Send GSM8K questions through a Pyramid MoA deployment; print accuracy, oracle-call rate, "
+        "cost relative to always-oracle and latency",
+    )
+    ap.add_argument("--questions", help="questions.jsonl (default data/gsm8k/questions.jsonl)")
+    ap.add_argument(
+        "--exclude-fitted", metavar="CALIBRATION", help="skip the questions this calibration artifact was fitted on"
+    )
+    add_selection_args(ap, 4, "requests")
+    add_connection_args(ap)
+    add_routing_args(ap)
+    ap.add_argument("--table", action="store_true", help="print a table of the per-question decisions")
+    ap.add_argument("--json", metavar="FILE", help="write the summary and every result to FILE")
+    return ap
+
+
+def run_gsm8k_main(argv: list[str] | None = None) -> int:
+    args, protocol, url = parse_args(gsm8k_parser(), argv)
+    try:
+        questions = load_questions(args.questions or default_questions_path())
+        exclude = fitted_indices(args.exclude_fitted) if args.exclude_fitted else set()
+        chosen = choose(args, questions, exclude)
+    except UsageError as exc:
+        print(f"pyramid run-gsm8k: error: {exc}", file=sys.stderr)
+        return 2
+
+    progress = Progress(len(chosen), sys.stderr, enabled=not args.quiet)
+
+    async def run() -> list[Outcome]:
+        async with AsyncPyramidClient(url, args.model, args.timeout, args.retries, protocol=protocol) as client:
+            return await run_questions(
+                client, chosen, args.concurrency, on_done=lambda o: progress.update(o.error is None),
+                **routing_kwargs(args),
+            )  # fmt: skip
+
+    try:
+        outcomes = asyncio.run(run())
+    except ValueError as exc:
+        print(f"pyramid run-gsm8k: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        progress.close()
+    summary = summarize(outcomes)
+    if args.table:
+        print(format_table(outcomes))
+        print()
+    print(format_summary(summary))
+    errors = [o for o in outcomes if o.error is not None]
+    for o in errors[:5]:
+        print(f"error on idx {o.question.idx}: {o.error}", file=sys.stderr)
+    if len(errors) > 5:
+        print(f"... and {len(errors) - 5} more errors", file=sys.stderr)
+    if args.json:
+        write_json_atomic(
+            Path(args.json),
+            {
+                "summary": summary,
+                "url": url,
+                "protocol": protocol,
+                "model": args.model,
+                "request": {k: v for k, v in routing_kwargs(args).items() if v is not None},
+                "results": [o.to_dict() for o in outcomes],
+            },
+        )
+    return 1 if errors else 0

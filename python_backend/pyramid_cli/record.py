@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -44,9 +42,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .client import resolve_endpoint
-from .gsm8k import Progress, Question, UsageError, select
-from .types import UNAVAILABLE, PyramidError
+from pyramid_client import PyramidError
+from pyramid_client.cli import parse_args
+from pyramid_client.client import make_transport
+from pyramid_client.http_transport import split_url
+from pyramid_client.retry import Attempts, RetryPolicy
+from pyramid_client.wire import INTERNAL, NOT_FOUND, UNAVAILABLE
+from pyramid_moa.answers import get_task, normalize_number
+from pyramid_moa.artifact import write_text_atomic
+from pyramid_moa.cost import estimate_tokens
+
+from . import gsm8k
+from .gsm8k import Progress, Question, UsageError, add_selection_args, choose, grade
 
 LOG_PROB_POLICIES = ("auto", "always", "never")
 
@@ -78,15 +85,13 @@ def _csv(v: str | None) -> list[str]:
 def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """A model's config as JSON (Triton's model-configuration endpoint); PyramidError if unavailable."""
     if protocol == "http":
-        from .http_transport import split_url  # noqa: PLC0415
-
         scheme, host, port, prefix = split_url(url)
         full = f"{scheme}://{host}:{port}{prefix}/v2/models/{quote(model, safe='')}/config"
         try:
             with urllib.request.urlopen(full, timeout=timeout_s) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
-            code = "NOT_FOUND" if exc.code in (400, 404) else UNAVAILABLE
+            code = NOT_FOUND if exc.code in (400, 404) else UNAVAILABLE
             raise PyramidError(f"model {model!r}: HTTP {exc.code} from {full}", code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise PyramidError(f"cannot reach {host}:{port}: {exc}", UNAVAILABLE) from None
@@ -97,7 +102,7 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
         return client.get_model_config(model, as_json=True, client_timeout=timeout_s)["config"]
     except grpcclient.InferenceServerException as exc:
         msg = str(exc.message() if hasattr(exc, "message") else exc)
-        code = "NOT_FOUND" if "unknown model" in msg.lower() or "not found" in msg.lower() else UNAVAILABLE
+        code = NOT_FOUND if "unknown model" in msg.lower() or "not found" in msg.lower() else UNAVAILABLE
         raise PyramidError(f"model {model!r}: {msg}", code) from None
     finally:
         client.close()
@@ -107,7 +112,7 @@ def discover(protocol: str, url: str, router: str) -> Deployment:
     """The committee, oracle, log-prob and parsed-answer engines and default max_tokens of ``router``."""
     p = _params(model_config(protocol, url, router))
     if "agents" not in p or "oracle" not in p:
-        raise PyramidError(f"model {router!r} is not a pyramid router (no 'agents' / 'oracle' parameters)", "NOT_FOUND")
+        raise PyramidError(f"model {router!r} is not a pyramid router (no 'agents' / 'oracle' parameters)", NOT_FOUND)
     mt = p.get("default_max_tokens", "")
     return Deployment(
         _csv(p["agents"]),
@@ -137,10 +142,6 @@ def engine_info(protocol: str, url: str, model: str) -> dict[str, Any]:
 
 def load_questions(path: str | Path) -> list[Question]:
     """The project's question lines, or GSM8K's ``{"question", "answer": "... #### N"}`` lines."""
-    from pyramid_moa.answers import normalize_number  # noqa: PLC0415
-
-    from . import gsm8k  # noqa: PLC0415
-
     p = Path(path)
     try:
         first = next((ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()), "")
@@ -175,9 +176,6 @@ def load_questions(path: str | Path) -> list[Question]:
 
 def _sample(model: str, parts: Sequence[dict[str, Any]], parsed_answer: bool, task: str) -> dict[str, Any]:
     """A trace sample from an engine's responses (a decoupled engine may send several)."""
-    from pyramid_moa.answers import get_task  # noqa: PLC0415
-    from pyramid_moa.cost import estimate_tokens  # noqa: PLC0415
-
     text = "".join(str(p.get("text_output", "")) for p in parts)
     tokens = [p.get("output_tokens") for p in parts]
     known = [int(t) for t in tokens if t is not None and int(t) >= 0]
@@ -200,22 +198,16 @@ def _sample(model: str, parts: Sequence[dict[str, Any]], parsed_answer: bool, ta
 
 
 class Caller:
-    """Calls engines directly over the client's transports, retrying only UNAVAILABLE."""
+    """Calls engines directly over the client's transports, with the client's retry rule (``retry``)."""
 
     def __init__(self, protocol: str, url: str, timeout_s: float, retries: int) -> None:
-        self.protocol, self.url, self.timeout_s, self.retries = protocol, url, timeout_s, retries
+        self.protocol, self.url, self.timeout_s = protocol, url, timeout_s
+        self.policy = RetryPolicy(retries)
         self._transports: dict[str, Any] = {}
 
     def transport(self, model: str) -> Any:
         if model not in self._transports:
-            if self.protocol == "http":
-                from .http_transport import AsyncHttpTransport  # noqa: PLC0415
-
-                self._transports[model] = AsyncHttpTransport(self.url, model)
-            else:
-                from .grpc_transport import AsyncGrpcTransport  # noqa: PLC0415
-
-                self._transports[model] = AsyncGrpcTransport(self.url, model)
+            self._transports[model] = make_transport(self.protocol, self.url, model, asynchronous=True)
         return self._transports[model]
 
     async def close(self) -> None:
@@ -223,38 +215,19 @@ class Caller:
             await t.close()
 
     async def call(self, model: str, inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + self.timeout_s
-        attempt = 0
-        while True:
-            attempt += 1
-            parts: list[dict[str, Any]] = []
-            try:
-                async for out in self.transport(model).stream(inputs, uuid.uuid4().hex, deadline, self.timeout_s):
+        tries = Attempts(self.policy, time.monotonic() + self.timeout_s)
+        async for _ in tries:
+            with tries:
+                parts: list[dict[str, Any]] = []
+                async for out in self.transport(model).stream(inputs, uuid.uuid4().hex, tries.deadline, self.timeout_s):
+                    tries.answered = True
                     parts.append(out)
                 if not parts:
-                    raise PyramidError("the engine sent no output", "INTERNAL")
+                    raise PyramidError("the engine sent no output", INTERNAL)
                 return parts
-            except PyramidError as exc:
-                exc.attempts = attempt
-                delay = min(4.0, 0.25 * 2 ** (attempt - 1))
-                if exc.code != UNAVAILABLE or parts or attempt > self.retries or time.monotonic() + delay >= deadline:
-                    raise
-            await asyncio.sleep(delay)
 
 
 # --- the run -----------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_trace(path: Path) -> dict[int, dict[str, Any]]:
@@ -334,7 +307,7 @@ async def record(
             f.close()
     for m in deployment.models:  # sorted by idx, one line per question
         rows = [done[m][i] for i in sorted(done[m])]
-        _write_atomic(traces_dir / f"{m}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text_atomic(traces_dir / f"{m}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return done, failures
 
 
@@ -356,7 +329,7 @@ def write_metadata(
                 existing[int(obj["idx"])] = obj
     for q in questions:
         existing[q.idx] = {"idx": q.idx, "question": q.question, "gold": q.gold}
-    _write_atomic(qpath, "".join(json.dumps(existing[i]) + "\n" for i in sorted(existing)))
+    write_text_atomic(qpath, "".join(json.dumps(existing[i]) + "\n" for i in sorted(existing)))
     sources = []
     for m in deployment.models:
         info = infos.get(m, {})
@@ -372,7 +345,7 @@ def write_metadata(
         if m in prices:
             row["price_usd_per_1k_tokens"] = {"input": prices[m][0], "output": prices[m][1]}
         sources.append(row)
-    _write_atomic(out / "sources.json", json.dumps(sources, indent=1) + "\n")
+    write_text_atomic(out / "sources.json", json.dumps(sources, indent=1) + "\n")
 
 
 def _overrides(items: list[str] | None, flag: str, n: int, names: Sequence[str]) -> dict[str, list[float]]:
@@ -404,9 +377,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--router", default="pyramid", help="router model to read the committee from (default pyramid)")
     ap.add_argument("--committee", help="comma-separated agent model names (instead of the router's)")
     ap.add_argument("--oracle", help="oracle model name (with --committee)")
-    ap.add_argument("--n", type=int, help="number of questions (default: all)")
-    ap.add_argument("--seed", type=int, help="sample the questions at random with this seed (default: the first N)")
-    ap.add_argument("--idx", help="comma-separated question ids to choose from")
+    add_selection_args(ap, 8, "calls")
     ap.add_argument("--max-tokens", type=int, help="per call (default: the router's default_max_tokens, else 512)")
     ap.add_argument(
         "--log-probs",
@@ -414,40 +385,26 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="ask for cum_log_probs: auto (the router's logprob_models; all models without a router), always, never",
     )
-    ap.add_argument("--concurrency", type=int, default=8, help="calls in flight (default 8)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per call, retries included (default 300)")
     ap.add_argument("--retries", type=int, default=3, help="retries of a call while the server is unavailable")
     ap.add_argument("--params", action="append", metavar="NAME=B", help="model size in billions (sources.json)")
     ap.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="USD per 1k tokens (sources.json)")
     ap.add_argument("--task", default="gsm8k", help="answer extraction task (gsm8k, text)")
     ap.add_argument("--resume", action="store_true", help="continue into an existing --out directory")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser()
-    a = ap.parse_args(argv)
-    try:
-        protocol, url = resolve_endpoint(a.url, a.protocol)
-    except ValueError as exc:
-        ap.error(str(exc))
+    a, protocol, url = parse_args(parser(), argv)
     out = Path(a.out)
     try:
-        if a.concurrency < 1:
-            raise UsageError(f"--concurrency must be >= 1, got {a.concurrency}")
+        if a.retries < 0:
+            raise UsageError(f"--retries must be >= 0, got {a.retries}")
         if (a.committee is None) != (a.oracle is None):
             raise UsageError("--committee and --oracle go together")
         if out.exists() and any(out.iterdir()) and not a.resume:
             raise UsageError(f"{out} is not empty: pass --resume to continue a run there, or another --out")
-        questions = load_questions(a.questions)
-        only = None
-        if a.idx:
-            try:
-                only = [int(x) for x in a.idx.split(",") if x.strip()]
-            except ValueError:
-                raise UsageError(f"--idx must be comma-separated integers, got {a.idx!r}") from None
-        chosen = select(questions, a.n, a.seed, (), only)
+        chosen = choose(a, load_questions(a.questions))
     except UsageError as exc:
         print(f"pyramid record: error: {exc}", file=sys.stderr)
         return 2
@@ -518,8 +475,6 @@ def summary(
     failures: Sequence[Failure],
     task: str,
 ) -> str:
-    from .gsm8k import grade  # noqa: PLC0415
-
     idxs = [q.idx for q in questions]
     gold = {q.idx: q.gold for q in questions}
     lines = [f"{'model':<40} {'recorded':>9} {'failed':>7} {'accuracy':>9} {'out tok':>8} {'log-probs':>9}"]

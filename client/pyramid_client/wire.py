@@ -1,0 +1,233 @@
+"""The wire format of a Pyramid MoA deployment, defined once for both sides.
+
+The client (``pyramid_client``) encodes requests and parses responses with it; the server
+(``pyramid_triton``: the router, the engines, ``pyramid record``'s engine calls) reads requests and
+writes responses with it. Standard library only: the Triton Python-backend stub imports it too.
+
+- **Tensors**: every input and output is ``[1, 1]`` (batch, element), of the Triton datatype named
+  here. The engines speak TensorRT-LLM's text API (``ENGINE_INPUTS`` -> ``ENGINE_OUTPUTS``); the
+  router takes the same inputs plus its own (``ROUTER_INPUTS``) and answers ``ROUTER_OUTPUTS``.
+- **The router's answer**: ``RoutedAnswer`` holds the fields both sides share; ``answer_outputs``
+  writes them (with the answer's text and the router's step times) as output values, the per-call
+  details as JSON in ``agent_answers``; ``answer_fields`` reads them back.
+- **Errors**: codes named like Triton's ``TRITONSERVER_Error`` codes. Triton's gRPC stream (the only
+  way to reach a decoupled model) carries an error's message but not its code, so the code also
+  leads the message: ``"[INVALID_ARG] invalid input 'max_tokens': ..."`` (``error_message``,
+  ``split_code``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- tensors ------------------------------------------------------------------------------------
+
+BYTES, BOOL, INT32, UINT64, FP32 = "BYTES", "BOOL", "INT32", "UINT64", "FP32"
+
+# TensorRT-LLM's text API, as every engine serves it (the router asks for ``answer`` too from an
+# engine that parses its own final answer, such as the replay engine).
+ENGINE_INPUTS = {
+    "text_input": BYTES,
+    "max_tokens": INT32,
+    "temperature": FP32,
+    "seed": UINT64,
+    "return_log_probs": BOOL,
+}
+ENGINE_OUTPUTS = {"text_output": BYTES, "output_tokens": INT32, "cum_log_probs": FP32}
+PARSED_ANSWER_OUTPUT = "answer"
+
+# The router's inputs: the text API's, and the routing controls. ``exclude_input_in_output`` is
+# accepted (TensorRT-LLM clients send it) and has no effect.
+ROUTER_INPUTS = {
+    "text_input": BYTES,
+    "max_tokens": INT32,
+    "temperature": FP32,
+    "seed": UINT64,
+    "stream": BOOL,
+    "exclude_input_in_output": BOOL,
+    "escalation_threshold": FP32,
+    "force_tier": BYTES,
+    "deadline_ms": INT32,
+    "strict": BOOL,
+}
+IGNORED_INPUTS = ("exclude_input_in_output",)
+INPUT_DATATYPES = {**ROUTER_INPUTS, **ENGINE_INPUTS}
+
+# The router's outputs, in the order it sends them.
+ROUTER_OUTPUTS = {
+    "text_output": BYTES,
+    "answer": BYTES,
+    "tier": BYTES,
+    "escalated": BOOL,
+    "confidence": FP32,
+    "agreement": FP32,
+    "agent_answers": BYTES,  # JSON: see ``answer_outputs``
+    "degraded": BOOL,
+    "cost": FP32,  # NaN when unknown
+    "provisional": BOOL,
+}
+TIERS = ("committee", "oracle")
+
+# --- the router's answer ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutedAnswer:
+    """What the router answers, as both sides hold it (the server's ``PyramidResponse`` and the
+    client's ``PyramidResult`` add what only their side has).
+
+    ``cost``: the calls made, relative to one oracle call on this question, in the calibration's
+    cost model (None when unknown); ``costs``: the same per cost model (``usd``, ``flops``; None
+    where the deployment has no prices / parameter counts). ``provisional``: a committee answer sent
+    before the oracle's (streaming) or instead of it (``deadline_ms``). ``tokens``: per model called
+    whose output the router had, [prompt tokens, completion tokens] (the engine's counts where it
+    reports them, else chars/4).
+    """
+
+    answer: str | None
+    tier: str
+    escalated: bool
+    confidence: float
+    agreement: float
+    agent_answers: dict[str, str | None] = field(default_factory=dict)
+    failed_agents: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    degraded: bool = False
+    cost: float | None = None
+    costs: dict[str, float | None] = field(default_factory=dict)
+    provisional: bool = False
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+
+
+def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> dict[str, Any]:
+    """``{output name: value}`` of one router response, in ``ROUTER_OUTPUTS`` order; ``text``: the
+    answering model's text, ``latency_ms``: the router's wall time per step."""
+    details = {
+        "agent_answers": a.agent_answers,
+        "failed": a.failed_agents,
+        "calls": a.calls,
+        "cost": {k: _json_num(v) for k, v in a.costs.items()},
+        "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
+        "tokens": a.tokens,
+    }
+    return {
+        "text_output": text,
+        "answer": a.answer or "",
+        "tier": a.tier,
+        "escalated": a.escalated,
+        "confidence": a.confidence,
+        "agreement": a.agreement,
+        "agent_answers": json.dumps(details, separators=(",", ":")),
+        "degraded": a.degraded,
+        "cost": math.nan if a.cost is None else a.cost,
+        "provisional": a.provisional,
+    }
+
+
+class WireError(ValueError):
+    """A response that does not follow this format."""
+
+
+def answer_fields(outputs: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, float]]:
+    """(``RoutedAnswer`` fields, text, the router's step times in ms) of one router response, given as
+    ``{output name: scalar}`` (bytes or str, bool, numbers); ``WireError`` if it is not one."""
+    if "tier" not in outputs:
+        raise WireError(f"the response has no 'tier' output (got {sorted(outputs)})")
+    raw = _text(outputs.get("agent_answers")) or "{}"
+    try:
+        details = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise WireError(f"agent_answers is not JSON ({exc}): {raw[:200]!r}") from None
+    if not isinstance(details, dict):
+        details = {}
+    costs_raw, latency = details.get("cost"), details.get("latency_ms")
+    fields = {
+        "answer": _text(outputs.get("answer")) or None,
+        "tier": _text(outputs.get("tier")),
+        "escalated": _flag(outputs.get("escalated")),
+        "confidence": _num(outputs.get("confidence")) or 0.0,
+        "agreement": _num(outputs.get("agreement")) or 0.0,
+        "agent_answers": dict(details.get("agent_answers") or {}),
+        "failed_agents": list(details.get("failed") or []),
+        "calls": list(details.get("calls") or []),
+        "degraded": _flag(outputs.get("degraded")),
+        "cost": _num(outputs.get("cost")),
+        "costs": {str(k): _num(v) for k, v in costs_raw.items()} if isinstance(costs_raw, dict) else {},
+        "provisional": _flag(outputs.get("provisional")),
+        "tokens": {str(k): [int(x) for x in v] for k, v in (details.get("tokens") or {}).items()},
+    }
+    steps = {str(k): float(v) for k, v in latency.items()} if isinstance(latency, dict) else {}
+    return fields, _text(outputs.get("text_output")), steps
+
+
+def _json_num(v: float | None) -> float | None:
+    """JSON has no NaN: an unknown cost is null."""
+    return None if v is None or not math.isfinite(v) else round(float(v), 6)
+
+
+def _num(v: Any) -> float | None:
+    """A finite float, or None (absent, null, NaN, not a number)."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    return str(v)
+
+
+def _flag(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1")
+    return bool(v) if v is not None else False
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+UNKNOWN = "UNKNOWN"
+INTERNAL = "INTERNAL"
+NOT_FOUND = "NOT_FOUND"
+INVALID_ARG = "INVALID_ARG"
+UNAVAILABLE = "UNAVAILABLE"
+UNSUPPORTED = "UNSUPPORTED"
+ALREADY_EXISTS = "ALREADY_EXISTS"
+CANCELLED = "CANCELLED"
+# Triton's TRITONSERVER_Error codes, by name (``pb_utils.TritonError`` has an attribute of each).
+CODE_NAMES = (UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED)
+# The client's own: the call's timeout passed before the whole answer came.
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+# gRPC status names that Triton spells differently.
+GRPC_NAMES = {"INVALID_ARGUMENT": INVALID_ARG, "UNIMPLEMENTED": UNSUPPORTED}
+
+_CODE_PREFIX = re.compile(r"^\[([A-Z][A-Z_]*)\] ")
+
+
+def error_message(code: str, message: str) -> str:
+    """The text of an error response: ``"[CODE] message"``."""
+    return f"[{code}] {message}"
+
+
+def split_code(message: str) -> tuple[str | None, str]:
+    """(code, message) of an ``error_message`` text, the code in Triton's spelling; (None, message)
+    when the text has no ``[CODE]`` prefix (an error raised by Triton itself, or by another server)."""
+    m = _CODE_PREFIX.match(message)
+    if m is None:
+        return None, message
+    return code_name(m.group(1)), message[m.end() :]
+
+
+def code_name(name: str) -> str:
+    """A code or gRPC status name in Triton's spelling (``INVALID_ARGUMENT`` -> ``INVALID_ARG``)."""
+    return GRPC_NAMES.get(name, name)
