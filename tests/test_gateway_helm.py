@@ -1,0 +1,84 @@
+"""The OpenAI gateway in the Helm chart: a second container of the router pods only, in front of that pod's
+tritonserver, on the router Service's port "openai"; API keys from a Secret; off when disabled. Rendered by
+Helm's own template engine and validated against the Kubernetes schemas (as tests/test_helm.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import helm_check  # noqa: E402
+from helm_values import make_values  # noqa: E402
+from test_helm import FULL, NAMESPACE, RELEASE, _names, by_kind  # noqa: E402
+from test_remote import _artifact  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def values(tmp_path_factory):
+    spec = ROOT / "deploy" / "replay.yaml"
+    cal = tmp_path_factory.mktemp("cal") / "cal.json"
+    _artifact(_names(spec)).save(cal)
+    return make_values(spec, cal, image="registry.example/pyramid-moa:0.1.0")
+
+
+def render(values: dict) -> list[dict]:
+    return helm_check.manifests(helm_check.render_chart(values, RELEASE, NAMESPACE))
+
+
+def test_the_router_pods_run_the_gateway_beside_tritonserver(values):
+    docs = render(values)
+    deps = by_kind(docs, "Deployment")
+    router = deps[f"{FULL}-router"]["spec"]["template"]["spec"]
+    triton, gw = router["containers"]
+    assert triton["name"] == "tritonserver" and gw["name"] == "openai-gateway"
+    cmd = gw["command"]
+    assert cmd[:3] == ["python3", "-m", "pyramid_gateway"]
+    assert cmd[cmd.index("--triton") + 1] == "127.0.0.1:8001"  # its own pod's server, no network hop
+    assert cmd[cmd.index("--port") + 1] == "9000" and cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--model-repository") + 1] == "/repository"  # the router's engines, rendered in the pod
+    assert "--api-keys-file" not in cmd
+    assert gw["ports"] == [{"name": "openai", "containerPort": 9000, "protocol": "TCP"}]
+    assert gw["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "openai"}
+    assert gw["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "openai"}
+    assert {"name": "repository", "mountPath": "/repository", "readOnly": True} in gw["volumeMounts"]
+    assert gw["securityContext"] == triton["securityContext"]
+    for tier in ("agents", "oracle"):  # engines: tritonserver alone
+        assert [c["name"] for c in deps[f"{FULL}-{tier}"]["spec"]["template"]["spec"]["containers"]] == ["tritonserver"]
+    svcs = by_kind(docs, "Service")
+    assert {"name": "openai", "port": 9000, "targetPort": "openai", "protocol": "TCP"} in svcs[f"{FULL}-router"][
+        "spec"
+    ]["ports"]
+    assert all(p["name"] != "openai" for p in svcs[f"{FULL}-agents"]["spec"]["ports"])
+    assert helm_check.validate(docs, versions=("1.33.0",)) == []
+
+
+def test_api_keys_from_a_secret_and_extra_flags(values):
+    v = {**values, "gateway": {"port": 9100, "args": ["--max-concurrent-per-key", "8"],
+                               "apiKeys": {"existingSecret": "openai-keys", "secretKey": "keys"}}}  # fmt: skip
+    docs = render(v)
+    pod = by_kind(docs, "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]
+    gw = pod["containers"][1]
+    cmd = gw["command"]
+    assert cmd[cmd.index("--api-keys-file") + 1] == "/config/api-keys/keys"
+    assert cmd[-2:] == ["--max-concurrent-per-key", "8"] and cmd[cmd.index("--port") + 1] == "9100"
+    assert {"name": "api-keys", "mountPath": "/config/api-keys", "readOnly": True} in gw["volumeMounts"]
+    assert {"name": "api-keys", "secret": {"secretName": "openai-keys"}} in pod["volumes"]
+    assert helm_check.validate(docs, versions=("1.33.0",)) == []
+
+
+def test_disabled_means_no_container_and_no_port(values):
+    docs = render({**values, "gateway": {"enabled": False}})
+    pod = by_kind(docs, "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["tritonserver"]
+    assert all(p["name"] != "openai" for p in by_kind(docs, "Service")[f"{FULL}-router"]["spec"]["ports"])
+
+
+@pytest.mark.parametrize("gateway", [{"port": 8001}, {"enabled": "yes"}, {"apiKeys": {"secret": "x"}}, {"bogus": 1}])
+def test_the_values_schema_refuses_bad_gateway_settings(values, gateway):
+    with pytest.raises(Exception, match="schema"):
+        render({**values, "gateway": gateway})
