@@ -14,30 +14,31 @@ def plot(result: dict, path: str | Path) -> None:
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     sw = result["sweep"]
+    y = "accuracy" if result["operating_point"]["accuracy"] is not None else "fidelity"  # no gold: fidelity
     ax.plot(
         [s["mean_cost"] for s in sw],
-        [s["accuracy"] for s in sw],
+        [s[y] for s in sw],
         "-",
         color="tab:blue",
         alpha=0.6,
         label="ours: τ sweep",
     )
     op = result["operating_point"]
-    ax.plot(op["mean_cost"], op["accuracy"], "*", ms=16, color="tab:blue", label="ours: operating point")
+    ax.plot(op["mean_cost"], op[y], "*", ms=16, color="tab:blue", label="ours: operating point")
     for name, b in result["baselines"].items():
         if b is None:
             continue
-        ax.plot(b["mean_cost"], b["accuracy"], "o", ms=6)
+        ax.plot(b["mean_cost"], b[y], "o", ms=6)
         ax.annotate(
             name.replace("agent:", ""),
-            (b["mean_cost"], b["accuracy"]),
+            (b["mean_cost"], b[y]),
             fontsize=7,
             xytext=(3, 3),
             textcoords="offset points",
         )
-    ax.axhline(op["oracle_accuracy"], color="gray", ls=":", lw=1)
+    ax.axhline(op["oracle_accuracy"] if y == "accuracy" else 1.0, color="gray", ls=":", lw=1)
     ax.set_xlabel(f"mean cost relative to always-oracle ({op['cost_model']}, committee included)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(y if y == "accuracy" else "fidelity (agreement with the oracle; no gold)")
     ax.set_title("Accuracy vs cost (held-out)")
     ax.legend(fontsize=8, loc="lower right")
     rel = result["calibration"]["reliability"]
@@ -57,7 +58,8 @@ def plot(result: dict, path: str | Path) -> None:
 def _row(name: str, p: dict) -> str:
     kinds = [k for k in ("flops", "usd") if f"mean_cost_{k}" in p]
     costs = " | ".join(f"{p[f'mean_cost_{k}']:.3f}" for k in kinds)
-    return f"| {name} | {p['accuracy']:.4f} | {p['oracle_call_rate']:.3f} | {costs} | {p['cost_saving']:.1%} |"
+    acc = "n/a" if p["accuracy"] is None else f"{p['accuracy']:.4f}"
+    return f"| {name} | {acc} | {p['fidelity']:.4f} | {p['oracle_call_rate']:.3f} | {costs} | {p['cost_saving']:.1%} |"
 
 
 def markdown(result: dict) -> str:
@@ -76,20 +78,28 @@ def markdown(result: dict) -> str:
         f"Cost is relative to calling the oracle on every question, committee calls included; saving is in the "
         f"`{op['cost_model']}` model. Prompt tokens: {s['prompt_tokens']}.",
         "",
-        "| policy | accuracy | oracle calls | " + " | ".join(f"cost ({k})" for k in kinds) + " | saving |",
-        "|---|---|---|" + "---|" * len(kinds) + "---|",
+        f"Accuracy is against gold (n/a without it); fidelity is agreement with the oracle's answer. The fit's "
+        f"labels: {s.get('labels', 'gold')}.",
+        "",
+        "| policy | accuracy | fidelity | oracle calls | " + " | ".join(f"cost ({k})" for k in kinds) + " | saving |",
+        "|---|---|---|---|" + "---|" * len(kinds) + "---|",
         _row("**ours**", op),
     ]
     for name, b in result["baselines"].items():
         lines.append(
             _row(name, b)
             if b is not None
-            else f"| {name} | target unreachable on a fitting fold | | " + "| " * len(kinds) + "|"
+            else f"| {name} | target unreachable on a fitting fold | | | " + "| " * len(kinds) + "|"
         )
+    gold = (
+        "No gold: accuracy not measured"
+        if op["accuracy"] is None
+        else f"Oracle accuracy {op['oracle_accuracy']:.4f}; ours {op['accuracy']:.4f} "
+        f"({op['accuracy'] - op['oracle_accuracy']:+.4f}); McNemar p = {result['mcnemar_p']:.3g}"
+    )
     lines += [
         "",
-        f"Oracle accuracy {op['oracle_accuracy']:.4f}; ours {op['accuracy']:.4f} "
-        f"({op['accuracy'] - op['oracle_accuracy']:+.4f}); McNemar p = {result['mcnemar_p']:.3g}; "
+        f"{gold}; fidelity {op['fidelity']:.4f} (disagreement {op['disagreement']:.4f}); "
         f"APGR = {result['apgr'] if result['apgr'] is None else round(result['apgr'], 3)}.",
         "",
         f"Calibration ({cal['of']}): ECE {cal['ece']:.4f}, Brier {cal['brier']:.4f}, AUROC {cal['auroc']:.4f}.",
