@@ -1,6 +1,6 @@
-"""`pyramid` command line: calibrate a router and evaluate it on recorded traces; ``ask`` and
-``run-gsm8k`` talk to a running deployment, ``record`` records its models' answers as traces
-(``pyramid_client.cli``).
+"""``pyramid calibrate`` and ``pyramid evaluate``: calibrate a router and evaluate it on recorded
+traces. (The ``pyramid`` command is ``pyramid_cli``: these two, and the subcommands that talk to a
+running deployment.)
 
 Every failure is one line on stderr naming the cause and a non-zero exit;
 outputs are written only after everything succeeded (atomic rename).
@@ -20,7 +20,7 @@ from .calibration import calibrator_names
 from .cost import COST_MODELS
 from .dataset import LABELS, load_routing_data, parse_overrides
 from .features import feature_set_names
-from .fitting import Target, TargetUnreachable, fit_router
+from .fitting import MAX_DEPTH, Target, TargetUnreachable, fit_router
 from .traces import TraceError
 
 # The default floor under --labels oracle: at most 2% of all questions get an answer other than the
@@ -62,6 +62,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", choices=feature_set_names(), default="full")
     p.add_argument("--calibrator", choices=calibrator_names(), default="logistic")
     p.add_argument("--no-adaptive", action="store_true", help="one stage: always ask the whole committee")
+    p.add_argument(
+        "--max-depth",
+        type=int,
+        default=MAX_DEPTH,
+        metavar="D",
+        help=f"the deepest schedule searched: stages below the oracle, each adding members (default {MAX_DEPTH})",
+    )
+    p.add_argument(
+        "--plurality-vote", action="store_true", help="count every agent's vote alike (default: reliability-weighted)"
+    )
     p.add_argument("--no-arbiter", action="store_true", help="after escalation always return the oracle's answer")
     p.add_argument("--params", action="append", metavar="NAME=B", help="override params (billions) of a model")
     p.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="override USD per 1k tokens")
@@ -110,8 +120,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         rng = np.random.default_rng(a.seed)
         rows = np.sort(rng.permutation(data.n)[: int(round(a.fit_fraction * data.n))])
     art = fit_router(
-        data, rows, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.seed, str(a.traces), not a.no_arbiter
-    )
+        data, rows, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.seed, str(a.traces),
+        not a.no_arbiter, max_depth=a.max_depth, weighted_vote=not a.plurality_vote,
+    )  # fmt: skip
     art.save(a.out)
     fs = art.fit_summary
     stages = " -> ".join(f"{'+'.join(s['agents'])} (tau={s['threshold']:.3f})" for s in art.stages)
@@ -165,6 +176,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         art,
         progress,
         not a.no_arbiter,
+        max_depth=a.max_depth,
+        weighted_vote=not a.plurality_vote,
     )
     if bar is not None:
         bar.close()
@@ -193,7 +206,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(others: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """``others``: more subcommands' help, listed by ``--help`` (their arguments are parsed elsewhere)."""
     p = argparse.ArgumentParser(prog="pyramid", description="Pyramid MoA: calibrate and evaluate escalation routers")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("calibrate", help="fit calibrators and thresholds; write the artifact")
@@ -210,27 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", help="markdown report")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(fn=cmd_evaluate)
-    # Client subcommands: listed here for --help; main() hands their arguments to pyramid_client.cli,
-    # imported only then (calibrate/evaluate never need tritonclient).
-    for name, text in CLIENT_COMMANDS.items():
+    for name, text in (others or {}).items():
         sub.add_parser(name, help=text, add_help=False)
     return p
 
 
-CLIENT_COMMANDS = {
-    "ask": "ask a running deployment one question (pyramid ask --help)",
-    "run-gsm8k": "send GSM8K questions through a running deployment; accuracy, cost, latency (--help)",
-    "record": "record a deployment's committee and oracle on a question file as traces for calibrate (--help)",
-}
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, others: dict[str, str] | None = None) -> int:
+    """``others``: as for ``build_parser``."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in CLIENT_COMMANDS:
-        from pyramid_client.cli import ask_main, record_main, run_gsm8k_main
-
-        return {"ask": ask_main, "run-gsm8k": run_gsm8k_main, "record": record_main}[argv[0]](argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(others).parse_args(argv)
     try:
         return args.fn(args)
     except (TraceError, ArtifactError, TargetUnreachable, ValueError, KeyError) as exc:
