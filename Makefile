@@ -34,12 +34,13 @@ endif
 # about 4.5 min on 2 cores) and the Gemma 3 270M GGUF (cached under ~/.cache/pyramid-moa).
 # perf_analyzer (no genai-perf) too, for tests/integration/test_perf_analyzer.py: about 15 MB and 10 s
 # into ~/.cache/pyramid-moa/perf_analyzer, nothing system-wide; if it cannot be fetched, setup goes on
-# and that test skips with the reason. Two distributions, editable: the client (client/, pyramid-client: its own
-# dependencies only) and the project (pyramid_moa, pyramid_triton, pyramid_cli: the `pyramid` command).
-$(STAMP): pyproject.toml client/pyproject.toml requirements.lock requirements-serve.txt scripts/install_triton.sh scripts/install_llamacpp.sh scripts/install_perf_analyzer.sh
+# and that test skips with the reason. Three distributions, editable: the client (client/, pyramid-client: its own
+# dependencies only), the OpenAI gateway (gateway/, pyramid-gateway; [test]: the openai SDK its tests and the demo
+# use) and the project (pyramid_moa, pyramid_triton, pyramid_cli: the `pyramid` command).
+$(STAMP): pyproject.toml client/pyproject.toml gateway/pyproject.toml requirements.lock requirements-serve.txt scripts/install_triton.sh scripts/install_llamacpp.sh scripts/install_perf_analyzer.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e ./client -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e ./client -e './gateway[test]' -e '.[dev]'
 	bash scripts/install_triton.sh $(VENV)
 	bash scripts/install_llamacpp.sh $(VENV)
 	bash scripts/install_perf_analyzer.sh --no-genai-perf $(VENV) || \
