@@ -14,6 +14,7 @@ for _p in (ROOT / "client", ROOT / "gateway"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from pyramid_client import PyramidError, PyramidResult  # noqa: E402
 from pyramid_gateway import responses as R  # noqa: E402
 from pyramid_gateway.auth import KeyAuth  # noqa: E402
 from pyramid_gateway.conversation import question_from_messages  # noqa: E402
@@ -21,8 +22,6 @@ from pyramid_gateway.errors import ApiError, from_pyramid  # noqa: E402
 from pyramid_gateway.metrics import Metrics  # noqa: E402
 from pyramid_gateway.protocol import parse_request, prompt_text  # noqa: E402
 from pyramid_gateway.upstream import deployment_from_repository  # noqa: E402
-
-from pyramid_client import PyramidError, PyramidResult  # noqa: E402
 
 USER = [{"role": "user", "content": "What is 2 + 2?"}]
 

@@ -33,7 +33,6 @@ MODELS = {"pyramid", "pyramid-committee", "pyramid-oracle", *COMMITTEE, ORACLE}
 @pytest.fixture(scope="module")
 def gateway(deployment, tmp_path_factory):
     from pyramid_gateway.process import GatewayProcess
-
     from pyramid_triton.server import free_ports
 
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
@@ -335,7 +334,6 @@ def test_deadline_under_strict_is_a_504_and_without_strict_a_provisional_answer(
 
 def test_triton_unreachable_is_a_503_with_retry_after(deployment, tmp_path):
     from pyramid_gateway.process import GatewayProcess
-
     from pyramid_triton.server import free_ports
 
     dead, port = free_ports(2)
