@@ -65,6 +65,7 @@ from pyramid_triton.perf import (  # noqa: E402
     CpuMeter,
     PerfError,
     Target,
+    admin_headers,
     concurrency_levels,
     count_sweep,
     critical_path_s,
@@ -141,7 +142,7 @@ def gpu_phase(server, pa_bin: Path, out: Path, art, ts, spt: dict[str, float], a
     # A short perf_analyzer sweep at this latency (per-level --request-count: long requests).
     targets = [Target("pyramid", "pyramid", True, ""), Target("direct_unary", art.committee[0], False, "")]
     res["sweep"], res["perf_analyzer_runs"] = count_sweep(
-        pa_bin, server.grpc_url, out, targets, a.gpu_sweep, a.gpu_requests, 4.0 * a.gpu_requests
+        pa_bin, server.grpc_url, out, targets, a.gpu_sweep, a.gpu_requests, 4.0 * a.gpu_requests, admin_headers(server)
     )
     res["load_after"] = loadavg()
     return res
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             repo = render_spec(Path(a.spec), traces, a.calibration, Path(tmp) / "zero", None)
             with TritonServer(repo, log_path=out / "tritonserver_zero.log") as server:
                 summary["zero_latency"] = zero_latency_phase(
-                    server.grpc_url, pa_bin, out, targets, a.sweep, a.rounds, a.round_window_ms
+                    server.grpc_url, pa_bin, out, targets, a.sweep, a.rounds, a.round_window_ms, admin_headers(server)
                 )
                 summary["genai_perf"] = (
                     {"skipped": "--no-genai-perf"}

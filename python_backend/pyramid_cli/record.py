@@ -11,7 +11,9 @@ name, with the engine text API the router uses: ``text_input``, ``max_tokens``, 
 what each model answers when the router calls it. Who the models are, which return
 log-probabilities, which return a parsed answer and the router's default ``max_tokens`` are read
 from the router's model config (``--router``, default ``pyramid``); ``--committee`` / ``--oracle``
-name them instead, e.g. for a repository rendered with ``--engines-only`` (no router yet).
+name them instead, e.g. for a repository rendered with ``--engines-only`` (no router yet). Model
+configs are behind the deployment's admin key (docs/SECURITY.md): give it as ``$PYRAMID_ADMIN_KEY_FILE``
+or ``$PYRAMID_ADMIN_KEY``, or name the models with the flags.
 
 Questions: the project's ``{"idx", "question", "gold"}`` lines, or GSM8K's own ``{"question",
 "answer"}`` lines (``idx`` is then the line number from 0, ``gold`` what follows ``####``).
@@ -51,6 +53,7 @@ from pyramid_client.wire import INTERNAL, NOT_FOUND, UNAVAILABLE
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import write_text_atomic
 from pyramid_moa.cost import estimate_tokens
+from pyramid_triton import access
 
 from . import gsm8k
 from .gsm8k import Progress, Question, UsageError, add_selection_args, choose, grade
@@ -82,13 +85,21 @@ def _csv(v: str | None) -> list[str]:
     return [x.strip() for x in (v or "").split(",") if x.strip()]
 
 
+def _admin_key() -> access.Key | None:
+    """The deployment's admin key ($PYRAMID_ADMIN_KEY_FILE or $PYRAMID_ADMIN_KEY): a model's config is
+    behind it (docs/SECURITY.md), and ``record`` reads the router's and the engines' configs."""
+    return access.from_env()
+
+
 def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """A model's config as JSON (Triton's model-configuration endpoint); PyramidError if unavailable."""
+    key = _admin_key()
     if protocol == "http":
         scheme, host, port, prefix = split_url(url)
         full = f"{scheme}://{host}:{port}{prefix}/v2/models/{quote(model, safe='')}/config"
+        req = urllib.request.Request(full, headers=access.http_headers(key) if key else {})
         try:
-            with urllib.request.urlopen(full, timeout=timeout_s) as r:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
             code = NOT_FOUND if exc.code in (400, 404) else UNAVAILABLE
@@ -99,7 +110,8 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        return client.get_model_config(model, as_json=True, client_timeout=timeout_s)["config"]
+        headers = access.grpc_headers(key) if key else None
+        return client.get_model_config(model, headers=headers, as_json=True, client_timeout=timeout_s)["config"]
     except grpcclient.InferenceServerException as exc:
         msg = str(exc.message() if hasattr(exc, "message") else exc)
         code = NOT_FOUND if "unknown model" in msg.lower() or "not found" in msg.lower() else UNAVAILABLE

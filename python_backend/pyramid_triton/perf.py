@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import access
+
 CACHE = Path(os.environ.get("PYRAMID_CACHE") or Path.home() / ".cache" / "pyramid-moa") / "perf_analyzer"
 INSTALL_HINT = "run 'make setup-perf' (scripts/install_perf_analyzer.sh)"
 
@@ -284,6 +286,9 @@ class PerfAnalyzer:
     out: Path
     input_path: Path
     runs: list[dict] = field(default_factory=list)
+    # Request headers (``-H name:value``): the admin key, which perf_analyzer needs for the model's config
+    # (behind the key: docs/SECURITY.md); a gRPC header is sent as metadata.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def command(
         self,
@@ -302,6 +307,8 @@ class PerfAnalyzer:
         ``max_trials`` windows when that is 3), at most ``max_trials``."""
         cmd = [str(self.binary), "-m", model, "-u", self.url, "-i", "grpc", "--input-data", str(self.input_path)]
         cmd += ["--concurrency-range", concurrency, "-f", str(csv_path)]
+        for name, value in self.headers.items():
+            cmd += ["-H", f"{name}:{value}"]
         if streaming:
             cmd.append("--streaming")
         if export is not None:
@@ -423,15 +430,26 @@ def _text(b: bytes | str | None) -> str:
 
 
 def run_genai_perf(
-    exe: Path, tokenizer: Path, url: str, metrics_url: str, input_file: Path, out: Path, streaming: bool, n: int
+    exe: Path,
+    tokenizer: Path,
+    url: str,
+    metrics_url: str,
+    input_file: Path,
+    out: Path,
+    streaming: bool,
+    n: int,
+    headers: dict[str, str] | None = None,
 ) -> dict:
-    """One genai-perf profile of ``pyramid`` (TensorRT-LLM text API over KServe gRPC); its metrics."""
+    """One genai-perf profile of ``pyramid`` (TensorRT-LLM text API over KServe gRPC); its metrics.
+    ``headers``: sent with each request (``-H``; the admin key, for the model's config)."""
     art = out / ("streaming" if streaming else "non_streaming")
     shutil.rmtree(art, ignore_errors=True)
     cmd = [str(exe), "profile", "-m", "pyramid", "--backend", "tensorrtllm", "--endpoint-type", "kserve"]
     cmd += ["-u", url, "--server-metrics-url", metrics_url, "--tokenizer", str(tokenizer)]
     cmd += ["--input-file", str(input_file), "--concurrency", "1", "--request-count", str(n)]
     cmd += ["--warmup-request-count", "10", "--artifact-dir", str(art)]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}:{value}"]
     if streaming:
         cmd.append("--streaming")
     out.mkdir(parents=True, exist_ok=True)
@@ -529,12 +547,19 @@ def render_spec(spec_path: Path, traces: Path, calibration: str, repo: Path, spt
 
 
 def zero_latency_phase(
-    grpc_url: str, pa_bin: Path, out: Path, targets: list[Target], sweep_spec: str, rounds_n: int, window_ms: int
+    grpc_url: str,
+    pa_bin: Path,
+    out: Path,
+    targets: list[Target],
+    sweep_spec: str,
+    rounds_n: int,
+    window_ms: int,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """Warm-up, a ``sweep_spec`` sweep per target, then ``rounds_n`` interleaved rounds at concurrency
     1 and 16 (runs of three ``window_ms`` windows, the order of the targets rotated per round);
     ``targets`` must have the keys ``pyramid``, ``direct_stream`` and ``direct_unary``."""
-    pa = PerfAnalyzer(pa_bin, grpc_url, out, out / "inputs.json")
+    pa = PerfAnalyzer(pa_bin, grpc_url, out, out / "inputs.json", headers=dict(headers or {}))
     res: dict = {"load_before": loadavg()}
     for t in targets:  # warm every path (first calls import, allocate shm, ...)
         pa.count_run(f"warmup_{t.key}", t.model, 1, t.streaming, 100, 10.0)
@@ -567,11 +592,18 @@ def zero_latency_phase(
 
 
 def count_sweep(
-    pa_bin: Path, grpc_url: str, out: Path, targets: list[Target], levels_spec: str, n: int, expected_s: float
+    pa_bin: Path,
+    grpc_url: str,
+    out: Path,
+    targets: list[Target],
+    levels_spec: str,
+    n: int,
+    expected_s: float,
+    headers: dict[str, str] | None = None,
 ) -> tuple[dict[str, list[dict]], list[dict]]:
     """``n`` requests per level of ``levels_spec`` per target (``PerfAnalyzer.count_run``: for long
     requests); (rows per target key, the perf_analyzer runs)."""
-    pa = PerfAnalyzer(pa_bin, grpc_url, out, out / "inputs.json")
+    pa = PerfAnalyzer(pa_bin, grpc_url, out, out / "inputs.json", headers=dict(headers or {}))
     sweep: dict[str, list[dict]] = {}
     for t in targets:
         rows = [
@@ -581,6 +613,12 @@ def count_sweep(
         sweep[t.key] = [asdict(r) for r in rows]
         print(f"perf: GPU-like sweep {t.key}: " + ", ".join(f"c={r.concurrency} {r.throughput:.2f}/s" for r in rows))
     return sweep, pa.runs
+
+
+def admin_headers(server) -> dict[str, str]:
+    """gRPC headers with ``server``'s admin key (a ``TritonServer``): perf_analyzer and genai-perf read the
+    model's config, which is behind it (docs/SECURITY.md)."""
+    return access.grpc_headers(server.admin_key) if server.admin_key is not None else {}
 
 
 def genai_phase(server, out: Path, questions: list[str], n: int) -> dict:
@@ -596,7 +634,9 @@ def genai_phase(server, out: Path, questions: list[str], n: int) -> dict:
     res = {}
     for streaming in (False, True):
         key = "streaming" if streaming else "non_streaming"
-        res[key] = run_genai_perf(exe, tok, server.grpc_url, metrics_url, inp, gdir, streaming, n)
+        res[key] = run_genai_perf(
+            exe, tok, server.grpc_url, metrics_url, inp, gdir, streaming, n, admin_headers(server)
+        )
         print(f"perf: genai-perf {key}: {'ok' if res[key]['ok'] else 'FAILED, see ' + res[key]['log']}", flush=True)
     res["version"] = "0.0.16"
     return res

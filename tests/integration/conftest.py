@@ -47,6 +47,7 @@ class Deployment:
     log: Path
     oracle_missing: tuple[int, ...]
     metrics_url: str = ""
+    admin_key: object = None  # the server's admin key (pyramid_triton.access.Key): model control and configs
 
 
 def scrape(metrics_url: str, prefix: str = "pyramid_") -> dict[str, float]:
@@ -153,6 +154,7 @@ def deployment(tmp_path_factory) -> Deployment:
             server.log_path,
             oracle_missing,
             f"127.0.0.1:{server.metrics_port}",
+            server.admin_key,
         )
 
 

@@ -49,7 +49,12 @@ def test_perf_analyzer_sweeps_the_router_and_runs_an_engine(deployment, perf, pa
     idx = [i for i in range(300, 400) if ts.samples(engine).get(i)][:30]  # clear of the fault-injected ones
     inputs = tmp_path / "inputs.json"
     inputs.write_text(json.dumps(perf.input_data([ts.questions[i].question for i in idx])), encoding="utf-8")
-    pa = perf.PerfAnalyzer(pa_binary, deployment.grpc_url, tmp_path, inputs)
+    from pyramid_triton import access
+
+    # perf_analyzer reads the model's config, which is behind the admin key (docs/SECURITY.md)
+    pa = perf.PerfAnalyzer(
+        pa_binary, deployment.grpc_url, tmp_path, inputs, headers=access.grpc_headers(deployment.admin_key)
+    )
     before = _successes(deployment.metrics_url, "pyramid")
 
     rows = pa.sweep("sweep_pyramid", "pyramid", "1:2", streaming=True, window_ms=500, stability=50, max_trials=6)

@@ -8,6 +8,7 @@ the engines serve from, and the result must be a trace directory ``pyramid calib
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,16 @@ from .conftest import AGENT_MISSING, COMMITTEE, FAULTY_AGENT, ORACLE, SHIPPED
 QUESTIONS = SHIPPED / "questions.jsonl"
 
 
-def _record(*args: str) -> subprocess.CompletedProcess:
+def _record(*args: str, key=None) -> subprocess.CompletedProcess:
+    """``pyramid record``; ``key``: the deployment's admin key, given as a user would ($PYRAMID_ADMIN_KEY),
+    for reading the router's and the engines' configs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYRAMID_ADMIN_KEY")}
+    if key is not None:
+        env["PYRAMID_ADMIN_KEY"] = key.value
     return subprocess.run(
-        [sys.executable, "-m", "pyramid_cli", "record", "--quiet", *args], capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "pyramid_cli", "record", "--quiet", *args],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
 
 
 def _lines(path: Path) -> list[dict]:
@@ -38,8 +45,11 @@ def _clean_idx(deployment, n: int) -> list[int]:
 def test_record_over_grpc_matches_the_served_traces_and_calibrates(deployment, tmp_path):
     out = tmp_path / "rec"
     idx = _clean_idx(deployment, 80)
-    r = _record("--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--idx", ",".join(map(str, idx)),
-                "--out", str(out))  # fmt: skip
+    args = ["--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--idx", ",".join(map(str, idx))]
+    # the router's config (who the committee is) is behind the admin key: without it, a clear refusal
+    r = _record(*args, "--out", str(tmp_path / "nokey"))
+    assert r.returncode != 0 and "restricted" in r.stderr and "pyramid-admin-key" in r.stderr, r.stderr
+    r = _record(*args, "--out", str(out), key=deployment.admin_key)
     assert r.returncode == 0, r.stderr
     assert "from router pyramid" in r.stderr and "next: pyramid calibrate" in r.stderr
     assert [q["idx"] for q in _lines(out / "questions.jsonl")] == idx
@@ -68,7 +78,8 @@ def test_record_over_grpc_matches_the_served_traces_and_calibrates(deployment, t
 
 def test_failed_calls_are_left_out_reported_and_retried_by_resume(deployment, tmp_path):
     out = tmp_path / "rec"
-    r = _record("--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--n", "14", "--out", str(out))
+    key = deployment.admin_key
+    r = _record("--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--n", "14", "--out", str(out), key=key)
     assert r.returncode == 1  # FAULTY_AGENT has no record for AGENT_MISSING: NOT_FOUND
     assert f"error: {FAULTY_AGENT} on idx {AGENT_MISSING[0]}: NOT_FOUND" in r.stderr
     faulty = [x["idx"] for x in _lines(out / "traces" / f"{FAULTY_AGENT}.jsonl")]
@@ -77,11 +88,13 @@ def test_failed_calls_are_left_out_reported_and_retried_by_resume(deployment, tm
 
     # Without --resume a non-empty --out is refused; with it only what is missing is asked again.
     assert (
-        _record("--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--n", "20", "--out", str(out)).returncode
+        _record(
+            "--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--n", "20", "--out", str(out), key=key
+        ).returncode
         == 2
     )
     r2 = _record(
-        "--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--n", "20", "--out", str(out), "--resume"
+        "--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--n", "20", "--out", str(out), "--resume", key=key
     )
     assert r2.returncode == 1 and r2.stderr.count(f"error: {FAULTY_AGENT}") == len(AGENT_MISSING)
     assert [x["idx"] for x in _lines(out / "traces" / f"{COMMITTEE[1]}.jsonl")] == list(range(20))
