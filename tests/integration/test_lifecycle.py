@@ -4,7 +4,7 @@ loopback unless asked otherwise (issue 17).
 Each test starts the real ``make serve`` (replay profile, the session deployment's calibration, its
 own ``OUT``) as a background job of a non-interactive shell, which starts it with SIGINT ignored, as
 POSIX shells do. Then: SIGTERM to make; SIGINT to the server wrapper; SIGKILL to the wrapper. Each
-time every process of the tree (make, the wrapper, tritonserver, its stubs) must be gone and every
+time every process of the tree (make, the wrapper, tritonserver, its stubs, the OpenAI gateway) must be gone and every
 shared-memory region the server or its stubs had mapped must be removed. Processes are found only
 as descendants of the make process this test started, never by name.
 
@@ -122,8 +122,12 @@ class MakeServe:
         return next(p for p in self.procs if _ppid(p) == self.make_pid)
 
     def server_pid(self) -> int:
-        wrapper = self.wrapper_pid()
-        return next(p for p in self.procs if _ppid(p) == wrapper)
+        """tritonserver: the wrapper's child that listens on HTTP_PORT (the gateway is another child)."""
+        from pyramid_triton.supervisor import listening_pid
+
+        pid = listening_pid(int(self.vars["HTTP_PORT"]))
+        assert pid is not None and _ppid(pid) == self.wrapper_pid()
+        return pid
 
     def wait_exit(self, timeout_s: float = 90) -> int:
         try:
@@ -150,8 +154,14 @@ def make_serve(deployment, tmp_path):
     def start(launcher=None, **make_vars) -> MakeServe:
         from pyramid_triton.server import free_ports
 
-        ports = dict(zip(("HTTP_PORT", "GRPC_PORT", "METRICS_PORT"), map(str, free_ports(3)), strict=True))
-        ms = MakeServe(tmp_path / f"run{len(started)}", deployment.calibration, launcher, **{**ports, **make_vars})
+        ports = dict(
+            zip(("HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "OPENAI_PORT"), map(str, free_ports(4)), strict=True)
+        )
+        out = tmp_path / f"run{len(started)}"
+        # the repository and calibration under OUT: the committed top-level model_repository/ stays untouched
+        where = {"SERVE_REPO": str(out / "model_repository"), "CALIBRATION": str(out / "calibration" / "replay.json"),
+                 "RENDER_FLAGS": ""}  # fmt: skip
+        ms = MakeServe(out, deployment.calibration, launcher, **{**ports, **where, **make_vars})
         started.append(ms)
         ms.wait_ready()
         return ms
