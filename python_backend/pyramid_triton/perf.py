@@ -448,10 +448,12 @@ def run_genai_perf(
     cmd += ["-u", url, "--server-metrics-url", metrics_url, "--tokenizer", str(tokenizer)]
     cmd += ["--input-file", str(input_file), "--concurrency", "1", "--request-count", str(n)]
     cmd += ["--warmup-request-count", "10", "--artifact-dir", str(art)]
-    for name, value in (headers or {}).items():
-        cmd += ["-H", f"{name}:{value}"]
     if streaming:
         cmd.append("--streaming")
+    if headers:  # after "--", genai-perf hands arguments to the perf_analyzer it runs
+        cmd.append("--")
+        for name, value in headers.items():
+            cmd += ["-H", f"{name}:{value}"]
     out.mkdir(parents=True, exist_ok=True)
     log = out / f"genai_perf_{art.name}.log"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
