@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from pathlib import Path
 
 import fake_pb_utils as pb
 import pytest
+import yaml
 from test_triton_glue import Q_AGREE, Q_SPLIT, request, run
 from test_triton_glue import model as glue_model  # noqa: F401 - the fixture: engines and calibration.json
 
@@ -149,3 +152,27 @@ def test_file_is_bounded_in_age(tmp_path):
     BoundedFile(cur, max_bytes=10**6, max_age_s=100, clock=lambda: now[0]).close()
     assert cur.stat().st_size == 0
     assert [json.loads(x)["n"] for x in old.read_text().splitlines()] == [2, 3, 4]
+
+
+def test_the_spec_sets_the_request_log(tmp_path):
+    """The spec's router block reaches the router's config (render.py, deploy/templates/pyramid)."""
+    from pyramid_triton.render import render
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "deploy" / "replay.yaml").read_text(encoding="utf-8"))
+    spec["engine"]["traces"] = str(root / "data" / "gsm8k")
+    spec.pop("calibration")
+    spec["router"].update(request_log="file", request_log_file="/var/log/pyramid/requests.jsonl",
+                          request_log_max_bytes=1000, request_log_content=True, request_log_redact="my_hooks:redact")  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    render(tmp_path / "spec.yaml", tmp_path / "repo", calibration=root / "deploy" / "replay.calibration.json")
+    text = (tmp_path / "repo" / "pyramid" / "config.pbtxt").read_text(encoding="utf-8")
+    params = dict(re.findall(r'key: "(request_log[a-z_]*)" value: \{ string_value: "([^"]*)" \}', text))
+    assert params == {
+        "request_log": "file",
+        "request_log_file": "/var/log/pyramid/requests.jsonl",
+        "request_log_max_bytes": "1000",
+        "request_log_max_age_s": str(7 * 24 * 3600.0),
+        "request_log_content": "true",
+        "request_log_redact": "my_hooks:redact",
+    }

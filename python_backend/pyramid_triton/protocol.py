@@ -21,6 +21,8 @@ from typing import Any
 from pyramid_client.wire import INTERNAL, INVALID_ARG, NOT_FOUND, TIERS, RoutedAnswer
 from pyramid_client.wire import UNAVAILABLE as UNAVAILABLE  # the error codes are importable from here
 
+from .request_log import DEFAULTS as REQUEST_LOG_PARAMS
+
 # The router model's parameters (config.pbtxt) that have a default: what ``render`` writes when the
 # deployment spec leaves one out, and what the router (``bls``) assumes when a config does.
 ROUTER_PARAMS: dict[str, Any] = {
@@ -29,12 +31,14 @@ ROUTER_PARAMS: dict[str, Any] = {
     "max_input_chars": 20000,
     "agent_timeout_s": 60.0,  # a call to an agent that has not answered by then has failed
     "oracle_timeout_s": 120.0,
-    # One JSON line per request: off | verbose (printed with --log-verbose=1) | info. Not free: each line is a
+    # One JSON line per request: off | verbose (printed with --log-verbose=1) | info | file. Not free: each line is a
     # message from the router's stub to the server even when not printed (-15% routed throughput, BENCHMARKS.md).
     "request_log": "off",
     "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
     "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
     "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)
+    # request_log "file" (a private, bounded file), prompts and answers, the redaction hook: request_log.py
+    **REQUEST_LOG_PARAMS,
 }
 
 

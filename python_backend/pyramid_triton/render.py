@@ -49,7 +49,7 @@ from pyramid_moa.artifact import load_artifact
 
 from . import trtllm_facts, trtllm_spec
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
-from .protocol import ROUTER_PARAMS
+from .protocol import REQUEST_LOG_PARAMS, ROUTER_PARAMS
 from .remote import RemoteModel, remote_map_json
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
@@ -353,6 +353,7 @@ def render(
             "breaker_s": float(router["breaker_s"]),
             "remote": PbtxtString(remote_map_json(remote)),
             "remote_retries": int(router["remote_retries"]),
+            **{k: router[k] for k in REQUEST_LOG_PARAMS},
             **limits,
         },
         f"router {router['model_name']!r}",
