@@ -61,6 +61,7 @@ def secured(deployment, tmp_path_factory):
     spec = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
     spec.pop("calibration")
     spec["engine"]["traces"] = str(deployment.traces)
+    spec["router"].update(request_log="file", request_log_file=str(tmp / "requests.jsonl"))
     spec_path = tmp / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     with serve(spec_path, deployment.calibration, tmp / "repo", tmp / "tritonserver.log", supervise=True) as server:
@@ -302,3 +303,20 @@ def test_known_limit_the_backends_shm_regions_are_readable_by_local_users(secure
     regions = [r for r in mapped_shm_files(pids) if "triton_python_backend_shm_region_" in r]
     assert regions
     assert {oct(Path(r).stat().st_mode & 0o777) for r in regions} == {"0o644"}
+
+
+def test_the_request_log_file_is_private_and_holds_no_prompt(secured, traces):
+    """request_log: file, written by the router inside the real server (request_log.py)."""
+    question = traces.questions[3].question
+    status, text = _http(secured, "POST", "/v2/models/pyramid/generate", {"text_input": question, "id": "rl-1"})
+    assert status == 200, text
+    log = secured.model_repository.parent / "requests.jsonl"
+    deadline = time.monotonic() + 30
+    while '"rl-1"' not in (log.read_text(encoding="utf-8") if log.exists() else ""):
+        assert time.monotonic() < deadline, "no request-log line for the request"
+        time.sleep(0.1)
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines()]
+    line = next(d for d in lines if d["request_id"] == "rl-1")
+    assert line["event"] == "pyramid.request" and line["outcome"] == "ok"
+    assert question not in log.read_text(encoding="utf-8") and "text_input" not in line
