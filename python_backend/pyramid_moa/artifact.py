@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .answers import get_task
 from .calibration import calibrator_from_dict
 from .cost import CostModel
 from .features import ARBITER_FEATURES, make_feature_set
@@ -46,12 +47,18 @@ class CalibrationArtifact:
     task: str = "gsm8k"
     fit_summary: dict[str, Any] = field(default_factory=dict)
     arbiter: dict[str, Any] | None = None  # {"feature_names", "calibrator"} or None
+    # What the feature set needs besides the agents (semantic: the fitted "similarity_threshold").
+    task_options: dict[str, Any] = field(default_factory=dict)
 
     def router(self) -> Router:
         stages = []
         for k, st in enumerate(self.stages):
             fs = make_feature_set(
-                self.feature_set, st["agents"], numeric=self.task != "text", weights=st.get("vote_weights")
+                self.feature_set,
+                st["agents"],
+                numeric=get_task(self.task).numeric,
+                weights=st.get("vote_weights"),
+                **self.task_options,
             )
             if fs.names != st["feature_names"]:
                 raise ArtifactError(
@@ -74,6 +81,7 @@ class CalibrationArtifact:
             "format": FORMAT,
             "version": VERSION,
             "task": self.task,
+            "task_options": self.task_options,
             "committee": self.committee,
             "oracle": self.oracle,
             "feature_set": self.feature_set,
@@ -134,6 +142,7 @@ def load_artifact(path: str | Path, known_agents: Iterable[str] | None = None) -
             task=d.get("task", "gsm8k"),
             fit_summary=dict(d.get("fit_summary", {})),
             arbiter=d.get("arbiter"),
+            task_options=dict(d.get("task_options") or {}),
         )
     except (KeyError, TypeError) as exc:
         raise ArtifactError(f"{path}: missing or malformed field {exc}") from None

@@ -15,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .answers import task_names
 from .artifact import ArtifactError, load_artifact, write_json_atomic
 from .calibration import calibrator_names
 from .cost import COST_MODELS
 from .dataset import LABELS, load_routing_data, parse_overrides
 from .features import feature_set_names
 from .fitting import MAX_DEPTH, Target, TargetUnreachable, fit_router
+from .semantic import DEFAULT_EMBEDDING_CACHE
+from .semantic import TASK as SEMANTIC
+from .semantic import prepare as prepare_semantic
 from .traces import TraceError
 
 # The default floor under --labels oracle: at most 2% of all questions get an answer other than the
@@ -59,7 +63,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "no arbiter); default gold when every question has a gold answer, else oracle",
     )
     p.add_argument("--cost", choices=COST_MODELS, default="flops", help="cost model the target and savings use")
-    p.add_argument("--features", choices=feature_set_names(), default="full")
+    p.add_argument(
+        "--features", choices=feature_set_names(), help="feature set (default: full; semantic for --task semantic)"
+    )
     p.add_argument("--calibrator", choices=calibrator_names(), default="logistic")
     p.add_argument("--no-adaptive", action="store_true", help="one stage: always ask the whole committee")
     p.add_argument(
@@ -75,7 +81,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-arbiter", action="store_true", help="after escalation always return the oracle's answer")
     p.add_argument("--params", action="append", metavar="NAME=B", help="override params (billions) of a model")
     p.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="override USD per 1k tokens")
-    p.add_argument("--task", default="gsm8k", help="answer task (gsm8k, text)")
+    p.add_argument("--task", default="gsm8k", help=f"answer task ({', '.join(task_names())})")
+    p.add_argument(
+        "--similarity-threshold",
+        type=float,
+        metavar="S",
+        help="--task semantic: cosine similarity at which two answers are one group (default: fitted label-free)",
+    )
+    p.add_argument(
+        "--grade",
+        metavar="TASK",
+        help="--task semantic: grade whole answers against gold with this task's extractor (e.g. gsm8k)",
+    )
+    p.add_argument(
+        "--embedding-cache",
+        default=str(DEFAULT_EMBEDDING_CACHE),
+        metavar="NPZ",
+        help="--task semantic: embeddings of recorded outputs kept here across runs (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -98,8 +121,16 @@ def _target(a: argparse.Namespace, labels: str) -> Target:
 
 
 def _data(a: argparse.Namespace):
+    if a.task not in task_names():
+        raise ValueError(f"unknown --task {a.task!r}; known: {', '.join(task_names())}")
+    semantic = a.task == SEMANTIC
+    a.features = a.features or ("semantic" if semantic else "full")
+    if semantic != (a.features == "semantic"):
+        raise ValueError("--task semantic and --features semantic go together (answers grouped by meaning)")
+    if not semantic and (a.similarity_threshold is not None or a.grade):
+        raise ValueError("--similarity-threshold and --grade apply to --task semantic only")
     committee = [c.strip() for c in a.committee.split(",") if c.strip()]
-    return load_routing_data(
+    data = load_routing_data(
         a.traces,
         committee,
         a.oracle,
@@ -108,6 +139,9 @@ def _data(a: argparse.Namespace):
         parse_overrides(a.price, "--price"),
         labels=a.labels,
     )
+    if semantic:
+        prepare_semantic(data, a.embedding_cache, a.similarity_threshold, a.grade)
+    return data
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ score a policy by both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -37,6 +38,11 @@ class RoutingData:
     cost_model: CostModel
     task: str = "gsm8k"
     labels: str = "gold"  # what correct() compares with: "gold" or "oracle" (see the module doc)
+    # Answer equality where it is not the task's key equality (``semantic``: by embedding, with a
+    # fitted threshold, see semantic.prepare): ``same`` between two answers, ``grade`` against gold.
+    same: Callable[[str | None, str | None], bool] | None = None
+    grade: Callable[[str | None, str | None], bool] | None = None
+    feature_options: dict = field(default_factory=dict)  # passed to make_feature_set (semantic: threshold)
     _cost_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _feature_cache: dict[tuple, tuple[np.ndarray, list[str | None]]] = field(default_factory=dict)
 
@@ -61,8 +67,18 @@ class RoutingData:
         """The same rows under other labels (feature and cost caches shared)."""
         return self if labels == self.labels else replace(self, labels=labels)
 
+    @property
+    def equal_answers(self) -> Callable[[str | None, str | None], bool]:
+        """Whether two answers agree (committee vs oracle)."""
+        return self.same or get_task(self.task).equal
+
+    @property
+    def equal_gold(self) -> Callable[[str | None, str | None], bool]:
+        """Whether an answer is the gold one."""
+        return self.grade or self.equal_answers
+
     def correct(self, answers: list[str | None]) -> np.ndarray:
-        eq = get_task(self.task).equal
+        eq = self.equal_gold if self.labels == "gold" else self.equal_answers
         return np.array([g is not None and eq(a, g) for a, g in zip(answers, self.reference())], dtype=bool)
 
     def answers(self, name: str) -> list[str | None]:
@@ -97,9 +113,10 @@ class RoutingData:
     ) -> tuple[np.ndarray, list[str | None]]:
         """Feature matrix and committee vote answers for an agent subset, with the vote weighted by
         ``weights`` if given (cached)."""
-        key = (feature_set, tuple(agents), None if weights is None else tuple(weights))
+        opts = self.feature_options
+        key = (feature_set, tuple(agents), None if weights is None else tuple(weights), tuple(sorted(opts.items())))
         if key not in self._feature_cache:
-            fs = make_feature_set(feature_set, agents, numeric=self.task != "text", weights=weights)
+            fs = make_feature_set(feature_set, agents, numeric=get_task(self.task).numeric, weights=weights, **opts)
             rows, tops = [], []
             cols = [self.outputs[a] for a in agents]
             for i, q in enumerate(self.questions):

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .answers import get_task
 from .artifact import CalibrationArtifact
 from .dataset import RoutingData
 from .fitting import MAX_DEPTH, Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
@@ -50,7 +49,7 @@ class Evaluator:
         self.data = data
         self.cost_kind = cost_kind
         self.kinds = data.cost_kinds()
-        self.equal = get_task(data.task).equal
+        self.equal, self.equal_gold = data.equal_answers, data.equal_gold
         self.oracle_answers = _objects(data.answers(data.oracle))
         self.gold = _objects(data.gold) if data.has_gold else None
         # The oracle's correctness under the fit's labels (what fitted baselines are chosen by).
@@ -58,12 +57,14 @@ class Evaluator:
         self.cost = {k: {m: data.call_costs(k, m) for m in [*data.committee, data.oracle]} for k in self.kinds}
 
     # ---- turning outcomes into the JSON contract -------------------------------------------
-    def agree(self, answers: np.ndarray, reference: np.ndarray) -> np.ndarray:
-        """Per question: ``answers`` equals ``reference`` under the task's equality (a missing reference: no)."""
-        return np.array([r is not None and self.equal(a, r) for a, r in zip(answers, reference)], dtype=bool)
+    def agree(self, answers: np.ndarray, reference: np.ndarray, equal: Callable | None = None) -> np.ndarray:
+        """Per question: ``answers`` equals ``reference`` under the task's equality, or ``equal`` (a
+        missing reference: no)."""
+        eq = equal or self.equal
+        return np.array([r is not None and eq(a, r) for a, r in zip(answers, reference)], dtype=bool)
 
     def gold_ok(self, answers: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-        return None if self.gold is None else self.agree(answers, self.gold[rows])
+        return None if self.gold is None else self.agree(answers, self.gold[rows], self.equal_gold)
 
     def point(self, o: Outcome, rows: np.ndarray) -> dict:
         d = self.data

