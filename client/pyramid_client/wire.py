@@ -41,7 +41,12 @@ ENGINE_OUTPUTS = {"text_output": BYTES, "output_tokens": INT32, "cum_log_probs":
 PARSED_ANSWER_OUTPUT = "answer"
 
 # The router's inputs: the text API's, and the routing controls. ``exclude_input_in_output`` is
-# accepted (TensorRT-LLM clients send it) and has no effect.
+# accepted (TensorRT-LLM clients send it) and has no effect. The last seven are what Triton's own OpenAI
+# frontend sends a non-vLLM model besides (deploy/triton_openai_frontend_facts.json): ``stop_words`` (the one
+# input with several elements, ``[1, n]``) cuts the returned text; ``top_p`` and the penalties are accepted at
+# their no-op value only (``NOOP_SAMPLING``: the engines' text API has none of them); the token counts are
+# always sent (``num_input_tokens`` / ``num_output_tokens``), so ``return_num_*`` has no further effect;
+# ``random_seed`` is ``seed`` under its name before Triton 2.59 (containers 24.11 to 25.05).
 ROUTER_INPUTS = {
     "text_input": BYTES,
     "max_tokens": INT32,
@@ -53,8 +58,18 @@ ROUTER_INPUTS = {
     "force_tier": BYTES,
     "deadline_ms": INT32,
     "strict": BOOL,
+    "stop_words": BYTES,
+    "top_p": FP32,
+    "frequency_penalty": FP32,
+    "presence_penalty": FP32,
+    "return_num_input_tokens": BOOL,
+    "return_num_output_tokens": BOOL,
+    "random_seed": UINT64,
 }
-IGNORED_INPUTS = ("exclude_input_in_output",)
+IGNORED_INPUTS = ("exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens")
+LIST_INPUTS = ("stop_words",)  # one string per element, any number of them
+# Sampling fields the engines' text API lacks: accepted only at the value that changes nothing.
+NOOP_SAMPLING = {"top_p": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0}
 INPUT_DATATYPES = {**ROUTER_INPUTS, **ENGINE_INPUTS}
 
 # The router's outputs, in the order it sends them.
@@ -69,6 +84,9 @@ ROUTER_OUTPUTS = {
     "degraded": BOOL,
     "cost": FP32,  # NaN when unknown
     "provisional": BOOL,
+    # Tokens of every call the route made (sums of ``tokens``): what OpenAI frontends report as usage.
+    "num_input_tokens": INT32,
+    "num_output_tokens": INT32,
 }
 TIERS = ("committee", "oracle")
 
@@ -125,7 +143,15 @@ def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> 
         "degraded": a.degraded,
         "cost": math.nan if a.cost is None else a.cost,
         "provisional": a.provisional,
+        "num_input_tokens": sum(t[0] for t in a.tokens.values()),
+        "num_output_tokens": sum(t[1] for t in a.tokens.values()),
     }
+
+
+def cut_at_stop(text: str, stops: list[str] | tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop sequence, which is left out (as OpenAI returns it); (text, cut?)."""
+    first = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:first], True) if first >= 0 else (text, False)
 
 
 class WireError(ValueError):

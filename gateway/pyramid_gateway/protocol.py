@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pyramid_client.wire import NOOP_SAMPLING
+
 from .errors import ApiError, invalid
 
 PYRAMID_KEYS = ("escalation_threshold", "deadline_ms", "strict")
@@ -107,9 +109,8 @@ Kind = Literal["chat", "completion"]
 # field -> (allowed no-op value, why it cannot be honoured)
 _NOOP: dict[str, tuple[Any, str]] = {
     "n": (1, "one choice per request: the router returns one answer (n must be 1)"),
-    "top_p": (1.0, "the engines' text API has no top_p (only 1 is accepted)"),
-    "presence_penalty": (0.0, "the engines' text API has no presence penalty (only 0 is accepted)"),
-    "frequency_penalty": (0.0, "the engines' text API has no frequency penalty (only 0 is accepted)"),
+    # the router's own rule for these (Triton's OpenAI frontend sends them to it): wire.NOOP_SAMPLING
+    **{k: (v, f"the engines' text API has no {k} (only {v:g} is accepted)") for k, v in NOOP_SAMPLING.items()},
     "logprobs": (False, "log-probabilities are not returned: the router answers with a vote, not tokens"),
     "top_logprobs": (0, "log-probabilities are not returned"),
     "store": (False, "this server stores no completions"),

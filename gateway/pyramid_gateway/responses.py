@@ -150,9 +150,3 @@ def sse(data: dict[str, Any] | str) -> bytes:
 
 
 DONE = sse("[DONE]")
-
-
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop sequence (excluded, as OpenAI returns it); (text, cut?)."""
-    first = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:first], True) if first >= 0 else (text, False)

@@ -25,10 +25,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pyramid_client import PyramidError, PyramidResult
+from pyramid_client.wire import cut_at_stop
 
 from .errors import ApiError, deadline_exceeded, from_pyramid, invalid, model_not_found
 from .protocol import ChatCompletionRequest, CompletionRequest
-from .responses import Answer, cut_at_stop, router_metadata
+from .responses import Answer, router_metadata
 from .upstream import Catalog, Target, Upstream
 
 Request = ChatCompletionRequest | CompletionRequest

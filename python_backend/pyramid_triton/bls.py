@@ -16,7 +16,7 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
-from pyramid_client.wire import CODE_NAMES, split_code
+from pyramid_client.wire import CODE_NAMES, cut_at_stop, split_code
 from pyramid_moa.artifact import load_artifact
 from pyramid_moa.features import AgentOutput
 
@@ -175,7 +175,8 @@ class PyramidModel:
     def _build(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> PyramidResponse:
         costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)
         resp = build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
-        return replace(resp, tokens=call_tokens(req.text_input, routed))
+        text, _ = cut_at_stop(resp.text_output, req.stop_words)  # the answer was read from the whole text
+        return replace(resp, tokens=call_tokens(req.text_input, routed), text_output=text)
 
     def _send(self, sender: Any, response: Any | None, final: bool) -> None:
         try:

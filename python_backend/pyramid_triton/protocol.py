@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyramid_client.wire import INTERNAL, INVALID_ARG, NOT_FOUND, TIERS, RoutedAnswer
+from pyramid_client.wire import INTERNAL, INVALID_ARG, NOOP_SAMPLING, NOT_FOUND, TIERS, RoutedAnswer
 from pyramid_client.wire import UNAVAILABLE as UNAVAILABLE  # the error codes are importable from here
 
 from .request_log import DEFAULTS as REQUEST_LOG_PARAMS
@@ -122,6 +122,7 @@ class PyramidRequest:
     deadline_ms: int | None = None
     stream: bool = False
     strict: bool = False
+    stop_words: tuple[str, ...] = ()  # the returned text is cut before the first one
 
     def engine_request(self) -> EngineRequest:
         return EngineRequest(self.text_input, self.max_tokens, self.temperature, self.seed)
@@ -185,8 +186,31 @@ def validate_pyramid_request(
     deadline_ms: int | None = None,
     stream: bool | None = None,
     strict: bool | None = None,
+    stop_words: list[str] | None = None,
+    top_p: float | None = None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    random_seed: int | None = None,
 ) -> PyramidRequest:
     text = validate_text("text_input", text_input, limits)
+    if random_seed is not None:  # seed's name before Triton 2.59's OpenAI frontend
+        if seed is not None and seed != random_seed:
+            raise InvalidArgument(
+                "random_seed", f"is seed's old name; got both, and they differ ({random_seed} != {seed})"
+            )
+        seed = random_seed
+    for name, value in (
+        ("top_p", top_p),
+        ("frequency_penalty", frequency_penalty),
+        ("presence_penalty", presence_penalty),
+    ):
+        if value is not None and value != NOOP_SAMPLING[name]:
+            raise InvalidArgument(
+                name, f"the engines' text API has no {name}: only {NOOP_SAMPLING[name]:g} is accepted, got {value:g}"
+            )
+    stops = tuple(s for s in stop_words or () if s)
+    if sum(len(s) for s in stops) > limits.max_input_chars:
+        raise InvalidArgument("stop_words", f"are longer than {limits.max_input_chars} characters together")
     mt = validate_max_tokens(max_tokens, limits, default_max_tokens)
     if escalation_threshold is not None:
         t = float(escalation_threshold)
@@ -206,5 +230,5 @@ def validate_pyramid_request(
             raise InvalidArgument("deadline_ms", f"must be >= 0 (0: no deadline), got {deadline_ms}")
         deadline_ms = int(deadline_ms) or None
     return PyramidRequest(
-        text, mt, escalation_threshold, force_tier, temperature, seed, deadline_ms, bool(stream), bool(strict)
+        text, mt, escalation_threshold, force_tier, temperature, seed, deadline_ms, bool(stream), bool(strict), stops
     )

@@ -54,6 +54,20 @@ def get_string(pb: Any, request: Any, name: str) -> str | None:
     return str(v)
 
 
+def get_strings(pb: Any, request: Any, name: str) -> list[str] | None:
+    """Every element of optional BYTES input ``name`` (any shape), or None if absent."""
+    t = pb.get_input_tensor_by_name(request, name)
+    if t is None:
+        return None
+    out = []
+    for v in t.as_numpy().reshape(-1):
+        try:
+            out.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
+        except UnicodeDecodeError:
+            raise InvalidArgument(name, "is not valid UTF-8") from None
+    return out
+
+
 def get_int(pb: Any, request: Any, name: str) -> int | None:
     v = _one(pb, request, name)
     return None if v is None else int(v)
@@ -80,7 +94,11 @@ _GETTERS = {
 
 def _inputs(pb: Any, request: Any, datatypes: dict[str, str]) -> dict[str, Any]:
     """``{name: value or None}`` of the inputs ``datatypes`` names (but those the router ignores)."""
-    return {n: _GETTERS[t](pb, request, n) for n, t in datatypes.items() if n not in wire.IGNORED_INPUTS}
+    return {
+        n: (get_strings if n in wire.LIST_INPUTS else _GETTERS[t])(pb, request, n)
+        for n, t in datatypes.items()
+        if n not in wire.IGNORED_INPUTS
+    }
 
 
 def _tensors(pb: Any, values: dict[str, Any], datatypes: dict[str, str]) -> list[Any]:
