@@ -38,7 +38,6 @@ for _p in (ROOT / "python_backend", ROOT / "client", ROOT / "gateway"):
 
 TARGET_ADDED_P50_MS = 1.0
 TARGET_THROUGHPUT_RATIO = 0.90
-CACHE = Path(os.environ.get("PYRAMID_CACHE") or Path.home() / ".cache" / "pyramid-moa") / "perf_analyzer"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -139,14 +138,17 @@ def throughput_phase(grpc_url: str, gw_url: str, questions: list[str], conc: int
 
 
 def genai_perf_chat(gw_port: int, questions: list[str], n: int, out: Path) -> dict:
-    """genai-perf profile --endpoint-type chat against the gateway (skipped when not installed)."""
+    """genai-perf profile --endpoint-type chat against the gateway (skipped when not installed; where and how
+    genai-perf is installed, and its input format: ``pyramid_triton.perf``, which runs it for make perf)."""
+    from pyramid_triton.perf import CACHE, INSTALL_HINT, genai_perf_input
+
     exe, tok = CACHE / "bin" / "genai-perf", CACHE / "tokenizer"
     if not exe.is_file() or not (tok / "tokenizer.json").is_file():
-        return {"skipped": f"genai-perf is not installed in {CACHE}; run 'make setup-perf'"}
+        return {"skipped": f"genai-perf is not installed in {CACHE}; {INSTALL_HINT}"}
     gdir = out / "genai_perf_chat"
     gdir.mkdir(parents=True, exist_ok=True)
     inp = gdir / "gsm8k.jsonl"
-    inp.write_text("".join(json.dumps({"text": q}) + "\n" for q in questions), encoding="utf-8")
+    inp.write_text(genai_perf_input(questions), encoding="utf-8")
     cmd = [str(exe), "profile", "-m", "pyramid", "--endpoint-type", "chat", "--service-kind", "openai"]
     cmd += ["-u", f"127.0.0.1:{gw_port}", "--tokenizer", str(tok), "--input-file", str(inp)]
     cmd += ["--concurrency", "1", "--request-count", str(n), "--artifact-dir", str(gdir / "artifacts")]
