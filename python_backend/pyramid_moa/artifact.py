@@ -122,11 +122,18 @@ def load_artifact(path: str | Path, known_agents: Iterable[str] | None = None) -
     """Load and validate; ``known_agents`` (e.g. a deployment's models) must cover all named models."""
     path = Path(path)
     d = read_json(path, ArtifactError, "calibration file")
+    if isinstance(d, dict) and d.get("format") == SET_FORMAT:
+        raise ArtifactError(f"{path}: a calibration set (one per task); name one task's calibration file instead")
+    return artifact_from_dict(d, str(path), known_agents)
+
+
+def artifact_from_dict(d: Any, where: str, known_agents: Iterable[str] | None = None) -> CalibrationArtifact:
+    """A validated artifact from its JSON object; errors name ``where`` (a file, or a task in a set)."""
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: not a {FORMAT} file")
+        raise ArtifactError(f"{where}: not a {FORMAT} file")
     if d.get("version") not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{path}: calibration version {d.get('version')!r} is not supported (this code reads versions "
+            f"{where}: calibration version {d.get('version')!r} is not supported (this code reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     try:
@@ -145,16 +152,56 @@ def load_artifact(path: str | Path, known_agents: Iterable[str] | None = None) -
             task_options=dict(d.get("task_options") or {}),
         )
     except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path}: missing or malformed field {exc}") from None
+        raise ArtifactError(f"{where}: missing or malformed field {exc}") from None
     if known_agents is not None:
         known = set(known_agents)
         unknown = [a for a in [*art.committee, art.oracle] if a not in known]
         if unknown:
-            raise ArtifactError(f"{path}: calibration names models this deployment does not have: {unknown}")
+            raise ArtifactError(f"{where}: calibration names models this deployment does not have: {unknown}")
     try:
         art.router()
     except (KeyError, ValueError) as exc:
         if isinstance(exc, ArtifactError):
             raise
-        raise ArtifactError(f"{path}: {exc}") from None
+        raise ArtifactError(f"{where}: {exc}") from None
     return art
+
+
+# A calibration set: one artifact per answer task, for a deployment that routes several tasks (the
+# request names its task). A plain artifact file is a set of one.
+SET_FORMAT = "pyramid-moa/calibration-set"
+SET_VERSION = 1
+
+
+def load_calibrations(path: str | Path, known_agents: Iterable[str] | None = None) -> dict[str, CalibrationArtifact]:
+    """task -> its artifact, from a calibration set or a single artifact file. Every artifact must
+    name the same oracle (one deployment), and no task may appear twice."""
+    path = Path(path)
+    d = read_json(path, ArtifactError, "calibration file")
+    if not (isinstance(d, dict) and d.get("format") == SET_FORMAT):
+        art = artifact_from_dict(d, str(path), known_agents)
+        return {art.task: art}
+    if d.get("version") != SET_VERSION:
+        raise ArtifactError(f"{path}: calibration set version {d.get('version')!r} is not supported")
+    items = d.get("calibrations")
+    if not isinstance(items, list) or not items:
+        raise ArtifactError(f"{path}: a calibration set needs a non-empty list 'calibrations'")
+    out: dict[str, CalibrationArtifact] = {}
+    for k, item in enumerate(items):
+        art = artifact_from_dict(item, f"{path}: calibrations[{k}]", known_agents)
+        if art.task in out:
+            raise ArtifactError(f"{path}: task {art.task!r} is calibrated twice")
+        out[art.task] = art
+    oracles = sorted({a.oracle for a in out.values()})
+    if len(oracles) > 1:
+        raise ArtifactError(f"{path}: the calibrations name different oracles {oracles}; one deployment has one")
+    return out
+
+
+def save_calibration_set(path: str | Path, arts: Iterable[CalibrationArtifact]) -> None:
+    """Write the artifacts as one calibration set (atomically); one per task."""
+    arts = list(arts)
+    tasks = [a.task for a in arts]
+    if len(set(tasks)) != len(tasks):
+        raise ArtifactError(f"a calibration set holds one calibration per task, got tasks {tasks}")
+    write_json_atomic(path, {"format": SET_FORMAT, "version": SET_VERSION, "calibrations": [a.to_dict() for a in arts]})

@@ -1,0 +1,83 @@
+"""Calibration sets: one artifact per answer task, for a deployment that routes each request by its task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyramid_moa.artifact import (
+    ArtifactError,
+    CalibrationArtifact,
+    load_artifact,
+    load_calibrations,
+    save_calibration_set,
+)
+from pyramid_moa.calibration import LogisticCalibrator
+from pyramid_moa.cost import CostModel, ModelCost
+from pyramid_moa.features import make_feature_set
+
+AGENTS, ORACLE = ["a", "b"], "o"
+
+
+def _artifact(task: str = "gsm8k", oracle: str = ORACLE) -> CalibrationArtifact:
+    fs_name = "semantic" if task == "semantic" else "agreement"
+    opts = {"similarity_threshold": 0.7} if task == "semantic" else {}
+    fs = make_feature_set(fs_name, AGENTS, **opts)
+    return CalibrationArtifact(
+        committee=AGENTS,
+        oracle=oracle,
+        feature_set=fs_name,
+        calibrator="logistic",
+        stages=[
+            {
+                "agents": AGENTS,
+                "feature_names": fs.names,
+                "calibrator": LogisticCalibrator([1.0] * len(fs.names), 0.0).to_dict(),
+                "threshold": 0.5,
+            }
+        ],
+        target={"kind": "oracle_rate", "value": 0.3, "cost_model": "flops"},
+        cost_model=CostModel({m: ModelCost(params_b=7.0) for m in [*AGENTS, oracle]}),
+        fitted_on={"idx": []},
+        task=task,
+        task_options=opts,
+    )
+
+
+def test_a_plain_artifact_is_a_set_of_one(tmp_path):
+    _artifact().save(tmp_path / "one.json")
+    got = load_calibrations(tmp_path / "one.json", known_agents=[*AGENTS, ORACLE])
+    assert list(got) == ["gsm8k"] and got["gsm8k"].oracle == ORACLE
+
+
+def test_set_round_trip_keeps_each_tasks_options(tmp_path):
+    path = tmp_path / "set.json"
+    save_calibration_set(path, [_artifact("gsm8k"), _artifact("semantic"), _artifact("choice")])
+    got = load_calibrations(path, known_agents=[*AGENTS, ORACLE])
+    assert sorted(got) == ["choice", "gsm8k", "semantic"]
+    router = got["semantic"].router()
+    assert router.task.name == "semantic"
+    assert router.stages[0].features.similarity_threshold == pytest.approx(0.7)
+    # A set is not one artifact: load_artifact says what to do instead.
+    with pytest.raises(ArtifactError, match="calibration set"):
+        load_artifact(path)
+
+
+def test_set_errors_name_the_problem(tmp_path):
+    path = tmp_path / "s.json"
+    with pytest.raises(ArtifactError, match="one calibration per task"):
+        save_calibration_set(path, [_artifact("gsm8k"), _artifact("gsm8k")])
+    save_calibration_set(path, [_artifact("gsm8k"), _artifact("choice", oracle="other")])
+    with pytest.raises(ArtifactError, match="different oracles"):
+        load_calibrations(path)
+    with pytest.raises(ArtifactError, match="does not have"):
+        load_calibrations(path, known_agents=[*AGENTS, ORACLE])
+    d = {"format": "pyramid-moa/calibration-set", "version": 1, "calibrations": []}
+    path.write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="non-empty list"):
+        load_calibrations(path)
+    bad = _artifact().to_dict() | {"version": 99}
+    path.write_text(json.dumps(d | {"calibrations": [bad]}))
+    with pytest.raises(ArtifactError, match=r"calibrations\[0\]: calibration version 99"):
+        load_calibrations(path)
