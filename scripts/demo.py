@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ask_openai(grpc_url: str, repo: Path, log: Path, question: str) -> int:
     """Step 4: the gateway on a free port, one question through the official OpenAI SDK."""
-    import openai  # noqa: PLC0415
+    import openai
 
-    from pyramid_gateway.process import GatewayError, GatewayProcess  # noqa: PLC0415
-    from pyramid_triton.server import free_ports  # noqa: PLC0415
+    from pyramid_gateway.process import GatewayError, GatewayProcess
+    from pyramid_triton.server import free_ports
 
     port = free_ports(1)[0]
     print(f"\n== the openai SDK through the OpenAI-compatible gateway (port {port}, log {log}) ==", flush=True)

@@ -104,7 +104,7 @@ class ChartError(RuntimeError):
 def render_chart(values: dict[str, Any], release: str = "pyramid", namespace: str = "llm") -> dict[str, str]:
     """{template path: rendered text} of the chart with ``values`` (Helm's template engine)."""
     try:
-        import helm_python as helm  # noqa: PLC0415
+        import helm_python as helm
     except ImportError:
         raise ChartError("helm-python-sdk is not installed: pip install the dev extra (make setup)") from None
     try:
@@ -116,7 +116,7 @@ def render_chart(values: dict[str, Any], release: str = "pyramid", namespace: st
 
 def lint() -> list[str]:
     """``helm lint`` errors and warnings (informational notes left out)."""
-    import helm_python as helm  # noqa: PLC0415
+    import helm_python as helm
 
     out = helm.lint(str(CHART))
     msgs = [f"{m.get('path')}: {m.get('error')}" for m in out.get("messages", []) if int(m.get("severity", 0)) >= 2]
@@ -139,10 +139,10 @@ def manifests(rendered: dict[str, str]) -> list[dict[str, Any]]:
 def validate(docs: list[dict[str, Any]], versions: tuple[str, ...] = K8S_VERSIONS) -> list[str]:
     """Schema errors of ``docs`` (empty: all valid) against each Kubernetes version in ``versions``."""
     try:
-        import kubernetes_validate  # noqa: PLC0415
+        import kubernetes_validate
     except ImportError:
         raise ChartError("kubernetes-validate is not installed: pip install the dev extra (make setup)") from None
-    import jsonschema  # noqa: PLC0415
+    import jsonschema
 
     errors = []
     for doc in docs:
@@ -166,7 +166,7 @@ def render_tier_specs(
 ) -> list[str]:
     """Render every tier's spec (its ConfigMap) with render.py, as the tier's init container will; the
     image's paths are mapped back to this checkout. Returns the models each tier renders."""
-    from pyramid_triton.render import render  # noqa: PLC0415
+    from pyramid_triton.render import render
 
     root = values.get("projectRoot", "/opt/pyramid-moa")
     out = []
@@ -188,7 +188,7 @@ def render_tier_specs(
 
 def check(spec: Path, calibration: Path | None, out_dir: Path | None) -> list[str]:
     """Values from ``spec``, the chart rendered and validated; the lines of a summary. ChartError on errors."""
-    from helm_values import make_values  # noqa: PLC0415
+    from helm_values import make_values
 
     values = make_values(spec, calibration, image="registry.example/pyramid-moa-trtllm:0.1.0")
     values["monitoring"] = {

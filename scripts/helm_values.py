@@ -237,7 +237,7 @@ def make_values(
             cal_path = Path(calibration)
             if not cal_path.is_file():
                 raise SpecError(f"calibration artifact {cal_path} not found")
-            from pyramid_moa.artifact import load_artifact  # noqa: PLC0415
+            from pyramid_moa.artifact import load_artifact
 
             art = load_artifact(cal_path, known_agents=[*agents, oracle])  # what the router's render will check
             if art.oracle != oracle:

@@ -169,7 +169,7 @@ def test_pre_and_postprocessing_models_load_from_every_rendered_config(tmp_path,
     """The Python models start from each rendered config (every REQUIRED parameter is there and parses)."""
     r = render(_spec(tmp_path, base), tmp_path / "repo", engines_only=True)
     models, _ = load_trtllm_models(_spec(tmp_path, base))
-    from test_trtllm_models import FakeTokenizer  # noqa: PLC0415
+    from test_trtllm_models import FakeTokenizer
 
     for m in models:
         pre, _, post = trtllm_spec.sub_model_names(m.name)
@@ -449,7 +449,7 @@ def test_the_70b_memory_plan_counts_embeddings_as_tensorrt_llm_lays_them_out():
 
 def test_pipeline_parallel_puts_the_table_and_lm_head_on_different_gpus():
     m = load_trtllm_models(ROOT / "deploy" / "gpu-8x80gb.yaml")[0][-1]
-    from dataclasses import replace  # noqa: PLC0415
+    from dataclasses import replace
 
     pp2 = replace(m, tp_size=2, pp_size=2)
     a = m.arch
@@ -482,8 +482,8 @@ def _executable(path: Path, text: str) -> Path:
 
 
 def test_gpu_check_stops_at_the_first_failing_stage_with_its_cause_not_a_stack_trace(tmp_path):
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
+    import os
+    import subprocess
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -149,8 +149,8 @@ def smoke_repo(tmp_path_factory) -> Path:
 
 
 def _args(repo: Path, model: str) -> dict:
-    from google.protobuf import json_format, text_format  # noqa: PLC0415
-    from tritonclient.grpc import model_config_pb2 as mc  # noqa: PLC0415
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2 as mc
 
     cfg = mc.ModelConfig()
     text_format.Parse((repo / model / "config.pbtxt").read_text(), cfg)
@@ -162,7 +162,7 @@ def _args(repo: Path, model: str) -> dict:
 
 
 def _declared(cfg, which: str) -> dict[str, tuple[type, list[int]]]:
-    from tritonclient.grpc import model_config_pb2 as mc  # noqa: PLC0415
+    from tritonclient.grpc import model_config_pb2 as mc
 
     np_types = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_UINT64": np.uint64}
     return {t.name: (np_types[mc.DataType.Name(t.data_type)], list(t.dims)) for t in getattr(cfg, which)}

@@ -82,10 +82,10 @@ def make_transport(protocol: str, url: str, model: str, asynchronous: bool) -> A
     """The transport of one model: ``stream(inputs, request_id, deadline, timeout_s)`` yields each
     response as ``{output name: scalar}`` (an async iterator when ``asynchronous``)."""
     if protocol == "http":
-        from .http_transport import AsyncHttpTransport, HttpTransport  # noqa: PLC0415
+        from .http_transport import AsyncHttpTransport, HttpTransport
 
         return (AsyncHttpTransport if asynchronous else HttpTransport)(url, model)
-    from .grpc_transport import AsyncGrpcTransport, GrpcTransport  # noqa: PLC0415
+    from .grpc_transport import AsyncGrpcTransport, GrpcTransport
 
     return (AsyncGrpcTransport if asynchronous else GrpcTransport)(url, model)
 

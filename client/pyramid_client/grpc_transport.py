@@ -68,11 +68,11 @@ def _from_triton(exc: Any) -> PyramidError:
     """From a tritonclient ``InferenceServerException`` (a status only for transport errors)."""
     try:
         status = str(exc.status() or "").replace("StatusCode.", "")
-    except Exception:  # noqa: BLE001
+    except (AttributeError, TypeError):  # not an InferenceServerException
         status = ""
     try:
         message = str(exc.message())
-    except Exception:  # noqa: BLE001
+    except (AttributeError, TypeError):
         message = str(exc)
     return error_from_message(message, status or None)
 
@@ -82,7 +82,7 @@ def _from_rpc(exc: Any) -> PyramidError:
     try:
         code = exc.code().name
         details = exc.details() or ""
-    except Exception:  # noqa: BLE001
+    except (AttributeError, TypeError):  # not a grpc.RpcError after all
         code, details = "", str(exc)
     return error_from_message(details, code or None)
 
@@ -91,7 +91,7 @@ class GrpcTransport:
     protocol = "grpc"
 
     def __init__(self, url: str, model: str) -> None:
-        import tritonclient.grpc as grpcclient  # noqa: PLC0415
+        import tritonclient.grpc as grpcclient
 
         self._mod = grpcclient
         self.url, self.model = url, model
@@ -183,9 +183,9 @@ class AsyncGrpcTransport:
     protocol = "grpc"
 
     def __init__(self, url: str, model: str) -> None:
-        import grpc  # noqa: PLC0415
-        import tritonclient.grpc as grpcclient  # noqa: PLC0415
-        import tritonclient.grpc.aio as aioclient  # noqa: PLC0415
+        import grpc
+        import tritonclient.grpc as grpcclient
+        import tritonclient.grpc.aio as aioclient
 
         self._grpc, self._mod = grpc, grpcclient
         self.url, self.model = url, model

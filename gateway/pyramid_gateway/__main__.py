@@ -55,7 +55,7 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
     args = parser().parse_args(argv)
     try:

@@ -123,9 +123,9 @@ class Upstream:
         retries: int = 1,
         deployment: Deployment | None = None,
     ) -> None:
-        import grpc  # noqa: PLC0415
-        import tritonclient.grpc as grpcclient  # noqa: PLC0415
-        import tritonclient.grpc.aio as aioclient  # noqa: PLC0415
+        import grpc
+        import tritonclient.grpc as grpcclient
+        import tritonclient.grpc.aio as aioclient
 
         self.url, self.router_name, self.timeout_s = url, router, timeout_s
         self._grpc, self._mod = grpc, grpcclient

@@ -106,7 +106,7 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
             raise PyramidError(f"model {model!r}: HTTP {exc.code} from {full}", code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise PyramidError(f"cannot reach {host}:{port}: {exc}", UNAVAILABLE) from None
-    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+    import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
     try:

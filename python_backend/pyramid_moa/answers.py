@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .choice import choice_equal, extract_choice
+from .registry import lookup
 
 NUMERIC_TOLERANCE = 1e-4
 
@@ -140,11 +141,7 @@ def register_extractor(task: AnswerTask) -> AnswerTask:
 
 
 def get_task(name: str) -> AnswerTask:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise KeyError(f"unknown answer task {name!r}; known: {known}") from None
+    return lookup(_REGISTRY, name, "answer task")
 
 
 def task_names() -> list[str]:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .registry import lookup
+
 
 def _sigmoid(z: float) -> float:
     if z >= 0:
@@ -270,10 +272,7 @@ def register_calibrator(cls: type[Calibrator]) -> type[Calibrator]:
 
 
 def make_calibrator(name: str) -> Calibrator:
-    try:
-        return _CALIBRATORS[name]()
-    except KeyError:
-        raise KeyError(f"unknown calibrator {name!r}; known: {', '.join(sorted(_CALIBRATORS))}") from None
+    return lookup(_CALIBRATORS, name, "calibrator")()
 
 
 def calibrator_from_dict(d: dict[str, Any]) -> Calibrator:

@@ -26,6 +26,7 @@ from .semantic import DEFAULT_EMBEDDING_CACHE
 from .semantic import TASK as SEMANTIC
 from .semantic import prepare as prepare_semantic
 from .traces import TraceError
+from .registry import UnknownName
 
 # The default floor under --labels oracle: at most 2% of all questions get an answer other than the
 # oracle's. The gold gap to the oracle can never exceed the disagreement (a question answered as the
@@ -269,9 +270,10 @@ def main(argv: list[str] | None = None, others: dict[str, str] | None = None) ->
     args = build_parser(others).parse_args(argv)
     try:
         return args.fn(args)
-    except (TraceError, ArtifactError, TargetUnreachable, ValueError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"pyramid {args.cmd}: error: {msg}", file=sys.stderr)
+    # The user's mistakes: bad files, artifacts, targets, values (the library validates with ValueError)
+    # and unknown registry names. Any other exception is a bug and keeps its traceback.
+    except (TraceError, ArtifactError, TargetUnreachable, ValueError, UnknownName) as exc:
+        print(f"pyramid {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .answers import answer_key
+from .registry import lookup
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _ERROR_MARKERS = ("Traceback", "Error:", "error:")
@@ -275,10 +276,7 @@ def make_feature_set(
 ) -> FeatureSet:
     """The feature set ``name`` over ``agents``; ``weights``: reliability weights of the vote;
     ``options``: what the set itself needs (``semantic``: ``similarity_threshold``)."""
-    try:
-        cls = _FEATURE_SETS[name]
-    except KeyError:
-        raise KeyError(f"unknown feature set {name!r}; known: {', '.join(sorted(_FEATURE_SETS))}") from None
+    cls = lookup(_FEATURE_SETS, name, "feature set")
     if not options:
         return cls(agents, numeric, weights)
     try:

@@ -6,6 +6,11 @@ concurrently through ``await pb_utils.InferenceRequest(...).async_exec()``, or, 
 a model of another server, over gRPC: ``remote.RemoteEngines``), send one response,
 then the FINAL flag. Every exception becomes an error response followed by FINAL,
 so a client never waits for a response that will not come.
+
+After the response: the drift alarms see the route (``drift``), and a sampled share of requests is
+shadowed (``shadow``: the models the route did not call, called in the background, one complete
+record written), never on the client's critical path. The artifact is the ``calibration`` file or,
+after a hot reload, the ``calibration_json`` parameter (``hot_reload``).
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from dataclasses import replace
 from typing import Any
 
 from pyramid_client.wire import CODE_NAMES, cut_at_stop, split_code
-from pyramid_moa.artifact import load_artifact
 from pyramid_moa.features import AgentOutput
 
 from . import tensors
 from .config import REQUIRED, ModelParams
+from .drift import DriftMonitor
+from .hot_reload import router_artifact
 from .metrics import FLUSH_S, RequestRecord, RouterMetrics
 from .protocol import (
     INTERNAL,
@@ -46,6 +52,7 @@ from .routing import (
     route_async,
     to_agent_output,
 )
+from .shadow import Shadow, artifact_version, build_record
 
 
 class PyramidModel:
@@ -55,7 +62,8 @@ class PyramidModel:
         self.name = p.name
         self.agents = p.get_list("agents")
         self.oracle = p.get_str("oracle", REQUIRED)
-        self.artifact = load_artifact(p.get_path("calibration", REQUIRED), known_agents=[*self.agents, self.oracle])
+        p.get_str("calibration" if not p.get_str("calibration_json", "") else "calibration_json", REQUIRED)
+        self.artifact, self.artifact_source = router_artifact(p, [*self.agents, self.oracle])
         if self.artifact.oracle != self.oracle:
             raise ValueError(
                 f"calibration oracle {self.artifact.oracle!r} differs from the deployment's oracle {self.oracle!r}"
@@ -89,6 +97,14 @@ class PyramidModel:
         self.metrics = (
             RouterMetrics(pb, self.name, [*self.agents, self.oracle]) if p.get_bool("metrics", True) else None
         )
+        self.calibration = artifact_version(self.artifact)
+        self.drift = DriftMonitor.from_params(p, self.artifact.fit_summary.get("expected"))
+        self.shadow = Shadow.from_params(p, self.name, self.artifact, [*self.agents, self.oracle], self.oracle)
+        self._shadow_tasks: set[asyncio.Future] = set()
+        pb.Logger.log_info(
+            f"{self.name}: calibration {self.calibration['id']} from {self.artifact_source} "
+            f"(labels {self.calibration['labels']}); shadow rate {self.shadow.rate if self.shadow else 0}"
+        )
 
     async def execute(self, requests: list[Any]) -> None:
         await asyncio.gather(*(self.handle(r) for r in requests))
@@ -103,10 +119,12 @@ class PyramidModel:
         rec = RequestRecord(_request_id(request), "ok", 0.0)
         response = None
         prompt = None
+        req = None
+        ctx: dict[str, Routed] = {}
         try:
             req = tensors.parse_pyramid_request(pb, request, self.limits, self.default_max_tokens)
             prompt = req.text_input
-            work = asyncio.ensure_future(self._route(req, sender, failures, arrived))
+            work = asyncio.ensure_future(self._route(req, sender, failures, arrived, ctx))
             if await _cancelled_before_done(work, request):
                 work.cancel()
                 rec.outcome = "cancelled"
@@ -122,9 +140,16 @@ class PyramidModel:
         rec.seconds = time.monotonic() - arrived
         rec.failed = sorted(failures)
         self._observe(rec, prompt)
+        if rec.response is not None and req is not None and "routed" in ctx:
+            self._after(req, ctx["routed"], failures)
 
     async def _route(
-        self, req: PyramidRequest, sender: Any, failures: dict[str, CallFailure], arrived: float
+        self,
+        req: PyramidRequest,
+        sender: Any,
+        failures: dict[str, CallFailure],
+        arrived: float,
+        ctx: dict[str, Routed] | None = None,
     ) -> PyramidResponse:
         ereq = req.engine_request()
 
@@ -144,15 +169,93 @@ class PyramidModel:
             deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
             on_provisional=send_provisional if req.stream else None,
         )
+        if ctx is not None:
+            ctx["routed"] = routed
         return self._build(req, routed, failures)
+
+    # ---- after the response: drift and shadow sampling -------------------------------------------
+    def _after(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> None:
+        """Drift bookkeeping and, for a sampled request, the shadow record; never raises."""
+        try:
+            own = req.escalation_threshold is None and req.force_tier is None  # the artifact's own thresholds
+            if own:
+                self._drift_line(self.drift.observe_route(routed.result.escalated))
+            if self.shadow is None or not self.shadow.sampled():
+                return
+            have = {n for n, o in routed.outputs.items() if not o.failed}
+            missing = [m for m in [*self.agents, self.oracle] if m not in have]
+            if missing and not self.shadow.admit(len(missing)):
+                self._shadow_done("skipped")  # the bound on shadow calls in flight: shed, never queued
+                return
+            task = asyncio.ensure_future(self._shadow_run(req, routed, sorted(failures), missing, own))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+        except Exception:  # noqa: BLE001 - shadow and drift must never fail a request
+            self.pb.Logger.log_warn(f"{self.name}: shadow/drift failed: {traceback.format_exc()}")
+
+    async def _shadow_run(
+        self, req: PyramidRequest, routed: Routed, route_failed: list[str], missing: list[str], own: bool
+    ) -> None:
+        assert self.shadow is not None
+        outcome, cost = "failed", None
+        try:
+            try:
+                ereq = req.engine_request()
+                outs = await asyncio.gather(*(self._call(m, ereq, {}) for m in missing))
+            finally:
+                self.shadow.release(len(missing))
+            shadow_outs = dict(zip(missing, outs))
+            cost = relative_costs(
+                self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input,
+                Routed(routed.result, shadow_outs),
+            ).get(self.cost_kind)  # fmt: skip
+            record = build_record(
+                self.shadow.ids.next(), req.text_input, routed, shadow_outs, route_failed, self.calibration,
+                req.escalation_threshold, req.force_tier, self.name,
+            )  # fmt: skip
+            self.shadow.writer.write(record)
+            outcome = "recorded"
+            r = routed.result
+            oracle = shadow_outs.get(self.oracle) or routed.outputs.get(self.oracle)
+            if own and not r.escalated and oracle is not None and not oracle.failed and oracle.answer is not None:
+                self._drift_line(self.drift.observe_shadow(self.router.task.equal(r.answer, oracle.answer)))
+        except Exception:  # noqa: BLE001 - counted and logged; the client has its answer already
+            self.pb.Logger.log_warn(f"{self.name}: shadow record failed: {traceback.format_exc()}")
+        self._shadow_done(outcome, cost)
+
+    def _shadow_done(self, outcome: str, cost: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_shadow(outcome, cost)
+            self._schedule_flush()
+
+    def _drift_line(self, line: str | None) -> None:
+        if line:
+            (self.pb.Logger.log_warn if self.drift.drifting else self.pb.Logger.log_info)(f"{self.name}: {line}")
+
+    def _gauges(self) -> None:
+        """Hand the gauges' current values to the metrics (drift, shadow calls in flight, breakers)."""
+        if self.metrics is None:
+            return
+        f = self.drift.figures
+        e = self.drift.figures["escalation_rate"]
+        now = time.monotonic()
+        self.metrics.set_gauges(
+            {
+                "pyramid_live_escalation_rate": e.observed,
+                "pyramid_live_fidelity": f["fidelity"].observed,
+                "pyramid_expected_escalation_rate": e.expected,
+                "pyramid_expected_fidelity": f["fidelity"].expected,
+                "pyramid_shadow_in_flight": self.shadow.in_flight if self.shadow else 0,
+            },
+            {name: fig.drifting for name, fig in f.items()},
+            {m: self._down_until.get(m, 0.0) > now for m in [*self.agents, self.oracle]},
+        )
 
     def _observe(self, rec: RequestRecord, prompt: str | None = None) -> None:
         try:
             if self.metrics is not None:
                 self.metrics.observe(rec)
-                if not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    asyncio.get_running_loop().call_later(FLUSH_S, self._flush_metrics)
+                self._schedule_flush()
             if self.request_log.enabled:
                 answer = rec.response.text_output if rec.response is not None else None
                 problem = self.request_log.write(rec.log_fields(self.name), prompt, answer, self._emit_log)
@@ -164,10 +267,16 @@ class PyramidModel:
     def _emit_log(self, level: str, line: str) -> None:
         (self.pb.Logger.log_info if level == "info" else self.pb.Logger.log_verbose)(line)
 
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(FLUSH_S, self._flush_metrics)
+
     def _flush_metrics(self) -> None:
         self._flush_scheduled = False
         try:
             if self.metrics is not None:
+                self._gauges()
                 self.metrics.flush()
         except Exception:  # noqa: BLE001 - observability must never fail the router
             self.pb.Logger.log_warn(f"{self.name}: metrics flush failed: {traceback.format_exc()}")
@@ -267,7 +376,7 @@ class PyramidModel:
             return prefixed, message
         try:
             code = err.code()
-        except Exception:  # noqa: BLE001
+        except (AttributeError, TypeError):  # a TritonError without a code (older backends)
             return INTERNAL, message
         for name in CODE_NAMES:
             if getattr(self.pb.TritonError, name, object()) == code:
@@ -293,5 +402,5 @@ async def _cancelled_before_done(work: asyncio.Future, request: Any) -> bool:
 def _request_id(request: Any) -> str:
     try:
         return str(request.request_id() or "")
-    except Exception:  # noqa: BLE001
+    except (AttributeError, TypeError):  # a request object without ids
         return ""

@@ -76,7 +76,7 @@ class StepFailed(BuildError):
 
 def trtllm_version() -> str | None:
     """The installed tensorrt_llm's version from its package metadata (no import), or None."""
-    from importlib import metadata  # noqa: PLC0415
+    from importlib import metadata
 
     for dist in ("tensorrt_llm", "tensorrt-llm"):
         try:
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even when an engine is up to date")
     ap.add_argument("--clean-checkpoints", action="store_true", help="remove ENGINE.ckpt after the engine is built")
     a = ap.parse_args(argv)
-    from .render import SpecError, load_trtllm_models  # noqa: PLC0415
+    from .render import SpecError, load_trtllm_models
 
     src = a.trtllm_src or default_trtllm_src()
     try:

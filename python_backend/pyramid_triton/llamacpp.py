@@ -234,7 +234,7 @@ class LlamaCppEngine:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF model not found at {path}; {INSTALL_HINT}")
         try:
-            import llama_cpp  # noqa: PLC0415 - optional dependency, loaded only to serve
+            import llama_cpp  # optional dependency, loaded only to serve
         except ImportError as exc:
             raise ImportError(f"llama-cpp-python is not installed ({exc}); {INSTALL_HINT}") from None
         t0 = time.perf_counter()
@@ -338,7 +338,7 @@ class LlamaCppEngine:
 
     def _logprob(self, token: int) -> float:
         """log P(token) at the last evaluated position (the one ``token`` was sampled from)."""
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         lc = self._llama_cpp
         n_vocab = int(self.llama.n_vocab())

@@ -211,11 +211,11 @@ def call_error(exc: BaseException) -> CallError:
     status, message = "", str(exc)
     try:  # grpc.RpcError (grpc.aio streams raise it as is)
         status, message = exc.code().name, exc.details() or ""  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - not an RpcError
+    except (AttributeError, TypeError):  # not an RpcError
         try:  # tritonclient InferenceServerException
             status = str(exc.status() or "").replace("StatusCode.", "")  # type: ignore[attr-defined]
             message = str(exc.message())  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001
+        except (AttributeError, TypeError):  # neither: its text is all there is
             status = ""
     code, message = split_code(message)
     err = CallError(message, code or GRPC_CODES.get(status, INTERNAL))
@@ -266,7 +266,7 @@ class RemoteEngines:
 
     def _mod(self) -> Any:
         if self.grpcclient is None:
-            import tritonclient.grpc as grpcclient  # noqa: PLC0415
+            import tritonclient.grpc as grpcclient
 
             self.grpcclient = grpcclient
         return self.grpcclient
@@ -284,7 +284,7 @@ class RemoteEngines:
         if self.client_factory is not None:
             c = self.client_factory(url)
         else:
-            import tritonclient.grpc.aio as aioclient  # noqa: PLC0415
+            import tritonclient.grpc.aio as aioclient
 
             c = aioclient.InferenceServerClient(url, channel_args=channel_args(url))
         self._clients[url] = (loop, c, now)  # a client of another (finished) loop is dropped, not reused

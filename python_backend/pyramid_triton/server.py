@@ -48,7 +48,7 @@ class ServerError(RuntimeError):
 def triton_root() -> Path:
     """The ``tritonserver`` directory of the installed ``nvidia-pytriton`` wheel."""
     try:
-        import pytriton  # noqa: PLC0415
+        import pytriton
     except ImportError:
         raise ServerError("nvidia-pytriton is not installed; run scripts/install_triton.sh") from None
     return Path(pytriton.__file__).parent / "tritonserver"
@@ -343,7 +343,7 @@ def open_private_log(path: Path) -> IO[bytes]:
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
 
 
-class Shutdown(BaseException):  # noqa: N818 - a request to stop, like KeyboardInterrupt, not an error
+class Shutdown(BaseException):  # a request to stop, like KeyboardInterrupt, not an error
     """A stop signal arrived; ``signum`` says which."""
 
     def __init__(self, signum: int) -> None:
@@ -404,7 +404,7 @@ def resolve_inference_key(spec: Path | None) -> access.Key | None:
     key if the spec asks for one (``security.inference_key``), else None (inference open)."""
     key = access.from_env(key_env=access.INFERENCE_KEY_ENV, file_env=access.INFERENCE_KEY_FILE_ENV)
     if key is None and spec is not None:
-        from .render import load_spec  # noqa: PLC0415 - only the wrapper needs the spec reader
+        from .render import load_spec  # only the wrapper needs the spec reader
 
         if access.inference_key_wanted(load_spec(spec), str(spec)):
             key = access.generate()
@@ -425,7 +425,7 @@ def _announce_key(what: str, header: str, key: access.Key, out: Path | None, fil
 
 def main(argv: list[str] | None = None) -> int:
     """Run tritonserver in the foreground on a rendered repository until SIGTERM, SIGINT or SIGHUP."""
-    import argparse  # noqa: PLC0415
+    import argparse
 
     ap = argparse.ArgumentParser(description="Serve a rendered Pyramid MoA model repository with tritonserver")
     ap.add_argument("repository")
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
     children: list[Child] = [server]
     if args.openai_port:  # the gateway (gateway/, pyramid_gateway) beside the server, stopped with it
-        from pyramid_gateway.process import GatewayProcess  # noqa: PLC0415
+        from pyramid_gateway.process import GatewayProcess
 
         route = ["--model-repository", str(args.repository)]  # the router's engines, from its rendered config
         gateway = GatewayProcess(server.grpc_url, args.openai_port, args.host, extra_args=route, spawn=spawn_child)

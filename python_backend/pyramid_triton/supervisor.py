@@ -210,7 +210,7 @@ def check(http_url: str, key: access.Key) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Liveness check: exit 0 if every ready Python-backend model has all its stubs, else 1 (and why)."""
-    import argparse  # noqa: PLC0415
+    import argparse
 
     ap = argparse.ArgumentParser(description="Exit 1 if an engine's Python-backend stub process is dead")
     ap.add_argument("--http", default="127.0.0.1:8000", help="the server's HTTP address (default: %(default)s)")

@@ -254,7 +254,7 @@ class Postprocessor:
 def load_tokenizer(tokenizer_dir: str | Path) -> Any:
     """The Hugging Face tokenizer (``transformers`` is imported here only: NVIDIA's container has it)."""
     try:
-        from transformers import AutoTokenizer  # noqa: PLC0415
+        from transformers import AutoTokenizer
     except ImportError as exc:
         raise RuntimeError(
             "transformers is not installed: the TensorRT-LLM pre/postprocessing models run in NVIDIA's "

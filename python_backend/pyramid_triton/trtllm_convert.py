@@ -20,8 +20,8 @@ FAMILIES = ("llama", "qwen")
 
 def convert(model_dir: str, output_dir: str, dtype: str, tp_size: int, pp_size: int, family: str) -> None:
     try:
-        from tensorrt_llm.mapping import Mapping  # noqa: PLC0415
-        from tensorrt_llm.models import LLaMAForCausalLM, QWenForCausalLM  # noqa: PLC0415
+        from tensorrt_llm.mapping import Mapping
+        from tensorrt_llm.models import LLaMAForCausalLM, QWenForCausalLM
     except ImportError as exc:
         raise SystemExit(
             f"tensorrt_llm is not importable ({exc}): convert inside NVIDIA's Triton TRT-LLM container"

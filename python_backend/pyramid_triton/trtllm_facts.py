@@ -238,7 +238,7 @@ DEFAULT_TRTLLM_VERSION = (
 
 def installed_version() -> str | None:
     """The installed tensorrt_llm's version from its package metadata (no import), or None."""
-    from importlib import metadata  # noqa: PLC0415
+    from importlib import metadata
 
     for dist in ("tensorrt_llm", "tensorrt-llm"):
         try:
@@ -430,8 +430,8 @@ def container_template() -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     """``python3 -m pyramid_triton.trtllm_facts [--version V]``: which facts apply here, and (inside a
     TRT-LLM container) whether the container's template agrees with them. Exit 0 when it does."""
-    import argparse  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import argparse
+    import sys
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--version", help="TensorRT-LLM version (default: the installed one, else the default image's)")
