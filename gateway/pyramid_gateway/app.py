@@ -188,13 +188,16 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await _serve(request, "chat")
 
-    @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await _serve(request, "completion")
+
+    # Plain Starlette routes for the two hot endpoints: they take the raw request and validate it themselves
+    # (protocol.parse_request), so FastAPI's per-request dependency solving would be pure overhead.
+    app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
+    app.router.add_route("/v1/completions", completions, methods=["POST"])
 
     async def _serve(request: Request, kind: str) -> Response:
         endpoint = f"/v1/{'chat/completions' if kind == 'chat' else 'completions'}"
