@@ -38,7 +38,7 @@ from .errors import CLIENT_CLOSED, ApiError, invalid, unavailable
 from .metrics import Metrics
 from .protocol import ChatCompletionRequest, CompletionRequest, parse_request, prompt_text
 from .serving import Gateway, new_request_id
-from .upstream import Deployment, Upstream
+from .upstream import Deployment, Target, Upstream
 
 OWNER = "pyramid-moa"
 
@@ -159,19 +159,25 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
         """The request's API-key lease (401 / 429 as ApiError); a no-op lease without keys."""
         return config.auth.admit(request.headers.get("authorization")) if config.auth else Lease()
 
+    def model_card(t: Target) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": t.kind}
+        if t.force_tier:
+            info["force_tier"] = t.force_tier
+        if t.tier:
+            info["tier"] = t.tier
+        return {"id": t.name, "object": "model", "created": created, "owned_by": OWNER, "pyramid": info}
+
     @app.get("/v1/models")
     async def list_models(request: Request) -> JSONResponse:
         with admit(request):
             cat = await gateway().catalog()
-            data = []
-            for t in cat.targets.values():
-                info: dict[str, Any] = {"kind": t.kind}
-                if t.force_tier:
-                    info["force_tier"] = t.force_tier
-                if t.tier:
-                    info["tier"] = t.tier
-                data.append({"id": t.name, "object": "model", "created": created, "owned_by": OWNER, "pyramid": info})
-            return JSONResponse({"object": "list", "data": data})
+            return JSONResponse({"object": "list", "data": [model_card(t) for t in cat.targets.values()]})
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(request: Request, model: str) -> JSONResponse:
+        with admit(request):
+            _, target = await gateway().resolve(model)
+            return JSONResponse(model_card(target))
 
     @app.get("/health/ready")
     async def ready() -> JSONResponse:

@@ -92,6 +92,9 @@ def test_models_list_the_router_its_forced_tiers_and_each_engine(oa, gateway):
     assert models["pyramid-oracle"].model_extra["pyramid"] == {"kind": "router", "force_tier": "oracle"}
     assert models[ORACLE].model_extra["pyramid"] == {"kind": "engine", "tier": "oracle"}
     assert {models[a].model_extra["pyramid"]["tier"] for a in COMMITTEE} == {"committee"}
+    assert oa.models.retrieve("pyramid-committee").model_extra["pyramid"]["force_tier"] == "committee"
+    with pytest.raises(openai.NotFoundError):
+        oa.models.retrieve("gpt-4o")
     with urllib.request.urlopen(gateway.root + "/health/ready", timeout=10) as r:
         assert json.loads(r.read()) == {"status": "ready"}
 
