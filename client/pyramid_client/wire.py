@@ -103,7 +103,8 @@ class RoutedAnswer:
     where the deployment has no prices / parameter counts). ``provisional``: a committee answer sent
     before the oracle's (streaming) or instead of it (``deadline_ms``). ``tokens``: per model called
     whose output the router had, [prompt tokens, completion tokens] (the engine's counts where it
-    reports them, else chars/4).
+    reports them, else chars/4). ``answered_by``: the models whose answer this is: the oracle, or the
+    agents of the deciding stage that voted for it (in a pyramid, which tier answered).
     """
 
     answer: str | None
@@ -119,6 +120,7 @@ class RoutedAnswer:
     costs: dict[str, float | None] = field(default_factory=dict)
     provisional: bool = False
     tokens: dict[str, list[int]] = field(default_factory=dict)
+    answered_by: list[str] = field(default_factory=list)
 
 
 def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> dict[str, Any]:
@@ -131,6 +133,7 @@ def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> 
         "cost": {k: _json_num(v) for k, v in a.costs.items()},
         "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
         "tokens": a.tokens,
+        "answered_by": a.answered_by,
     }
     return {
         "text_output": text,
@@ -185,6 +188,7 @@ def answer_fields(outputs: dict[str, Any]) -> tuple[dict[str, Any], str, dict[st
         "costs": {str(k): _num(v) for k, v in costs_raw.items()} if isinstance(costs_raw, dict) else {},
         "provisional": _flag(outputs.get("provisional")),
         "tokens": {str(k): [int(x) for x in v] for k, v in (details.get("tokens") or {}).items()},
+        "answered_by": [str(m) for m in details.get("answered_by") or []],
     }
     steps = {str(k): float(v) for k, v in latency.items()} if isinstance(latency, dict) else {}
     return fields, _text(outputs.get("text_output")), steps

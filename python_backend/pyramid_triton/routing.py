@@ -228,8 +228,8 @@ def build_response(
     oracle_out = outputs.get(router.oracle)
     if result.tier == "oracle" and oracle_out is not None and not oracle_out.failed and not result.oracle_fallback:
         text = oracle_out.text or ""
-    else:
-        text = _committee_text(router, result, outputs)
+    else:  # the text of the first agent that voted for the answer
+        text = next((outputs[a].text or "" for a in result.answered_by if a in outputs and a != router.oracle), "")
     committee = [a for a in result.calls if a != router.oracle]
     costs = dict(costs or {})
     cost = costs.get(cost_kind) if cost_kind else None
@@ -248,16 +248,5 @@ def build_response(
         costs=costs,
         provisional=routed.provisional,
         latency_ms=dict(routed.latency_ms),
+        answered_by=list(result.answered_by),
     )
-
-
-def _committee_text(router: Router, result: RouteResult, outputs: dict[str, AgentOutput]) -> str:
-    """The text of the first committee agent whose answer is the committee's answer."""
-    if not result.decisions:
-        return ""
-    vote = result.decisions[-1].vote
-    agents = router.stages[result.decisions[-1].stage].agents
-    for agent, key in zip(agents, vote.keys):
-        if key is not None and key == vote.key:
-            return outputs[agent].text or ""
-    return ""

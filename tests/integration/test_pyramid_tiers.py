@@ -40,6 +40,8 @@ def test_every_stage_is_served_as_offline(three_stages):
             assert got.calls == want.calls, where
             assert (got.answer or None, got.tier) == (want.answer, want.tier), where
             assert got.confidence == pytest.approx(want.confidence, abs=1e-6), where
+            # the metadata names the models that answered: the oracle, or the deciding stage's voters
+            assert got.answered_by == want.answered_by and got.answered_by, where
             depths.add(len(got.calls))
     # answered after the first stage (1 call), after the second (2), and by the oracle (all 4 models)
     assert {1, 2, 4} <= depths, depths
