@@ -1,0 +1,93 @@
+"""A task per request: which calibrated router answers a request, by the answer task it names.
+
+A deployment is calibrated for one or more answer tasks (a calibration set, ``pyramid calibrate
+--add``); the spec names the default task (``router.task``) and what happens to a request whose task
+has no calibration (``router.task_fallback``): ``error`` (the default) or ``oracle`` (the oracle
+answers it alone, declared, at the oracle's cost). Never a silent misroute: an unknown task name is
+INVALID_ARG naming it, and a known task without a calibration is UNSUPPORTED naming the calibrated
+ones, unless the spec declared the fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyramid_client.wire import UNSUPPORTED
+from pyramid_moa.answers import AnswerTask, get_task, task_names
+from pyramid_moa.artifact import CalibrationArtifact
+from pyramid_moa.router import Router
+
+from .protocol import InvalidArgument, ServeError
+
+FALLBACKS = ("error", "oracle")
+
+
+@dataclass(frozen=True)
+class TaskRoute:
+    """How one request is routed. ``force_tier``: the request's own, or "oracle" for the fallback;
+    ``embed``: the task compares answers by meaning, so each agent's answer is embedded before the
+    stage decides; ``use_parsed``: engines' own parsed answers (a replay engine's recorded ones) are
+    for the deployment's default task only, other tasks extract from the text."""
+
+    task: AnswerTask
+    router: Router
+    force_tier: str | None
+    fallback: bool
+    embed: bool
+    use_parsed: bool
+
+    def extract(self, text: str | None, question: str) -> str | None:
+        return self.task.extract_for(text, question)
+
+
+class TaskRouters:
+    """The deployment's routers, one per calibrated task."""
+
+    def __init__(
+        self,
+        calibrations: dict[str, CalibrationArtifact],
+        default_task: str | None = None,
+        fallback: str = "error",
+        embedder: str = "",
+    ) -> None:
+        if not calibrations:
+            raise ValueError("no calibration given")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"task_fallback must be one of {FALLBACKS}, got {fallback!r}")
+        if not default_task:
+            if len(calibrations) > 1:
+                raise ValueError(
+                    f"the calibration set has tasks {sorted(calibrations)}: the spec must name the default (router.task)"
+                )
+            default_task = next(iter(calibrations))
+        if default_task not in calibrations:
+            raise ValueError(
+                f"default task {default_task!r} has no calibration (calibrated: {', '.join(sorted(calibrations))})"
+            )
+        unkeyed = sorted(t for t in calibrations if not get_task(t).keyed)
+        if unkeyed and not embedder:
+            raise ValueError(
+                f"task(s) {unkeyed} compare answers by meaning: the deployment needs an embedder model (spec key 'embedder')"
+            )
+        self.calibrations = dict(calibrations)
+        self.routers = {t: a.router() for t, a in calibrations.items()}
+        self.default = default_task
+        self.fallback = fallback
+        self.embedder = embedder
+
+    def resolve(self, task: str | None, force_tier: str | None = None) -> TaskRoute:
+        """The route for a request naming ``task`` (None or empty: the default)."""
+        name = (task or "").strip() or self.default
+        if name not in task_names():
+            raise InvalidArgument("task", f"unknown task {name!r}; known: {', '.join(task_names())}")
+        t = get_task(name)
+        router = self.routers.get(name)
+        if router is not None:
+            return TaskRoute(t, router, force_tier, False, not t.keyed, name == self.default)
+        if self.fallback == "oracle":  # declared: the oracle alone, never another task's committee vote
+            return TaskRoute(t, self.routers[self.default], "oracle", True, False, False)
+        raise ServeError(
+            f"task {name!r} has no calibration in this deployment (calibrated: {', '.join(sorted(self.routers))}); "
+            "calibrate it (pyramid calibrate --task ... --add) or declare router.task_fallback: oracle",
+            UNSUPPORTED,
+        )
