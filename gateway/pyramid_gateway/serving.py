@@ -93,7 +93,7 @@ class Gateway:
                 async for r in self.upstream.router.ask_stream(question, **self._router_args(req, target, rid)):
                     if r.provisional:  # sent as soon as it comes; the route's last response is the answer
                         meta = router_metadata(target.name, r, cat.oracle)
-                        meta["text"] = r.text
+                        meta["text"] = cut_at_stop(r.text, req.stops())[0]
                         yield "provisional", meta
                     last = r
             except PyramidError as exc:
