@@ -81,3 +81,20 @@ def test_set_errors_name_the_problem(tmp_path):
     path.write_text(json.dumps(d | {"calibrations": [bad]}))
     with pytest.raises(ArtifactError, match=r"calibrations\[0\]: calibration version 99"):
         load_calibrations(path)
+
+
+def test_cli_add_builds_a_set_task_by_task(tmp_path, shipped):
+    """pyramid calibrate --add: the set gains one task's calibration per run, and a re-run replaces it."""
+    from pyramid_moa.cli import main
+
+    out = tmp_path / "set.json"
+    common = ["--traces", str(shipped), "--committee", "faithfulcot_gpt-3.5-turbo_COT,reread_gpt-3.5-turbo_re2_cot"]
+    common += ["--oracle", "faithfulcot_gpt4_COT", "--no-adaptive", "--target-cost", "0.8", "--cost", "usd"]
+    common += ["--out", str(out)]
+    assert main(["calibrate", *common, "--add"]) == 0
+    assert main(["calibrate", *common, "--add", "--task", "text", "--features", "agreement"]) == 0
+    assert sorted(load_calibrations(out)) == ["gsm8k", "text"]
+    assert load_calibrations(out)["gsm8k"].fitted_on["seed"] == 0
+    assert main(["calibrate", *common, "--add", "--seed", "3"]) == 0
+    again = load_calibrations(out)
+    assert sorted(again) == ["gsm8k", "text"] and again["gsm8k"].fitted_on["seed"] == 3

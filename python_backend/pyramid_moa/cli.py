@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from .answers import task_names
-from .artifact import ArtifactError, load_artifact, write_json_atomic
+from .artifact import ArtifactError, load_artifact, load_calibrations, save_calibration_set, write_json_atomic
 from .calibration import calibrator_names
 from .cost import COST_MODELS
 from .dataset import LABELS, load_routing_data, parse_overrides
 from .features import feature_set_names
 from .fitting import MAX_DEPTH, Target, TargetUnreachable, fit_router
+from .registry import UnknownName
 from .semantic import DEFAULT_EMBEDDING_CACHE
 from .semantic import TASK as SEMANTIC
 from .semantic import prepare as prepare_semantic
 from .traces import TraceError
-from .registry import UnknownName
 
 # The default floor under --labels oracle: at most 2% of all questions get an answer other than the
 # oracle's. The gold gap to the oracle can never exceed the disagreement (a question answered as the
@@ -158,7 +158,13 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         data, rows, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.seed, str(a.traces),
         not a.no_arbiter, max_depth=a.max_depth, weighted_vote=not a.plurality_vote,
     )  # fmt: skip
-    art.save(a.out)
+    if a.add and Path(a.out).is_file():  # one calibration per task: this task's replaces its old one
+        kept = [x for t, x in load_calibrations(a.out).items() if t != art.task]
+        save_calibration_set(a.out, [*kept, art])
+    elif a.add:
+        save_calibration_set(a.out, [art])
+    else:
+        art.save(a.out)
     fs = art.fit_summary
     stages = " -> ".join(f"{'+'.join(s['agents'])} (tau={s['threshold']:.3f})" for s in art.stages)
     if data.labels == "oracle":  # accuracy under oracle labels is agreement; the gap is the disagreement
@@ -249,6 +255,12 @@ def build_parser(others: dict[str, str] | None = None) -> argparse.ArgumentParse
     _add_common(c)
     c.add_argument("--out", required=True, help="calibration JSON to write")
     c.add_argument("--fit-fraction", type=float, default=1.0, help="fit on this random fraction of the questions")
+    c.add_argument(
+        "--add",
+        action="store_true",
+        help="add this task's calibration to the calibration set --out (one per task; a deployment routes each "
+        "request by its task), replacing the task's previous one",
+    )
     c.set_defaults(fn=cmd_calibrate)
     e = sub.add_parser("evaluate", help="cross-fitted evaluation with sweep and baselines")
     _add_common(e)
