@@ -10,6 +10,13 @@ Layout of a trace directory (adopted from ``shared/data/gsm8k``; see docs/TRACES
 
 Everything is validated on load and every problem names its file and line,
 because a silently skipped line would shift accuracies without anyone noticing.
+
+A *shadow directory* (``SHADOW_MARKER`` at its top; written by the router's shadow sampling,
+``pyramid_triton.shadow``) holds one trace directory per segment, appended to while the router
+serves; it opens as one trace set, the segments' questions merged. Its records are written trace
+lines first, question line last, so a record is complete once its question line is: there, a
+torn last line (a write in progress or a crash) and trace lines whose question line is not written
+yet are skipped; everything else is as strict as anywhere.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from .answers import normalize_number
 # the shared data README prescribes. More than that is a different question
 # set, which would make the comparison meaningless, so it is an error.
 MAX_MISSING_FRACTION = 0.01
+SHADOW_MARKER = "pyramid-shadow.json"
 
 
 class TraceError(ValueError):
@@ -89,9 +97,34 @@ class TraceSet:
         root = Path(root)
         if not root.is_dir():
             raise TraceError(f"{root}: trace directory does not exist")
+        if (root / SHADOW_MARKER).is_file():
+            return cls._open_segments(root)
         questions = _load_questions(root / "questions.jsonl")
         sources = _load_sources(root / "sources.json")
         return cls(root=root, questions=questions, sources=sources)
+
+    @classmethod
+    def _open_segments(cls, root: Path) -> TraceSet:
+        """A shadow directory: every segment's complete records, as one trace set (see the module doc)."""
+        segments = sorted(p for p in root.iterdir() if p.is_dir() and (p / "sources.json").is_file())
+        questions: dict[int, Question] = {}
+        sources: dict[str, SourceInfo] = {}
+        samples: dict[str, dict[int, list[Sample]]] = {}
+        for seg in segments:
+            qpath = seg / "questions.jsonl"
+            qs = _load_questions(qpath, lenient=True) if qpath.is_file() else {}
+            again = sorted(set(qs) & set(questions))
+            if again:
+                raise TraceError(f"{qpath}: idx {again[:5]} also in an earlier segment of {root}")
+            questions.update(qs)
+            sources.update(_load_sources(seg / "sources.json"))  # a later segment's facts win
+            for path in sorted((seg / "traces").glob("*.jsonl")):
+                samples.setdefault(path.stem, {}).update(_load_trace(path, qs, lenient=True))
+        if not questions:
+            raise TraceError(f"{root}: shadow directory holds no complete record yet")
+        ts = cls(root=root, questions=questions, sources=sources)
+        ts._samples = {name: samples.get(name, {}) for name in sources}
+        return ts
 
     def source(self, name: str) -> SourceInfo:
         if name not in self.sources:
@@ -134,7 +167,8 @@ class TraceSet:
         return idxs, aligned
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def _read_jsonl(path: Path, lenient: bool = False) -> list[tuple[int, dict]]:
+    """``lenient`` (a shadow segment): a last line without its newline is a write in progress, skipped."""
     if not path.is_file():
         raise TraceError(f"{path}: file not found")
     rows = []
@@ -142,6 +176,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
+            if lenient and not line.endswith("\n"):
+                break  # only the last line can lack its newline
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -159,9 +195,9 @@ def _idx_of(path: Path, lineno: int, obj: dict) -> int:
     return idx
 
 
-def _load_questions(path: Path) -> dict[int, Question]:
+def _load_questions(path: Path, lenient: bool = False) -> dict[int, Question]:
     out: dict[int, Question] = {}
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in _read_jsonl(path, lenient):
         idx = _idx_of(path, lineno, obj)
         if idx in out:
             raise TraceError(f"{path}:{lineno}: duplicate idx {idx}")
@@ -169,7 +205,7 @@ def _load_questions(path: Path) -> dict[int, Question]:
             raise TraceError(f"{path}:{lineno}: missing 'question' text")
         gold = obj.get("gold")
         out[idx] = Question(idx, obj["question"], normalize_number(gold) if gold is not None else None)
-    if not out:
+    if not out and not lenient:
         raise TraceError(f"{path}: no questions")
     return out
 
@@ -207,12 +243,15 @@ def _opt_num(path: Path, lineno: int, sample: dict, key: str, kind: type) -> int
     return kind(value)
 
 
-def _load_trace(path: Path, questions: dict[int, Question]) -> dict[int, list[Sample]]:
+def _load_trace(path: Path, questions: dict[int, Question], lenient: bool = False) -> dict[int, list[Sample]]:
+    """``lenient`` (a shadow segment): a line whose question line is not written yet is skipped."""
     out: dict[int, list[Sample]] = {}
-    for lineno, obj in _read_jsonl(path):
+    for lineno, obj in _read_jsonl(path, lenient):
         idx = _idx_of(path, lineno, obj)
         if idx in out:
             raise TraceError(f"{path}:{lineno}: duplicate idx {idx}")
+        if idx not in questions and lenient:
+            continue
         if idx not in questions:
             raise TraceError(f"{path}:{lineno}: idx {idx} is not in questions.jsonl")
         samples = obj.get("samples")

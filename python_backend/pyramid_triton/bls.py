@@ -62,7 +62,6 @@ class PyramidModel:
         self.name = p.name
         self.agents = p.get_list("agents")
         self.oracle = p.get_str("oracle", REQUIRED)
-        p.get_str("calibration" if not p.get_str("calibration_json", "") else "calibration_json", REQUIRED)
         self.artifact, self.artifact_source = router_artifact(p, [*self.agents, self.oracle])
         if self.artifact.oracle != self.oracle:
             raise ValueError(

@@ -15,6 +15,17 @@ endpoint next to Triton's (``nv_inference_*``) metrics, labelled with the router
   ``baseline`` (1 per ok request, what always calling the oracle would have spent); saved =
   baseline - spent (a PromQL difference: a counter cannot go down, and an escalated request
   spends more than 1).
+* ``pyramid_tier_request_duration_seconds{tier}``, ``pyramid_tier_cost_oracle_calls_total{tier}``: the
+  same per answering tier (committee | oracle).
+* ``pyramid_breaker_open{target}``: 1 while an engine's circuit breaker is open (set at each flush).
+* Shadow sampling (``shadow.py``): ``pyramid_shadow_total{outcome}`` (recorded | skipped: the bound on
+  shadow calls in flight was reached | failed: the record could not be written),
+  ``pyramid_shadow_cost_oracle_calls_total`` (the shadow calls' own cost, in units of one oracle call:
+  not in ``pyramid_cost_oracle_calls_total``), ``pyramid_shadow_in_flight`` (shadow calls running).
+* Drift (``drift.py``): ``pyramid_live_escalation_rate`` and ``pyramid_live_fidelity`` (over their
+  sliding windows; NaN before the first observation), ``pyramid_expected_escalation_rate`` and
+  ``pyramid_expected_fidelity`` (the calibration's, NaN if it states none), ``pyramid_drift{figure}``
+  (1 while the figure is outside its binomial interval), set at each flush.
 
 Updates are batched: ``RouterMetrics.observe`` records a request locally, and the router flushes
 the totals to Triton at most ``FLUSH_S`` after the first pending update (``flush``).
@@ -35,6 +46,15 @@ FLUSH_S = 0.5
 UNIT_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 OUTCOMES = ("ok", "error", "cancelled")
+SHADOW_OUTCOMES = ("recorded", "skipped", "failed")
+GAUGES = (
+    "pyramid_live_escalation_rate",
+    "pyramid_live_fidelity",
+    "pyramid_expected_escalation_rate",
+    "pyramid_expected_fidelity",
+    "pyramid_shadow_in_flight",
+)
+DRIFT_FIGURES = ("escalation_rate", "fidelity")
 
 
 @dataclass
@@ -112,6 +132,34 @@ class RouterMetrics:
         self.duration = histogram(
             "pyramid_request_duration_seconds", "Time in the router, arrival to last response", SECONDS_BUCKETS
         )
+        tier_s = family(
+            "pyramid_tier_request_duration_seconds", "Time in the router by the answering tier", mf.HISTOGRAM
+        )
+        self.tier_duration = {t: tier_s.Metric(labels={**base, "tier": t}, buckets=SECONDS_BUCKETS) for t in TIERS}
+        tier_cost = family(
+            "pyramid_tier_cost_oracle_calls_total",
+            "Cost spent in units of one oracle call, by answering tier",
+            mf.COUNTER,
+        )
+        self.tier_cost = {t: tier_cost.Metric(labels={**base, "tier": t}) for t in TIERS}
+        breaker = family("pyramid_breaker_open", "1 while an engine's circuit breaker is open", mf.GAUGE)
+        self.breaker = {t: breaker.Metric(labels={**base, "target": t}) for t in targets}
+        shadow = family("pyramid_shadow_total", "Shadow-sampled requests by outcome", mf.COUNTER)
+        self.shadow = {o: shadow.Metric(labels={**base, "outcome": o}) for o in SHADOW_OUTCOMES}
+        self.shadow_cost = counter(
+            "pyramid_shadow_cost_oracle_calls_total", "Cost of the shadow calls in units of one oracle call"
+        )
+        gauge_help = {
+            "pyramid_live_escalation_rate": "Share of the last drift_window requests escalated",
+            "pyramid_live_fidelity": "Share of shadowed accepted answers equal to the oracle's (sliding window)",
+            "pyramid_expected_escalation_rate": "Oracle-call rate the calibration expects at its thresholds",
+            "pyramid_expected_fidelity": "Fidelity of accepted answers the calibration expects",
+            "pyramid_shadow_in_flight": "Shadow model calls running",
+        }
+        self.gauges = {n: family(n, gauge_help[n], mf.GAUGE).Metric(labels=base) for n in GAUGES}
+        drift = family("pyramid_drift", "1 while a watched figure is outside its binomial interval", mf.GAUGE)
+        self.drift = {f: drift.Metric(labels={**base, "figure": f}) for f in DRIFT_FIGURES}
+        self._gauge_values: dict[int, tuple[Any, float]] = {}
         self._counts: dict[int, tuple[Any, float]] = {}  # id(metric) -> (metric, pending increment)
         self._observations: list[tuple[Any, float]] = []  # pending histogram observations
 
@@ -128,6 +176,7 @@ class RouterMetrics:
         if r is None:
             return
         self._add(self.tier[r.tier])
+        self._hist(self.tier_duration[r.tier], rec.seconds)
         if r.escalated:
             self._add(self.escalations)
         if r.degraded:
@@ -140,18 +189,39 @@ class RouterMetrics:
         if not math.isnan(r.cost):
             self._add(self.cost["spent"], r.cost)
             self._add(self.cost["baseline"])
+            self._add(self.tier_cost[r.tier], r.cost)
+
+    def observe_shadow(self, outcome: str, cost: float | None = None) -> None:
+        """One shadow-sampled request's outcome and its shadow calls' cost (oracle-call units)."""
+        self._add(self.shadow[outcome])
+        if cost is not None and not math.isnan(cost):
+            self._add(self.shadow_cost, cost)
+
+    def set_gauges(
+        self, values: dict[str, float | None], drifting: dict[str, bool], breaker_open: dict[str, bool]
+    ) -> None:
+        """The gauges' current values (None: NaN), handed to Triton at the next flush."""
+        for name, v in values.items():
+            self._gauge_values[id(self.gauges[name])] = (self.gauges[name], math.nan if v is None else float(v))
+        for f, on in drifting.items():
+            self._gauge_values[id(self.drift[f])] = (self.drift[f], 1.0 if on else 0.0)
+        for t, on in breaker_open.items():
+            if t in self.breaker:
+                self._gauge_values[id(self.breaker[t])] = (self.breaker[t], 1.0 if on else 0.0)
 
     @property
     def pending(self) -> bool:
-        return bool(self._counts or self._observations)
+        return bool(self._counts or self._observations or self._gauge_values)
 
     def flush(self) -> None:
-        counts, observations = self._counts, self._observations
-        self._counts, self._observations = {}, []
+        counts, observations, gauges = self._counts, self._observations, self._gauge_values
+        self._counts, self._observations, self._gauge_values = {}, [], {}
         for metric, value in counts.values():
             metric.increment(value)
         for metric, value in observations:
             metric.observe(value)
+        for metric, value in gauges.values():
+            metric.set(value)
 
     def _add(self, metric: Any, value: float = 1.0) -> None:
         key = id(metric)

@@ -21,7 +21,18 @@ from typing import Any
 from pyramid_client.wire import INTERNAL, INVALID_ARG, NOOP_SAMPLING, NOT_FOUND, TIERS, RoutedAnswer
 from pyramid_client.wire import UNAVAILABLE as UNAVAILABLE  # the error codes are importable from here
 
+from .drift import DEFAULTS as DRIFT_PARAMS
 from .request_log import DEFAULTS as REQUEST_LOG_PARAMS
+
+# Shadow sampling (shadow.py): the share of answered requests recorded with every model's output
+# (0: off), where (required when on; relative to the router's model directory), the directory's size
+# bound and the most shadow model calls in flight (more are skipped, never queued).
+SHADOW_PARAMS: dict[str, Any] = {
+    "shadow_rate": 0.0,
+    "shadow_dir": "",
+    "shadow_max_bytes": 256 * 1024 * 1024,
+    "shadow_max_concurrent": 8,
+}
 
 # The router model's parameters (config.pbtxt) that have a default: what ``render`` writes when the
 # deployment spec leaves one out, and what the router (``bls``) assumes when a config does.
@@ -39,6 +50,9 @@ ROUTER_PARAMS: dict[str, Any] = {
     "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)
     # request_log "file" (a private, bounded file), prompts and answers, the redaction hook: request_log.py
     **REQUEST_LOG_PARAMS,
+    # shadow sampling (shadow.py) and drift alarms against the artifact's expectations (drift.py)
+    **SHADOW_PARAMS,
+    **DRIFT_PARAMS,
 }
 
 

@@ -45,11 +45,11 @@ from typing import Any
 
 import yaml
 
-from pyramid_moa.artifact import load_artifact
+from pyramid_moa.artifact import CalibrationArtifact, load_artifact
 
 from . import trtllm_facts, trtllm_spec
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
-from .protocol import REQUEST_LOG_PARAMS, ROUTER_PARAMS
+from .protocol import DRIFT_PARAMS, REQUEST_LOG_PARAMS, ROUTER_PARAMS, SHADOW_PARAMS
 from .remote import RemoteModel, remote_map_json
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
@@ -89,6 +89,12 @@ PATH_KEYS = ("traces", "gguf", "checkpoint", "checkpoint_root", "tokenizer", "en
 # whose defaults the router assumes too).
 ROUTER_DEFAULTS: dict[str, Any] = {"model_name": "pyramid", "instance_count": 1, **ROUTER_PARAMS}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def cost_facts_json(art: CalibrationArtifact) -> str:
+    """The router's ``cost_facts`` parameter: the calibration's cost model and each model's size and
+    prices, one line of JSON (``pyramid record`` writes them into sources.json)."""
+    return json.dumps({"cost_model": art.target.get("cost_model"), "models": art.cost_model.to_dict()}, sort_keys=True)
 
 
 class SpecError(ValueError):
@@ -354,6 +360,8 @@ def render(
             "remote": PbtxtString(remote_map_json(remote)),
             "remote_retries": int(router["remote_retries"]),
             **{k: router[k] for k in REQUEST_LOG_PARAMS},
+            **{k: router[k] for k in (*SHADOW_PARAMS, *DRIFT_PARAMS)},
+            "cost_facts": PbtxtString(cost_facts_json(art)),
             **limits,
         },
         f"router {router['model_name']!r}",
