@@ -105,8 +105,8 @@ def test_features_describe_the_group_structure():
     assert (f["agrees[x]"], f["agrees[y]"], f["agrees[z]"]) == (1.0, 1.0, 0.0)
     with pytest.raises(ValueError, match="similarity_threshold must be within"):
         make_feature_set("semantic", ["x"], similarity_threshold=2.0)
-    with pytest.raises(ValueError, match="takes no options"):
-        make_feature_set("full", ["x"], similarity_threshold=0.5)
+    # The task's options reach every feature set; one that does not use an option ignores it.
+    assert make_feature_set("agreement", ["x"], similarity_threshold=0.5).names == ["vote_share", "agrees[x]"]
 
 
 def test_threshold_fits():

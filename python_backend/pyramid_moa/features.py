@@ -98,6 +98,8 @@ class FeatureSet(ABC):
     # True where the features are the same whichever agent said what (no per-agent feature). A vote
     # weighted per agent would break that, so the fit keeps such sets on a plain plurality vote.
     symmetric: bool = False
+    # Keyword options the constructor takes besides agents, numeric and weights (make_feature_set).
+    options: tuple[str, ...] = ()
 
     def __init__(self, agents: Sequence[str], numeric: bool = True, weights: Sequence[float] | None = None) -> None:
         if len(agents) == 0:
@@ -277,12 +279,9 @@ def make_feature_set(
     """The feature set ``name`` over ``agents``; ``weights``: reliability weights of the vote;
     ``options``: what the set itself needs (``semantic``: ``similarity_threshold``)."""
     cls = lookup(_FEATURE_SETS, name, "feature set")
-    if not options:
-        return cls(agents, numeric, weights)
-    try:
-        return cls(agents, numeric, weights, **options)
-    except TypeError:
-        raise ValueError(f"feature set {name!r} takes no options {sorted(options)}") from None
+    # The task's options (RoutingData.feature_options, an artifact's task_options) go to every set;
+    # each takes the ones it names.
+    return cls(agents, numeric, weights, **{k: v for k, v in options.items() if k in cls.options})
 
 
 def feature_set_names() -> list[str]:

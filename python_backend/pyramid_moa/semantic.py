@@ -138,6 +138,7 @@ class SemanticFeatures(FeatureSet):
     """
 
     name = "semantic"
+    options = ("similarity_threshold",)
 
     def __init__(
         self,

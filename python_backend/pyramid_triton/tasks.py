@@ -83,7 +83,7 @@ class TaskRouters:
         t = get_task(name)
         router = self.routers.get(name)
         if router is not None:
-            return TaskRoute(t, router, force_tier, False, not t.keyed, name == self.default)
+            return TaskRoute(t, router, force_tier, False, not t.keyed, t.keyed and name == self.default)
         if self.fallback == "oracle":  # declared: the oracle alone, never another task's committee vote
             return TaskRoute(t, self.routers[self.default], "oracle", True, False, False)
         raise ServeError(
