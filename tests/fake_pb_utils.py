@@ -162,6 +162,11 @@ engines: dict[str, Callable[[Any], Any]] = {}
 calls: list[tuple[str, bool]] = []  # (model, decoupled) of every BLS call, in order
 
 
+# Models that are not engines: name -> callable(Request) -> InferenceResponse (e.g. the embedder model's
+# own execute), answered before ``engines``.
+models: dict[str, Callable[[Any], Any]] = {}
+
+
 class InferenceRequest:
     def __init__(self, model_name: str, requested_output_names: list[str], inputs: list[Tensor], **kw: Any) -> None:
         self.model_name, self.requested, self.inputs, self.kw = model_name, requested_output_names, inputs, kw
@@ -173,6 +178,8 @@ class InferenceRequest:
         calls.append((self.model_name, decoupled))
         await asyncio.sleep(0)
         req = Request({t.name(): t.as_numpy() for t in self.inputs})
+        if self.model_name in models:  # a model with its own tensors (e.g. the embedder)
+            return models[self.model_name](req)
         try:
             engine_req = tensors.parse_engine_request(_module(), req, Limits())
             reply = engines[self.model_name](engine_req)

@@ -15,8 +15,8 @@ from pyramid_triton.embedder import EmbedderModel, embed_over_bls
 from pyramid_triton.protocol import ServeError
 
 
-def _model(tmp_path) -> EmbedderModel:
-    params = {"model_dir": "", "max_input_chars": "50"}
+def _model(tmp_path, max_chars: int = 50) -> EmbedderModel:
+    params = {"model_dir": "", "max_input_chars": str(max_chars)}
     args = {
         "model_config": json.dumps(
             {"name": "embedder", "parameters": {k: {"string_value": v} for k, v in params.items()}}

@@ -56,3 +56,128 @@ def test_deployment_errors_name_the_fix():
         TaskRouters(_set("semantic"))
     with pytest.raises(ValueError, match="task_fallback must be one of"):
         TaskRouters(_set("gsm8k"), fallback="committee")
+
+
+# ---- the router model (bls) with a task per request, on the fake pb_utils -------------------------------
+
+FREE_Q = "Why is the sky blue?"
+FREE = {
+    "a": "Sunlight is scattered by air molecules, blue light the most.",
+    "b": "Blue light scatters more in the atmosphere than red light (Rayleigh scattering).",
+    "c": "Bananas are rich in potassium.",
+    "o": "Rayleigh scattering: air scatters short blue wavelengths more than long red ones.",
+}
+
+
+@pytest.fixture()
+def task_model(tmp_path):
+    import json
+
+    import fake_pb_utils as pb
+    from test_embedder_model import _model as embedder_model
+    from test_triton_glue import AGENTS, ORACLE, engine
+
+    from pyramid_moa.artifact import save_calibration_set
+    from pyramid_moa.calibration import LogisticCalibrator
+    from pyramid_moa.cost import CostModel, ModelCost
+    from pyramid_moa.features import make_feature_set
+    from pyramid_triton.bls import PyramidModel
+    from pyramid_triton.protocol import EngineResponse
+
+    def art(task: str):
+        a = _artifact(task)
+        fs = make_feature_set(a.feature_set, AGENTS, **a.task_options)
+        weights = [5.0] + [0.0] * (len(fs.names) - 1)  # P = sigmoid(5 x vote_share - 3): 2 of 3 accept
+        a.committee, a.oracle = AGENTS, ORACLE
+        a.cost_model = CostModel({m: ModelCost(params_b=7.0) for m in [*AGENTS, ORACLE]})
+        a.stages = [
+            {
+                "agents": AGENTS,
+                "feature_names": fs.names,
+                "calibrator": LogisticCalibrator(weights, -3.0).to_dict(),
+                "threshold": 0.5,
+            }
+        ]
+        return a
+
+    def run_engine(model):
+        numeric = engine(model)
+
+        def run(req):
+            if req.text_input == FREE_Q:
+                return EngineResponse(FREE[model], output_tokens=12)
+            return numeric(req)
+
+        return run
+
+    def make(fallback: str = "error"):
+        save_calibration_set(tmp_path / "calibration.json", [art("gsm8k"), art("semantic")])
+        params = {
+            "calibration": "calibration.json",
+            "agents": ",".join(AGENTS),
+            "oracle": ORACLE,
+            "task": "gsm8k",
+            "task_fallback": fallback,
+            "embedder": "embedder",
+        }
+        args = {
+            "model_config": json.dumps(
+                {"name": "pyramid", "parameters": {k: {"string_value": v} for k, v in params.items()}}
+            ),
+            "model_repository": str(tmp_path),
+        }
+        emb = embedder_model(tmp_path, max_chars=1000)
+        pb.engines.clear()
+        pb.engines.update({m: run_engine(m) for m in [*AGENTS, ORACLE]})
+        pb.models.clear()
+        pb.models["embedder"] = lambda req: emb.execute([req])[0]
+        pb.calls.clear()
+        return PyramidModel(pb, args)
+
+    yield make
+    pb.models.clear()
+
+
+def _ask(model, **inputs):
+    from test_triton_glue import outputs, request, run
+
+    r = request(**inputs)
+    run(model, r)
+    resp = r.sender.sent[0][0]
+    return resp if resp.has_error() else outputs(resp)
+
+
+def test_semantic_request_embeds_the_answers_and_returns_a_members_text(task_model):
+    import fake_pb_utils as pb
+
+    model = task_model()
+    out = _ask(model, text_input=FREE_Q, task="semantic")
+    # Two of three agents mean the same thing: accepted, and the answer is one of their texts verbatim.
+    assert (out["tier"], bool(out["escalated"])) == ("committee", False)
+    assert out["answer"] in (FREE["a"], FREE["b"])
+    assert [m for m, _ in pb.calls].count("embedder") == 3 and "o" not in [m for m, _ in pb.calls]
+
+
+def test_default_task_needs_no_embedder_and_unknown_or_uncalibrated_tasks_are_clear_errors(task_model):
+    import fake_pb_utils as pb
+    from test_triton_glue import Q_AGREE
+
+    model = task_model()
+    out = _ask(model, text_input=Q_AGREE)
+    assert (out["answer"], out["tier"]) == ("4", "committee")
+    assert "embedder" not in [m for m, _ in pb.calls]
+    err = _ask(model, text_input=Q_AGREE, task="poetry")
+    assert err.error().message().startswith("[INVALID_ARG] invalid input 'task': unknown task 'poetry'")
+    err = _ask(model, text_input=Q_AGREE, task="choice")
+    assert err.error().message().startswith("[UNSUPPORTED] task 'choice' has no calibration in this deployment")
+
+
+def test_declared_fallback_sends_an_uncalibrated_task_to_the_oracle(task_model):
+    import fake_pb_utils as pb
+    from test_triton_glue import Q_AGREE
+
+    model = task_model(fallback="oracle")
+    pb.calls.clear()
+    out = _ask(model, text_input=Q_AGREE, task="choice")
+    assert (out["tier"], out["calls"]) == ("oracle", ["o"])
+    assert [m for m, _ in pb.calls] == ["o"]

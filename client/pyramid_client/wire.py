@@ -58,6 +58,7 @@ ROUTER_INPUTS = {
     "force_tier": BYTES,
     "deadline_ms": INT32,
     "strict": BOOL,
+    "task": BYTES,  # the answer task (gsm8k, semantic, choice, text); absent: the deployment's default
     "stop_words": BYTES,
     "top_p": FP32,
     "frequency_penalty": FP32,

@@ -27,7 +27,7 @@ from pyramid_moa.features import AgentOutput
 from . import tensors
 from .config import REQUIRED, ModelParams
 from .drift import DriftMonitor
-from .hot_reload import router_artifact
+from .embedder import embed_over_bls
 from .metrics import FLUSH_S, RequestRecord, RouterMetrics
 from .protocol import (
     INTERNAL,
@@ -53,6 +53,7 @@ from .routing import (
     to_agent_output,
 )
 from .shadow import Shadow, artifact_version, build_record
+from .tasks import TaskRoute, load_task_routers
 
 
 class PyramidModel:
@@ -62,12 +63,14 @@ class PyramidModel:
         self.name = p.name
         self.agents = p.get_list("agents")
         self.oracle = p.get_str("oracle", REQUIRED)
-        self.artifact, self.artifact_source = router_artifact(p, [*self.agents, self.oracle])
+        # One calibration per answer task (tasks.py); the default task's is "the" artifact (cost facts,
+        # drift, shadow, hot reload), and a request naming another task is routed by that task's.
+        self.tasks, self.artifact, self.artifact_source = load_task_routers(p, [*self.agents, self.oracle])
         if self.artifact.oracle != self.oracle:
             raise ValueError(
                 f"calibration oracle {self.artifact.oracle!r} differs from the deployment's oracle {self.oracle!r}"
             )
-        self.router = self.artifact.router()
+        self.router = self.tasks.routers[self.tasks.default]
         self.cost_kind = self.artifact.target.get("cost_model")
         d = ROUTER_PARAMS  # the defaults of the parameters a config may leave out (the renderer's too)
         self.limits = Limits.from_params(p)
@@ -119,7 +122,7 @@ class PyramidModel:
         response = None
         prompt = None
         req = None
-        ctx: dict[str, Routed] = {}
+        ctx: dict[str, Any] = {}
         try:
             req = tensors.parse_pyramid_request(pb, request, self.limits, self.default_max_tokens)
             prompt = req.text_input
@@ -139,7 +142,8 @@ class PyramidModel:
         rec.seconds = time.monotonic() - arrived
         rec.failed = sorted(failures)
         self._observe(rec, prompt)
-        if rec.response is not None and req is not None and "routed" in ctx:
+        # Drift and shadow watch the default task's calibration: other tasks' requests are not its traffic.
+        if rec.response is not None and req is not None and "routed" in ctx and not ctx["other_task"]:
             self._after(req, ctx["routed"], failures)
 
     async def _route(
@@ -148,29 +152,45 @@ class PyramidModel:
         sender: Any,
         failures: dict[str, CallFailure],
         arrived: float,
-        ctx: dict[str, Routed] | None = None,
+        ctx: dict[str, Any] | None = None,
     ) -> PyramidResponse:
         ereq = req.engine_request()
+        route = self.tasks.resolve(req.task, req.force_tier)
+        if ctx is not None:
+            ctx["other_task"] = route.router is not self.router or route.fallback
 
         async def call(agent: str):
-            return await self._call(agent, ereq, failures)
+            out = await self._call(agent, ereq, failures, route)
+            if route.embed and agent != self.oracle and not out.failed and out.answer is not None:
+                out = await self._embed(out, failures)
+            return out
 
         async def send_provisional(routed: Routed) -> None:
-            resp = self._build(req, routed, failures)
+            resp = self._build(req, routed, failures, route)
             self._send(sender, self.pb.InferenceResponse(tensors.pyramid_response_tensors(self.pb, resp)), final=False)
 
         routed = await route_async(
-            self.router,
+            route.router,
             req.text_input,
             call,
             req.escalation_threshold,
-            req.force_tier,
+            route.force_tier,
             deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
             on_provisional=send_provisional if req.stream else None,
         )
         if ctx is not None:
             ctx["routed"] = routed
-        return self._build(req, routed, failures)
+        return self._build(req, routed, failures, route)
+
+    async def _embed(self, out: AgentOutput, failures: dict[str, CallFailure]) -> AgentOutput:
+        """``out`` with its answer's embedding (the embedder model, over BLS); an embedder failure
+        leaves the agent out of the vote, like a failed call."""
+        try:
+            vec = await embed_over_bls(self.pb, self.tasks.embedder, [out.answer or ""], self.agent_timeout_us)
+        except Exception as exc:  # noqa: BLE001 - a failed embedding is a failed agent, not a failed request
+            failures[out.agent] = CallFailure(out.agent, f"its answer could not be embedded: {exc}", INTERNAL)
+            return failed_output(out.agent)
+        return replace(out, embedding=vec[0])
 
     # ---- after the response: drift and shadow sampling -------------------------------------------
     def _after(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> None:
@@ -280,9 +300,12 @@ class PyramidModel:
         except Exception:  # noqa: BLE001 - observability must never fail the router
             self.pb.Logger.log_warn(f"{self.name}: metrics flush failed: {traceback.format_exc()}")
 
-    def _build(self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure]) -> PyramidResponse:
+    def _build(
+        self, req: PyramidRequest, routed: Routed, failures: dict[str, CallFailure], route: TaskRoute | None = None
+    ) -> PyramidResponse:
         costs = relative_costs(self.artifact.cost_model, self.oracle, self.reference_tokens, req.text_input, routed)
-        resp = build_response(self.router, routed, failures, costs, self.cost_kind, req.strict)
+        router = self.router if route is None else route.router
+        resp = build_response(router, routed, failures, costs, self.cost_kind, req.strict)
         text, _ = cut_at_stop(resp.text_output, req.stop_words)  # the answer was read from the whole text
         return replace(resp, tokens=call_tokens(req.text_input, routed), text_output=text)
 
@@ -295,7 +318,9 @@ class PyramidModel:
         except Exception:  # noqa: BLE001 - the client may be gone (cancelled); nothing left to do
             self.pb.Logger.log_warn(f"{self.name}: could not send the response: {traceback.format_exc()}")
 
-    async def _call(self, agent: str, ereq: EngineRequest, failures: dict[str, CallFailure]):
+    async def _call(
+        self, agent: str, ereq: EngineRequest, failures: dict[str, CallFailure], route: TaskRoute | None = None
+    ):
         """One engine call, bounded by the per-call timeout; any failure is a failed output.
 
         The timeout is enforced here (a BLS request's own ``timeout`` bounds only its queueing);
@@ -307,7 +332,7 @@ class PyramidModel:
         if down > 0:  # circuit open: fail fast instead of waiting on an engine that just failed
             failures[agent] = CallFailure(agent, f"skipped: it failed {self.breaker_s - down:.1f} s ago", UNAVAILABLE)
             return failed_output(agent)
-        task = asyncio.ensure_future(self._exec(agent, ereq, timeout_s))
+        task = asyncio.ensure_future(self._exec(agent, ereq, timeout_s, route))
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout_s if timeout_s > 0 else None)
         except asyncio.CancelledError:  # the request was cancelled: the call finishes unobserved
@@ -337,7 +362,9 @@ class PyramidModel:
         if agent in self.remote:
             task.cancel()
 
-    async def _exec(self, agent: str, ereq: EngineRequest, timeout_s: float = 0.0) -> AgentOutput:
+    async def _exec(
+        self, agent: str, ereq: EngineRequest, timeout_s: float = 0.0, route: TaskRoute | None = None
+    ) -> AgentOutput:
         pb = self.pb
         with_answer = agent in self.parsed_answer_models
         if agent in self.logprob_models:
@@ -346,7 +373,7 @@ class PyramidModel:
             parts = await self.remote.call(agent, ereq, with_answer, timeout_s)
             if not parts:
                 raise CallError("the engine sent no output", INTERNAL)
-            return to_agent_output(agent, tensors.merge_engine_responses(parts), self.router.task.extract)
+            return self._output(agent, parts, ereq, route)
         names = list(tensors.ENGINE_OUTPUTS) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
         infer = pb.InferenceRequest(
             model_name=agent, requested_output_names=names, inputs=tensors.engine_request_tensors(pb, ereq)
@@ -366,7 +393,17 @@ class PyramidModel:
                 parts.append(tensors.parse_engine_response(pb, resp, with_answer))
         if not parts:
             raise CallError("the engine sent no output", INTERNAL)
-        return to_agent_output(agent, tensors.merge_engine_responses(parts), self.router.task.extract)
+        return self._output(agent, parts, ereq, route)
+
+    def _output(self, agent: str, parts: list[Any], ereq: EngineRequest, route: TaskRoute | None) -> AgentOutput:
+        """The engine's reply as an AgentOutput, its answer read by the request's task (an engine's own
+        parsed answer only where the task route says so: ``TaskRoute.use_parsed``)."""
+        resp = tensors.merge_engine_responses(parts)
+        if route is None:
+            return to_agent_output(agent, resp, self.router.task.extract)
+        if not route.use_parsed:
+            resp = replace(resp, has_answer=False)
+        return to_agent_output(agent, resp, lambda text: route.extract(text, ereq.text_input))
 
     def _code_name(self, err: Any) -> tuple[str, str]:
         """(code name, message without its "[CODE] " prefix) of a child model's error."""

@@ -48,6 +48,10 @@ ROUTER_PARAMS: dict[str, Any] = {
     "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
     "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
     "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)
+    # A task per request (tasks.py): the default answer task ("": the calibration's only one) and what a request
+    # whose task has no calibration gets: "error" (UNSUPPORTED) or "oracle" (the oracle alone answers it).
+    "task": "",
+    "task_fallback": "error",
     # request_log "file" (a private, bounded file), prompts and answers, the redaction hook: request_log.py
     **REQUEST_LOG_PARAMS,
     # shadow sampling (shadow.py) and drift alarms against the artifact's expectations (drift.py)
@@ -137,6 +141,7 @@ class PyramidRequest:
     stream: bool = False
     strict: bool = False
     stop_words: tuple[str, ...] = ()  # the returned text is cut before the first one
+    task: str | None = None  # the answer task (tasks.py); None: the deployment's default
 
     def engine_request(self) -> EngineRequest:
         return EngineRequest(self.text_input, self.max_tokens, self.temperature, self.seed)
@@ -205,6 +210,7 @@ def validate_pyramid_request(
     frequency_penalty: float | None = None,
     presence_penalty: float | None = None,
     random_seed: int | None = None,
+    task: str | None = None,
 ) -> PyramidRequest:
     text = validate_text("text_input", text_input, limits)
     if random_seed is not None:  # seed's name before Triton 2.59's OpenAI frontend
@@ -243,6 +249,8 @@ def validate_pyramid_request(
         if deadline_ms < 0:
             raise InvalidArgument("deadline_ms", f"must be >= 0 (0: no deadline), got {deadline_ms}")
         deadline_ms = int(deadline_ms) or None
+    task = (task or "").strip() or None  # an empty optional string means "not set"; the name is checked by tasks.py
     return PyramidRequest(
-        text, mt, escalation_threshold, force_tier, temperature, seed, deadline_ms, bool(stream), bool(strict), stops
-    )
+        text, mt, escalation_threshold, force_tier, temperature, seed, deadline_ms, bool(stream), bool(strict), stops,
+        task,
+    )  # fmt: skip

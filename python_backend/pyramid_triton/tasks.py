@@ -10,14 +10,17 @@ ones, unless the spec declared the fallback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pyramid_client.wire import UNSUPPORTED
 from pyramid_moa.answers import AnswerTask, get_task, task_names
-from pyramid_moa.artifact import CalibrationArtifact
+from pyramid_moa.artifact import CalibrationArtifact, load_calibrations
 from pyramid_moa.router import Router
 
-from .protocol import InvalidArgument, ServeError
+from .hot_reload import INLINE_PARAM, router_artifact
+from .protocol import ROUTER_PARAMS, InvalidArgument, ServeError
 
 FALLBACKS = ("error", "oracle")
 
@@ -91,3 +94,28 @@ class TaskRouters:
             "calibrate it (pyramid calibrate --task ... --add) or declare router.task_fallback: oracle",
             UNSUPPORTED,
         )
+
+
+def load_task_routers(params: Any, known_agents: Iterable[str]) -> tuple[TaskRouters, CalibrationArtifact, str]:
+    """(the routers, the default task's artifact, where they came from) of a router model: its
+    ``calibration`` file (an artifact or a calibration set) and the ``task``, ``task_fallback`` and
+    ``embedder`` parameters. A hot-reloaded artifact (``calibration_json``) replaces the default
+    task's calibration only."""
+    known = list(known_agents)
+    path = params.get_path("calibration", None)
+    if path is None and not params.get_str(INLINE_PARAM, ""):
+        raise ValueError(f"model {params.name!r}: parameter 'calibration' is required")
+    cals = load_calibrations(path, known_agents=known) if path is not None else {}
+    default = params.get_str("task", ROUTER_PARAMS["task"]) or None
+    source = str(path)
+    if params.get_str(INLINE_PARAM, ""):
+        art, source = router_artifact(params, known)
+        cals[art.task] = art
+        default = default or art.task
+    routers = TaskRouters(
+        cals,
+        default,
+        params.get_str("task_fallback", ROUTER_PARAMS["task_fallback"]) or "error",
+        params.get_str("embedder", "") or "",
+    )
+    return routers, routers.calibrations[routers.default], source
