@@ -140,8 +140,9 @@ def throughput_phase(grpc_url: str, gw_url: str, questions: list[str], conc: int
 
 
 def genai_perf_chat(gw_port: int, questions: list[str], n: int, out: Path) -> dict:
-    """genai-perf profile --endpoint-type chat against the gateway (skipped when not installed; where and how
-    genai-perf is installed, and its input format: ``pyramid_triton.perf``, which runs it for make perf)."""
+    """genai-perf profile --endpoint-type chat against the gateway, without and with --streaming (skipped when
+    not installed; where and how genai-perf is installed, and its input format: ``pyramid_triton.perf``, which
+    runs it for make perf)."""
     from pyramid_triton.perf import CACHE, INSTALL_HINT, genai_perf_input
 
     exe, tok = CACHE / "bin" / "genai-perf", CACHE / "tokenizer"
@@ -151,16 +152,25 @@ def genai_perf_chat(gw_port: int, questions: list[str], n: int, out: Path) -> di
     gdir.mkdir(parents=True, exist_ok=True)
     inp = gdir / "gsm8k.jsonl"
     inp.write_text(genai_perf_input(questions), encoding="utf-8")
-    cmd = [str(exe), "profile", "-m", "pyramid", "--endpoint-type", "chat", "--service-kind", "openai"]
-    cmd += ["-u", f"127.0.0.1:{gw_port}", "--tokenizer", str(tok), "--input-file", str(inp)]
-    cmd += ["--concurrency", "1", "--request-count", str(n), "--artifact-dir", str(gdir / "artifacts")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    (gdir / "genai_perf.log").write_text(" ".join(cmd) + "\n\n" + r.stdout + "\n" + r.stderr, encoding="utf-8")
-    exports = sorted(gdir.rglob("profile_export_genai_perf.json"))
-    if r.returncode != 0 or not exports:
-        return {"ok": False, "rc": r.returncode, "log": str(gdir / "genai_perf.log")}
-    data = json.loads(exports[0].read_text(encoding="utf-8"))
-    return {"ok": True, "command": cmd, **{k: data[k] for k in ("request_latency", "request_throughput") if k in data}}
+    res = {}
+    for streaming in (False, True):
+        key = "streaming" if streaming else "non_streaming"
+        art = gdir / key
+        cmd = [str(exe), "profile", "-m", "pyramid", "--endpoint-type", "chat"]  # 0.0.16: OpenAI service implied
+        cmd += ["-u", f"127.0.0.1:{gw_port}", "--tokenizer", str(tok), "--input-file", str(inp)]
+        cmd += ["--concurrency", "1", "--request-count", str(n), "--artifact-dir", str(art)]
+        cmd += ["--streaming"] if streaming else []
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        log = gdir / f"genai_perf_{key}.log"
+        log.write_text(" ".join(cmd) + "\n\n" + r.stdout + "\n" + r.stderr, encoding="utf-8")
+        exports = sorted(art.rglob("profile_export_genai_perf.json"))
+        if r.returncode != 0 or not exports:
+            res[key] = {"ok": False, "rc": r.returncode, "log": str(log)}
+            continue
+        data = json.loads(exports[0].read_text(encoding="utf-8"))
+        keep = ("request_latency", "time_to_first_token", "request_throughput")
+        res[key] = {"ok": True, "command": cmd, **{k: data[k] for k in keep if k in data}}
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:

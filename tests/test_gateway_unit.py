@@ -179,8 +179,10 @@ def test_bodies_and_chunks_have_openais_shapes():
     assert c["pyramid"] == {"tier": "committee"} and c["object"] == "chat.completion"
     t = R.text_completion("cmpl-1", "pyramid", 7, a)
     assert t["choices"][0]["text"] == "hi" and t["object"] == "text_completion"
-    ext = R.chunk(True, "x", "pyramid", 7, choices=False, pyramid={"provisional": True})
-    assert ext["choices"] == [] and ext["pyramid"] == {"provisional": True}
+    ext = R.chunk(True, "x", "pyramid", 7, pyramid={"provisional": True})
+    assert ext["choices"][0]["delta"] == {} and ext["pyramid"] == {"provisional": True}
+    assert R.chunk(False, "x", "pyramid", 7, pyramid={})["choices"][0]["text"] == ""
+    assert R.chunk(True, "x", "pyramid", 7, choices=False, usage={})["choices"] == []
     first = R.chunk(True, "x", "pyramid", 7, role=True, text="")
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert R.sse({"a": 1}) == b'data: {"a":1}\n\n' and R.DONE == b"data: [DONE]\n\n"

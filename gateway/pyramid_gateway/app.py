@@ -272,7 +272,8 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
             while event is not None:
                 what, value = event
                 if what == "provisional":
-                    yield R.sse(mk(choices=False, pyramid=value))
+                    # an empty delta (no text: nothing for a plain client to concatenate) carrying the extension
+                    yield R.sse(mk(pyramid=value))
                 elif what == "delta":
                     if value:
                         sent += value

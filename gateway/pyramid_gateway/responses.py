@@ -125,8 +125,10 @@ def chunk(
     choices: bool = True,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One stream chunk. ``choices=False``: an empty ``choices`` list (the usage chunk, and the
-    provisional-answer extension chunk a plain client ignores)."""
+    """One stream chunk. ``choices=False``: an empty ``choices`` list (the usage chunk). With neither
+    ``text`` nor ``role`` the delta is empty: the provisional-answer extension chunk, which a plain client
+    reads as no text (an empty ``choices`` list would do for the openai SDKs, but not for genai-perf 0.0.16,
+    which fails on it)."""
     body = _base("chat.completion.chunk" if chat else "text_completion", rid, model, created)
     if not choices:
         body["choices"] = []

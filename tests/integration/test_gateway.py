@@ -223,8 +223,10 @@ def test_streaming_sends_the_final_answer_and_the_provisional_one_as_an_extensio
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == g.text, "a plain client's concatenated deltas are the oracle's final answer"
     assert chunks[0].choices[0].delta.role == "assistant"
-    provisional = [ch for ch in chunks if not ch.choices and "pyramid" in (ch.model_extra or {})]
+    provisional = [ch for ch in chunks if (ch.model_extra or {}).get("pyramid", {}).get("provisional")]
     assert len(provisional) == 1
+    (choice,) = provisional[0].choices
+    assert choice.delta.content is None and choice.finish_reason is None, "no text in the extension chunk"
     p = meta(provisional[0])
     assert p["provisional"] and p["tier"] == "committee" and ORACLE not in p["calls"]
     assert p["text"] and p["text"] != g.text, "the committee's text travels only in the extension"
@@ -238,7 +240,7 @@ def test_streaming_a_committee_answer_and_completions_and_async(gateway, oa, tra
     i = next(j for j in QUESTIONS if not grpc_answers[j].escalated)
     g = grpc_answers[i]
     chunks = list(chat(oa, traces.questions[i].question, stream=True))
-    assert all(ch.choices for ch in chunks), "no provisional extension without escalation"
+    assert not any((ch.model_extra or {}).get("pyramid", {}).get("provisional") for ch in chunks), "not escalated"
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == g.text
     assert all(ch.usage is None for ch in chunks), "usage only with stream_options.include_usage"
 

@@ -107,7 +107,7 @@ def read_until_provisional(lines) -> dict:
     for line in lines:
         if line.startswith("data: ") and line != "data: [DONE]":
             chunk = json.loads(line[6:])
-            if not chunk["choices"] and chunk.get("pyramid", {}).get("provisional"):
+            if chunk.get("pyramid", {}).get("provisional") and not chunk["choices"][0]["delta"]:
                 return chunk["pyramid"]
     raise AssertionError("the stream ended without a provisional answer")
 
