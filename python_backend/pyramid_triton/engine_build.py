@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .trtllm_facts import installed_version
 from .trtllm_spec import Node, TrtllmModel
 
 STAMP = "pyramid-build.json"
@@ -75,15 +76,8 @@ class StepFailed(BuildError):
 
 
 def trtllm_version() -> str | None:
-    """The installed tensorrt_llm's version from its package metadata (no import), or None."""
-    from importlib import metadata
-
-    for dist in ("tensorrt_llm", "tensorrt-llm"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    """The installed tensorrt_llm's version (``trtllm_facts.installed_version``), or None."""
+    return installed_version()
 
 
 def fp8_calibration_peak_gb(m: TrtllmModel) -> float:

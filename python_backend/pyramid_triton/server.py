@@ -26,15 +26,13 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
 from . import access
-from .supervisor import SUPERVISED_ARGS, Supervisor
+from .supervisor import SUPERVISED_ARGS, Supervisor, http_ok
 
 SHM_GLOB = "triton_python_backend_shm_region_*"
 LOOPBACK = "127.0.0.1"
@@ -198,11 +196,7 @@ class TritonServer:
                 return subprocess.run(probe, capture_output=True, timeout=5).returncode == 0
             except subprocess.TimeoutExpired:
                 return False
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://{self.http_url}/v2/health/ready", 1.0)
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -125,14 +125,19 @@ class Supervisor:
         admin_request(self.http_url, path, self.admin_key, body)
 
     def _ready(self, model: str) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{model}/ready", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"http://{self.http_url}/v2/models/{model}/ready", 2.0)
 
     def _say(self, msg: str) -> None:
         print(f"pyramid supervisor: {msg}", file=self.log, flush=True)  # type: ignore[call-overload]
+
+
+def http_ok(url: str, timeout_s: float) -> bool:
+    """Whether a GET of ``url`` answers 200 within ``timeout_s`` (Triton's readiness endpoints)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def admin_request(

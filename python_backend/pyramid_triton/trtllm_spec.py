@@ -43,35 +43,6 @@ from . import trtllm_facts
 # (Mistral 7B converts with the Llama example).
 CONVERT_EXAMPLE = {"llama": "llama", "mistral": "llama", "qwen2": "qwen"}
 
-# Hugging Face config.json fields of the default models (copied from their config.json files).
-CATALOG: dict[str, dict[str, Any]] = {
-    "meta-llama/Llama-3.1-8B-Instruct": {
-        "model_type": "llama", "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "hidden_size": 4096, "intermediate_size": 14336, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "tie_word_embeddings": False,
-    },
-    "meta-llama/Llama-3.1-70B-Instruct": {
-        "model_type": "llama", "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
-        "hidden_size": 8192, "intermediate_size": 28672, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "tie_word_embeddings": False,
-    },
-    "mistralai/Mistral-7B-Instruct-v0.3": {
-        "model_type": "mistral", "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "hidden_size": 4096, "intermediate_size": 14336, "vocab_size": 32768,
-        "max_position_embeddings": 32768, "tie_word_embeddings": False,
-    },
-    "Qwen/Qwen2.5-7B-Instruct": {
-        "model_type": "qwen2", "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-        "hidden_size": 3584, "intermediate_size": 18944, "vocab_size": 152064,
-        "max_position_embeddings": 32768, "tie_word_embeddings": False,
-    },
-    "Qwen/Qwen2.5-32B-Instruct": {  # the optional middle tier of deploy/gpu-8x80gb.yaml
-        "model_type": "qwen2", "num_hidden_layers": 64, "num_attention_heads": 40, "num_key_value_heads": 8,
-        "hidden_size": 5120, "intermediate_size": 27648, "vocab_size": 152064,
-        "max_position_embeddings": 32768, "tie_word_embeddings": False,
-    },
-}  # fmt: skip
-
 ARCH_FIELDS = (
     "model_type",
     "num_hidden_layers",
@@ -84,6 +55,19 @@ ARCH_FIELDS = (
     "tie_word_embeddings",
     "head_dim",
 )
+
+# Hugging Face config.json fields of the default models (copied from their config.json files), one row each:
+# the first eight ARCH_FIELDS; none ties its word embeddings.
+_CATALOG_ROWS = (
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama", 32, 32, 8, 4096, 14336, 128256, 131072),
+    ("meta-llama/Llama-3.1-70B-Instruct", "llama", 80, 64, 8, 8192, 28672, 128256, 131072),
+    ("mistralai/Mistral-7B-Instruct-v0.3", "mistral", 32, 32, 8, 4096, 14336, 32768, 32768),
+    ("Qwen/Qwen2.5-7B-Instruct", "qwen2", 28, 28, 4, 3584, 18944, 152064, 32768),
+    ("Qwen/Qwen2.5-32B-Instruct", "qwen2", 64, 40, 8, 5120, 27648, 152064, 32768),  # gpu-8x80gb's middle tier
+)
+CATALOG: dict[str, dict[str, Any]] = {
+    row[0]: {**dict(zip(ARCH_FIELDS[:8], row[1:])), "tie_word_embeddings": False} for row in _CATALOG_ROWS
+}
 
 
 @dataclass(frozen=True)
