@@ -37,6 +37,9 @@ def add_routing_args(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--strict", action="store_true", help="an oracle failure is an error, not a degraded answer")
     ap.add_argument("--max-tokens", type=int)
+    ap.add_argument(
+        "--task", help="answer task: gsm8k, semantic (any prompt), choice, text (default: the deployment's)"
+    )
 
 
 def routing_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,6 +50,7 @@ def routing_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "deadline_ms": args.deadline_ms,
         "strict": True if args.strict else None,
         "max_tokens": args.max_tokens,
+        "task": args.task,
     }
 
 

@@ -45,8 +45,9 @@ class AskOptions(TypedDict, total=False):
 
     ``threshold``: per-request escalation threshold in [0, 1]; ``force_tier``: ``committee`` or
     ``oracle``; ``deadline_ms``: return the committee's answer, provisional, if the oracle is slower;
-    ``strict``: an oracle failure is an error, not a degraded answer; ``timeout_s``: this call's
-    timeout instead of the client's; ``request_id``: default a random one."""
+    ``strict``: an oracle failure is an error, not a degraded answer; ``task``: the answer task
+    (``gsm8k``, ``semantic``, ``choice``, ``text``) whose calibration routes it; ``timeout_s``: this
+    call's timeout instead of the client's; ``request_id``: default a random one."""
 
     threshold: float | None
     force_tier: str | None
@@ -55,6 +56,7 @@ class AskOptions(TypedDict, total=False):
     strict: bool | None
     temperature: float | None
     seed: int | None
+    task: str | None
     timeout_s: float | None
     request_id: str | None
 

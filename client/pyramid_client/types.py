@@ -99,6 +99,7 @@ REQUEST_OPTIONS: dict[str, tuple[str, type]] = {
     "strict": ("strict", bool),
     "temperature": ("temperature", float),
     "seed": ("seed", int),
+    "task": ("task", str),
 }
 _INT_RANGES = {wire.INT32: (-(2**31), 2**31), wire.UINT64: (0, 2**64)}
 

@@ -228,8 +228,10 @@ def build_response(
     oracle_out = outputs.get(router.oracle)
     if result.tier == "oracle" and oracle_out is not None and not oracle_out.failed and not result.oracle_fallback:
         text = oracle_out.text or ""
-    else:  # the text of the first agent that voted for the answer
-        text = next((outputs[a].text or "" for a in result.answered_by if a in outputs and a != router.oracle), "")
+    else:  # the text of the agent whose answer was returned (a semantic vote's: its group's most central member)
+        voters = [a for a in result.answered_by if a in outputs and a != router.oracle]
+        who = next((a for a in voters if outputs[a].answer == result.answer), voters[0] if voters else None)
+        text = (outputs[who].text or "") if who is not None else ""
     committee = [a for a in result.calls if a != router.oracle]
     costs = dict(costs or {})
     cost = costs.get(cost_kind) if cost_kind else None
