@@ -1,6 +1,7 @@
 """The HTTP transport: a FastAPI app (served by uvicorn) with OpenAI's routes.
 
     GET  /v1/models             pyramid, pyramid-committee, pyramid-oracle, each engine
+    GET  /v1/models/{id}        one of them (404 for another name)
     POST /v1/chat/completions   stream or not
     POST /v1/completions        stream or not
     GET  /health/ready          Triton and the router model ready (503 + Retry-After otherwise)
