@@ -60,11 +60,13 @@ for _p in (ROOT / "python_backend", ROOT / "client"):
 
 from pyramid_triton.perf import (  # noqa: E402
     AGENT_SPT,
+    FLOOR_MODEL,
     INSTALL_HINT,
     ORACLE_SPT,
     CpuMeter,
     PerfError,
     Target,
+    add_floor,
     admin_headers,
     concurrency_levels,
     count_sweep,
@@ -225,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         Target("pyramid", "pyramid", True, "`pyramid` router (gRPC stream)"),
         Target("direct_stream", art.committee[0], True, "one engine direct (gRPC stream)"),
         Target("direct_unary", art.committee[0], False, "one engine direct (unary gRPC)"),
+        Target("floor", FLOOR_MODEL, True, "bare-BLS floor: the router's calls only (gRPC stream)"),
     ]
     spt = {**{m: a.agent_spt for m in art.committee}, art.oracle: a.oracle_spt}
     summary: dict = {
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             repo = render_spec(Path(a.spec), traces, a.calibration, Path(tmp) / "zero", None)
+            add_floor(repo, a.calibration, traces)
             with TritonServer(repo, log_path=out / "tritonserver_zero.log") as server:
                 summary["zero_latency"] = zero_latency_phase(
                     server.grpc_url, pa_bin, out, targets, a.sweep, a.rounds, a.round_window_ms, admin_headers(server)

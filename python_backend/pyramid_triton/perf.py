@@ -39,6 +39,9 @@ INSTALL_HINT = "run 'make setup-perf' (scripts/install_perf_analyzer.sh)"
 TARGET_OVERHEAD_MS = 1.0  # router overhead p50 at concurrency 1
 TARGET_RATIO = 0.30  # routed / direct single-engine throughput at concurrency 16
 TARGET_GPU_TOLERANCE = 0.05  # end-to-end latency within 5% of the route's critical path
+# Targets of issue 16: the router against the bare-BLS floor (pyramid_triton.floor).
+TARGET_FLOOR_EXCESS_MS = 0.5  # router overhead p50 at c=1 at most the floor's plus this
+TARGET_FLOOR_RATIO = 0.80  # routed throughput at c=16 at least this share of the floor's
 
 # GPU-like latency model (assumptions, not measurements): decode on one H100 is memory-bandwidth
 # bound, one token reads every weight once. An 8B model in BF16 is 16 GB over 3.35 TB/s HBM3:
@@ -548,6 +551,42 @@ def render_spec(spec_path: Path, traces: Path, calibration: str, repo: Path, spt
     return render(out, repo, calibration=calibration).out
 
 
+FLOOR_MODEL = "pyramid_floor"
+
+
+def add_floor(repo: Path, calibration: str | Path, traces: Path, default_max_tokens: int = 512) -> str:
+    """Add the bare-BLS floor (``pyramid_triton.floor``) to a rendered repository whose engines replay
+    ``traces``: its plan per question is the route ``calibration``'s router takes offline on them (a
+    model without a record for a question counts as a failed call, as the replay engine answers).
+    Returns the floor's model name."""
+    from pyramid_moa.artifact import load_artifact
+    from pyramid_moa.features import AgentOutput
+    from pyramid_moa.traces import TraceSet
+
+    from .floor import PLAN_FILE, route_plans
+    from .render import PACKAGE_ROOT, TEMPLATES, _write_model
+
+    router = load_artifact(calibration).router()
+    ts = TraceSet.open(traces)
+
+    def caller(idx: int):
+        def call(model: str) -> AgentOutput:
+            rows = ts.samples(model).get(idx)
+            if not rows:
+                return AgentOutput(model, None, None, 0, failed=True)
+            s = rows[0]
+            return AgentOutput(model, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
+
+        return call
+
+    plans = route_plans(router, ((q.question, caller(i)) for i, q in ts.questions.items()))
+    dest = repo / FLOOR_MODEL
+    values = {"model_name": FLOOR_MODEL, "python_path": str(PACKAGE_ROOT), "plan": PLAN_FILE}
+    _write_model(TEMPLATES / "floor", dest, values | {"default_max_tokens": default_max_tokens}, "the floor")
+    (dest / PLAN_FILE).write_text(json.dumps(plans), encoding="utf-8")
+    return FLOOR_MODEL
+
+
 def zero_latency_phase(
     grpc_url: str,
     pa_bin: Path,
@@ -588,6 +627,9 @@ def zero_latency_phase(
     res["rounds"] = [{t: {c: asdict(r) for c, r in v.items()} for t, v in rnd.items()} for rnd in rounds]
     res["vs_stream"] = round_metrics(rounds, "pyramid", "direct_stream")
     res["vs_unary"] = round_metrics(rounds, "pyramid", "direct_unary")
+    if any(t.key == "floor" for t in targets):  # the router against the bare-BLS floor, and the floor's own cost
+        res["vs_floor"] = round_metrics(rounds, "pyramid", "floor")
+        res["floor_vs_stream"] = round_metrics(rounds, "floor", "direct_stream")
     res["load_after_rounds"] = loadavg()
     res["perf_analyzer_runs"] = pa.runs
     return res
@@ -740,6 +782,21 @@ def markdown(s: dict, targets: list[Target]) -> str:
         f"| {vu['ratio']:.1%} ({_span(vu['ratio_rounds'], '{:.0%}')}) |",
         "",
     ]
+    if "vs_floor" in z:
+        vf, fs = z["vs_floor"], z["floor_vs_stream"]
+        lines += [
+            "The bare-BLS floor (`pyramid_triton.floor`: per question exactly the router's engine calls, no routing "
+            "work, one output tensor), in the same rounds:",
+            "",
+            "| | p50 at c=1 | req/s at c=16 |",
+            "|---|---|---|",
+            f"| floor | {fs['routed_p50_ms']:.2f} ms (over the direct engine: {fs['overhead_ms']:.2f} ms, "
+            f"{_span(fs['overhead_ms_rounds'], '{:.2f}')}) | {fs['routed_rps']:.0f} ({fs['ratio']:.1%} of direct) |",
+            f"| pyramid | {vf['routed_p50_ms']:.2f} ms (**over the floor: {vf['overhead_ms']:.2f} ms**, "
+            f"{_span(vf['overhead_ms_rounds'], '{:.2f}')}) | {vf['routed_rps']:.0f} (**{vf['ratio']:.1%} of the "
+            f"floor**, {_span(vf['ratio_rounds'], '{:.0%}')}) |",
+            "",
+        ]
     acc, esc = g["accepted"], g["escalated"]
     lines += [
         f"GPU-like latency model (agents {g['spt_agent'] * 1000:.0f} ms/token, oracle {g['spt_oracle'] * 1000:.0f} "
@@ -815,6 +872,20 @@ def targets_table(s: dict) -> list[dict]:
             "verdict": verdict(vs["ratio"], TARGET_RATIO, True, "%"),
         },
     ]
+    vf = s["zero_latency"].get("vs_floor")
+    if vf is not None:
+        rows += [
+            {
+                "target": f"router overhead p50 <= floor + {TARGET_FLOOR_EXCESS_MS:g} ms at c=1",
+                "measured": f"floor + {vf['overhead_ms']:.2f} ms",
+                "verdict": verdict(vf["overhead_ms"], TARGET_FLOOR_EXCESS_MS, False, " ms"),
+            },
+            {
+                "target": f"routed throughput >= {TARGET_FLOOR_RATIO:.0%} of the floor's at c=16",
+                "measured": f"{vf['ratio']:.1%}",
+                "verdict": verdict(vf["ratio"], TARGET_FLOOR_RATIO, True, "%"),
+            },
+        ]
     for key, what in (
         ("accepted", "non-escalated: within 5% of slowest agent(s)"),
         ("escalated", "escalated: within 5% of slowest agent(s) + oracle"),
