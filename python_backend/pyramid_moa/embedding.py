@@ -183,10 +183,17 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (x - mu) / np.sqrt(var + _EPS) * w + b
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf  # BERT's exact GELU; scipy comes with scikit-learn
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf to within 1.5e-7 (Abramowitz & Stegun 7.1.26), below float32's resolution here: numpy has no
+    erf, and this keeps scipy out of the Triton stub's imports."""
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
 
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    """BERT's exact (erf) GELU."""
+    return 0.5 * x * (1.0 + _erf(x / np.float32(np.sqrt(2.0))))
 
 
 class MiniLMEmbedder:
