@@ -199,3 +199,7 @@ def test_semantic_gold_labels_need_a_grader(tmp_path):
         prepare(data, None, threshold=0.8)
     prepare(data, None, threshold=0.8, grade="gsm8k")
     assert data.correct(data.answers("a")).all()  # "#### 4" graded against gold 4 by the gsm8k extractor
+    # Under oracle labels without a grader the gold strings are set aside (nothing could compare them).
+    oracle_labelled = load_routing_data(str(root), ["a", "b", "c"], "d", task="semantic", labels="oracle")
+    prepare(oracle_labelled, None, threshold=0.8)
+    assert not oracle_labelled.has_gold and oracle_labelled.correct(oracle_labelled.answers("a")).all()

@@ -307,6 +307,8 @@ def prepare(
         data.grade = lambda a, gold: g.equal(g.extract(a), gold)
     elif data.labels == "gold":
         raise ValueError("semantic answers have no gold strings: use --labels oracle, or --grade TASK to grade them")
+    else:  # nothing can compare a whole answer with a gold string: the gold answers are not used
+        data.gold = [None] * data.n
     data.feature_options = {"similarity_threshold": threshold}
     data._feature_cache.clear()
     return threshold
