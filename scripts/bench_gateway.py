@@ -139,11 +139,12 @@ def throughput_phase(grpc_url: str, gw_url: str, questions: list[str], conc: int
     return {"concurrency": conc, "window_s": seconds, "rps": per, "grpc_rps": g, "gateway_rps": w, "ratio": w / g}
 
 
-def genai_perf_chat(gw_port: int, questions: list[str], n: int, out: Path) -> dict:
-    """genai-perf profile --endpoint-type chat against the gateway, without and with --streaming (skipped when
-    not installed; where and how genai-perf is installed, and its input format: ``pyramid_triton.perf``, which
-    runs it for make perf)."""
-    from pyramid_triton.perf import CACHE, INSTALL_HINT, genai_perf_input
+def genai_perf_chat(server, gw_port: int, questions: list[str], n: int, out: Path) -> dict:
+    """genai-perf profile --endpoint-type chat against the gateway, without and with --streaming, and, for the
+    same C++ client on the gRPC path, --endpoint-type kserve against ``pyramid`` on ``server`` (a
+    ``TritonServer``). Skipped when not installed; where and how genai-perf is installed, its input format and
+    the kserve run: ``pyramid_triton.perf``, which runs them for make perf."""
+    from pyramid_triton.perf import CACHE, INSTALL_HINT, admin_headers, genai_perf_input, run_genai_perf
 
     exe, tok = CACHE / "bin" / "genai-perf", CACHE / "tokenizer"
     if not exe.is_file() or not (tok / "tokenizer.json").is_file():
@@ -170,6 +171,10 @@ def genai_perf_chat(gw_port: int, questions: list[str], n: int, out: Path) -> di
         data = json.loads(exports[0].read_text(encoding="utf-8"))
         keep = ("request_latency", "time_to_first_token", "request_throughput")
         res[key] = {"ok": True, "command": cmd, **{k: data[k] for k in keep if k in data}}
+    metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    res["grpc_kserve"] = run_genai_perf(
+        exe, tok, server.grpc_url, metrics_url, inp, gdir / "kserve", False, n, admin_headers(server)
+    )
     return res
 
 
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(summary["throughput"], indent=1), flush=True)
             if a.genai_perf:
-                summary["genai_perf_chat"] = genai_perf_chat(gw.port, questions, 2 * len(questions), out)
+                summary["genai_perf"] = genai_perf_chat(server, gw.port, questions, 2 * len(questions), out)
     lat, thr = summary["latency_c1"], summary["throughput"]
     summary["targets"] = {
         "added_p50_ms": {"target": TARGET_ADDED_P50_MS, "met": lat["added_p50_ms"] <= TARGET_ADDED_P50_MS},
