@@ -105,12 +105,23 @@ comma := ,
 GEMMA_MAP = $(word 1,$(subst $(comma), ,$(COMMITTEE)))=gemma3-270m-agent-1,$(word 2,$(subst $(comma), ,$(COMMITTEE)))=gemma3-270m-agent-2,$(word 3,$(subst $(comma), ,$(COMMITTEE)))=gemma3-270m-agent-3,$(ORACLE)=gemma3-270m-oracle
 GEMMA_MODELS := gemma3-270m-agent-1 gemma3-270m-agent-2 gemma3-270m-agent-3 gemma3-270m-oracle
 GEMMA_PRICE ?= 0.00001,0.00002
-$(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py
+# A set of two tasks: gsm8k (default) and semantic (any prompt: pyramid ask --task semantic), the latter fitted
+# the same way on the models' whole outputs with oracle labels (the first run embeds the shipped outputs once,
+# minutes on 2 cores; cached in ~/.cache/pyramid-moa).
+$(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py scripts/calibration_set.py
 	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
 	  --cost usd --features symmetric --no-arbiter --out $(OUT)/calibration/llamacpp-source.json
-	$(PY) scripts/relabel_calibration.py $(OUT)/calibration/llamacpp-source.json $@ --map '$(GEMMA_MAP)' \
-	  $(foreach m,$(GEMMA_MODELS),--params $(m)=0.27 --price $(m)=$(GEMMA_PRICE)) \
+	$(PY) scripts/relabel_calibration.py $(OUT)/calibration/llamacpp-source.json $(OUT)/calibration/llamacpp-gsm8k.json \
+	  --map '$(GEMMA_MAP)' $(foreach m,$(GEMMA_MODELS),--params $(m)=0.27 --price $(m)=$(GEMMA_PRICE)) \
 	  --note 'transfer: symmetric features fitted on gpt-3.5/gpt-4 GSM8K traces; no Gemma traces exist'
+	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
+	  --cost usd --task semantic --features semantic_symmetric --labels oracle --target-oracle-rate 0.3 \
+	  --out $(OUT)/calibration/llamacpp-semantic-source.json
+	$(PY) scripts/relabel_calibration.py $(OUT)/calibration/llamacpp-semantic-source.json \
+	  $(OUT)/calibration/llamacpp-semantic.json --map '$(GEMMA_MAP)' \
+	  $(foreach m,$(GEMMA_MODELS),--params $(m)=0.27 --price $(m)=$(GEMMA_PRICE)) \
+	  --note 'transfer: symmetric semantic features fitted on gpt-3.5/gpt-4 whole GSM8K outputs, oracle labels'
+	$(PY) scripts/calibration_set.py $@ $(OUT)/calibration/llamacpp-gsm8k.json $(OUT)/calibration/llamacpp-semantic.json
 
 render: $(STAMP) $(CALIBRATION)  ## render the model repository of deploy/$(PROFILE).yaml (PROFILE=replay|llamacpp)
 	$(PY) scripts/render_repository.py deploy/$(PROFILE).yaml --out $(SERVE_REPO) --calibration $(CALIBRATION) $(RENDER_FLAGS)

@@ -203,3 +203,14 @@ def test_semantic_gold_labels_need_a_grader(tmp_path):
     oracle_labelled = load_routing_data(str(root), ["a", "b", "c"], "d", task="semantic", labels="oracle")
     prepare(oracle_labelled, None, threshold=0.8)
     assert not oracle_labelled.has_gold and oracle_labelled.correct(oracle_labelled.answers("a")).all()
+
+
+def test_symmetric_semantic_features_have_no_per_agent_feature():
+    outs = [_out("x", "a", [1, 0, 0]), _out("y", "a2", [1, 0.1, 0]), _out("z", "b", [0, 1, 0])]
+    full = make_feature_set("semantic", ["x", "y", "z"], similarity_threshold=0.9)
+    sym = make_feature_set("semantic_symmetric", ["x", "y", "z"], similarity_threshold=0.9)
+    assert sym.symmetric and not any("[" in n for n in sym.names)
+    assert sym.names == make_feature_set("semantic_symmetric", ["p", "q", "r"]).names
+    xf, vf = full("q", outs)
+    xs, vs = sym("q", outs)
+    assert vs == vf and xs == [v for n, v in zip(full.names, xf) if not n.startswith("agrees[")]

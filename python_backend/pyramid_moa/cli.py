@@ -24,6 +24,7 @@ from .features import feature_set_names
 from .fitting import MAX_DEPTH, Target, TargetUnreachable, fit_router
 from .registry import UnknownName
 from .semantic import DEFAULT_EMBEDDING_CACHE
+from .semantic import FEATURE_SETS as SEMANTIC_FEATURE_SETS
 from .semantic import TASK as SEMANTIC
 from .semantic import prepare as prepare_semantic
 from .traces import TraceError
@@ -126,8 +127,10 @@ def _data(a: argparse.Namespace):
         raise ValueError(f"unknown --task {a.task!r}; known: {', '.join(task_names())}")
     semantic = a.task == SEMANTIC
     a.features = a.features or ("semantic" if semantic else "full")
-    if semantic != (a.features == "semantic"):
-        raise ValueError("--task semantic and --features semantic go together (answers grouped by meaning)")
+    if semantic != (a.features in SEMANTIC_FEATURE_SETS):
+        raise ValueError(
+            f"--task semantic and --features {' or '.join(SEMANTIC_FEATURE_SETS)} go together (answers grouped by meaning)"
+        )
     if not semantic and (a.similarity_threshold is not None or a.grade):
         raise ValueError("--similarity-threshold and --grade apply to --task semantic only")
     committee = [c.strip() for c in a.committee.split(",") if c.strip()]

@@ -210,6 +210,28 @@ class SemanticFeatures(FeatureSet):
         ]
 
 
+class SymmetricSemanticFeatures(SemanticFeatures):
+    """``semantic`` without which-agent features: the same whoever said what, so a calibration fitted
+    on one committee can be moved to another of the same size (scripts/relabel_calibration.py; the
+    llamacpp profile's transfer)."""
+
+    name = "semantic_symmetric"
+    symmetric = True
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in super().names if not n.startswith("agrees[")]
+
+    def _features(
+        self, outputs: Sequence[AgentOutput], vote: Vote, sim: np.ndarray, labels: list[int | None]
+    ) -> list[float]:
+        full = super()._features(outputs, vote, sim, labels)
+        return [v for n, v in zip(super().names, full) if not n.startswith("agrees[")]
+
+
+FEATURE_SETS = (SemanticFeatures.name, SymmetricSemanticFeatures.name)  # the sets that group by meaning
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 200) -> float:
     """Otsu's threshold: the cut maximising the between-class variance of ``values``."""
     values = np.asarray(values, float)
@@ -316,3 +338,4 @@ def prepare(
 
 register_extractor(AnswerTask(TASK, normalize_answer, _unset_equal, numeric=False, keyed=False))
 register_feature_set(SemanticFeatures)
+register_feature_set(SymmetricSemanticFeatures)
