@@ -181,3 +181,21 @@ def test_declared_fallback_sends_an_uncalibrated_task_to_the_oracle(task_model):
     out = _ask(model, text_input=Q_AGREE, task="choice")
     assert (out["tier"], out["calls"]) == ("oracle", ["o"])
     assert [m for m, _ in pb.calls] == ["o"]
+
+
+def test_an_answer_the_embedder_cannot_embed_leaves_its_agent_out(task_model):
+    import fake_pb_utils as pb
+
+    model = task_model()
+    real = pb.models["embedder"]
+
+    def flaky(req):
+        text = req.inputs[0].as_numpy().reshape(-1)[0].decode()
+        return (
+            pb.InferenceResponse(error=pb.TritonError("[INTERNAL] out of memory")) if "Bananas" in text else real(req)
+        )
+
+    pb.models["embedder"] = flaky
+    out = _ask(model, text_input=FREE_Q, task="semantic")
+    assert (out["tier"], bool(out["degraded"]), out["failed"]) == ("committee", True, ["c"])
+    assert out["answer"] in (FREE["a"], FREE["b"])
