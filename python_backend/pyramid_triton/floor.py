@@ -66,25 +66,26 @@ class FloorModel:
         sender = request.get_response_sender()
         try:
             text = tensors.get_string(pb, request, "text_input") or ""
+            max_tokens = tensors.get_int(pb, request, "max_tokens") or self.max_tokens
             plan = self.plans.get(text)
             if plan is None:
                 raise ServeError("the floor has no plan for this question", "NOT_FOUND")
             answer = ""
             for stage in plan:
-                outs = await asyncio.gather(*(self._call(m, text) for m in stage))
+                outs = await asyncio.gather(*(self._call(m, text, max_tokens) for m in stage))
                 answer = outs[-1]
             out = pb.Tensor("text_output", np.array([[answer.encode()]], dtype=np.object_))
             sender.send(pb.InferenceResponse(output_tensors=[out]), flags=self.final)
         except Exception as exc:  # noqa: BLE001 - answered as an error response, then FINAL
             sender.send(tensors.error_response(pb, exc), flags=self.final)
 
-    async def _call(self, model: str, text: str) -> str:
+    async def _call(self, model: str, text: str, max_tokens: int) -> str:
         pb = self.pb
         # Tensors built anew for every call: one Tensor object in concurrent BLS requests crashes 2.51.
         infer = pb.InferenceRequest(
             model_name=model,
             requested_output_names=["text_output"],
-            inputs=tensors.engine_request_tensors(pb, EngineRequest(text, self.max_tokens)),
+            inputs=tensors.engine_request_tensors(pb, EngineRequest(text, max_tokens)),
         )
         resp = await infer.async_exec()
         if resp.has_error():
