@@ -78,7 +78,9 @@ def test_each_tier_spec_renders_its_repository(rendered, calibrations, name, tmp
     tiers = helm_check.render_tier_specs(docs, values, calibrations[name], tmp_path)
     names = _names(ROOT / "deploy" / name)
     got = dict(line.split(": ", 1) for line in tiers)
-    assert got["router"] == "pyramid"
+    # the router tier: the router, and the embedder where the spec has one (the router calls it over BLS)
+    embedder = load_spec(ROOT / "deploy" / name).get("embedder")
+    assert got["router"] == ("embedder, pyramid" if embedder is not None else "pyramid")
     assert set(names[:-1]) <= set(got["agents"].split(", ")) and names[-1] not in got["agents"]
     assert got["oracle"].split(", ")[0] == names[-1]
     # the router calls every engine at its tier's headless Service, round-robin over the pods
