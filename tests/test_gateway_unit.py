@@ -41,11 +41,11 @@ def test_fields_map_to_the_text_api_and_max_completion_tokens_is_max_tokens():
         "chat",
         {"model": "pyramid", "messages": USER, "max_completion_tokens": 64, "temperature": 0.2, "seed": 3,
          "stop": "\n\n", "n": 1, "top_p": 1, "user": "u1",
-         "pyramid": {"escalation_threshold": 0.7, "deadline_ms": 500, "strict": True}},
+         "pyramid": {"escalation_threshold": 0.7, "deadline_ms": 500, "strict": True, "task": "gsm8k"}},
     )  # fmt: skip
     assert (r.max_tokens, r.temperature, r.seed, r.stops()) == (64, 0.2, 3, ["\n\n"])
     o = r.options()
-    assert (o.escalation_threshold, o.deadline_ms, o.strict) == (0.7, 500, True)
+    assert (o.escalation_threshold, o.deadline_ms, o.strict, o.task) == (0.7, 500, True, "gsm8k")
     e = err(parse_request, "chat", {"model": "p", "messages": USER, "max_tokens": 5, "max_completion_tokens": 6})
     assert e.param == "max_completion_tokens"
 
@@ -212,6 +212,8 @@ def test_stop_cuts_at_the_earliest_sequence():
         ("NOT_FOUND", "every model called failed (no record)", 400, "prompt"),
         ("UNAVAILABLE", "failed to connect to all addresses", 503, None),
         ("DEADLINE_EXCEEDED", "no complete response within 300 s", 504, None),
+        ("INVALID_ARG", "invalid input 'task': unknown task 'x'; known: choice, gsm8k, text", 400, "pyramid.task"),
+        ("UNSUPPORTED", "task 'text' has no calibration in this deployment (calibrated: gsm8k)", 400, "pyramid.task"),
         ("INTERNAL", "boom", 502, None),
     ],
 )

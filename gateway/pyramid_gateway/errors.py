@@ -26,6 +26,7 @@ _ROUTER_FIELDS = {
     "deadline_ms": "pyramid.deadline_ms",
     "strict": "pyramid.strict",
     "force_tier": "model",
+    "task": "pyramid.task",
 }
 _INPUT_NAME = re.compile(r"invalid input '([a-z_]+)'")
 _CODE_PREFIX = re.compile(r"^\[([A-Z_]+)\] ")
@@ -81,7 +82,7 @@ def from_pyramid(exc: PyramidError, retry_after_s: int, text_field: str = "messa
     """The HTTP error for a router / engine error code (``PyramidError.code``).
 
     INVALID_ARG -> 400 naming the OpenAI field; NOT_FOUND (e.g. a replay engine has no record for the
-    question) -> 400, since the model exists; UNAVAILABLE -> 503 + Retry-After; DEADLINE_EXCEEDED
+    question) -> 400, since the model exists; UNSUPPORTED (a task without a calibration) -> 400; UNAVAILABLE -> 503 + Retry-After; DEADLINE_EXCEEDED
     (the gateway's call timeout) -> 504; anything else -> 502 (the upstream failed)."""
     message = exc.message
     if exc.code == "INVALID_ARG":
@@ -92,6 +93,8 @@ def from_pyramid(exc: PyramidError, retry_after_s: int, text_field: str = "messa
         return invalid(message, param)
     if exc.code == "NOT_FOUND":
         return invalid(message, text_field, code="not_found")
+    if exc.code == "UNSUPPORTED":  # e.g. a task this deployment has no calibration for
+        return invalid(message, "pyramid.task" if "task" in message else None, code="unsupported")
     if exc.code == "UNAVAILABLE":
         return unavailable(message, retry_after_s)
     if exc.code == "DEADLINE_EXCEEDED":

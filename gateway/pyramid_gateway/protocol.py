@@ -10,7 +10,7 @@ Rules (README "OpenAI-compatible API"):
   ``frequency_penalty=0``, ``logit_bias={}``, ``logprobs=false``, ``response_format={"type": "text"}``,
   ``store=false``, ``echo=false``, ``best_of=1``; anything else there is a 400 naming the field;
 * ``tools`` / ``functions`` and the rest of OpenAI's fields: a 400 naming them (never a silent ignore);
-* ``pyramid`` (the SDK's ``extra_body``): ``escalation_threshold``, ``deadline_ms``, ``strict``;
+* ``pyramid`` (the SDK's ``extra_body``): ``escalation_threshold``, ``deadline_ms``, ``strict``, ``task``;
   unknown keys are a 400 naming them.
 
 Why pydantic: FastAPI's own validation layer, so a wrong type or an unknown field is reported
@@ -28,7 +28,7 @@ from pyramid_client.wire import NOOP_SAMPLING
 
 from .errors import ApiError, invalid
 
-PYRAMID_KEYS = ("escalation_threshold", "deadline_ms", "strict")
+PYRAMID_KEYS = ("escalation_threshold", "deadline_ms", "strict", "task")
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 
@@ -44,6 +44,7 @@ class PyramidOptions(BaseModel):
     escalation_threshold: float | None = Field(None, ge=0.0, le=1.0)
     deadline_ms: int | None = Field(None, ge=0, lt=2**31)
     strict: bool | None = None
+    task: str | None = None  # the answer task (e.g. gsm8k); None: the deployment's default
 
 
 class _Common(BaseModel):

@@ -123,6 +123,7 @@ class Gateway:
             "max_tokens": req.max_tokens,
             "deadline_ms": o.deadline_ms,
             "strict": o.strict,
+            "task": o.task,
             "temperature": req.temperature,
             "seed": req.seed,
             "request_id": rid,
@@ -147,12 +148,13 @@ class Gateway:
         self, req: Request, cat: Catalog, target: Target, question: str, rid: str, stream: bool
     ) -> AsyncIterator[tuple[str, int | None]]:
         o = req.options()
-        if o.escalation_threshold is not None:
-            raise invalid(
-                f"pyramid.escalation_threshold applies to the routed models ({cat.router}...), not to the engine "
-                f"{target.name!r}, which is called directly",
-                "pyramid.escalation_threshold",
-            )
+        for key in ("escalation_threshold", "task"):
+            if getattr(o, key) is not None:
+                raise invalid(
+                    f"pyramid.{key} applies to the routed models ({cat.router}...), not to the engine "
+                    f"{target.name!r}, which is called directly",
+                    f"pyramid.{key}",
+                )
         deadline = time.monotonic() + o.deadline_ms / 1000 if o.deadline_ms else None
         max_tokens = req.max_tokens or cat.default_max_tokens
         it = self.upstream.engine_stream(

@@ -168,6 +168,11 @@ def test_32_concurrent_clients(gateway, traces, grpc_answers):
 # --- forced tiers and direct engines --------------------------------------------------------------
 
 
+def test_the_default_task_named_is_the_same_route(oa, traces, grpc_answers):
+    c = chat(oa, traces.questions[3].question, extra_body={"pyramid": {"task": "gsm8k"}})
+    assert_same_route(c.choices[0].message.content, meta(c), c.usage, grpc_answers[3], "task=gsm8k")
+
+
 def test_forced_tiers_equal_the_grpc_clients_force_tier(oa, deployment, traces):
     from pyramid_client import PyramidClient
 
@@ -302,6 +307,11 @@ def test_invalid_requests_get_a_400_naming_the_field(oa):
     assert bad(oa, tools=tools)["param"] == "tools"
     assert bad(oa, top_p=0.5)["param"] == "top_p"
     assert bad(oa, extra_body={"pyramid": {"escalation_threshold": 1.5}})["param"] == "pyramid.escalation_threshold"
+    # the router's task: an unknown one is its INVALID_ARG, a known one it has no calibration for UNSUPPORTED
+    b = bad(oa, extra_body={"pyramid": {"task": "astrology"}})
+    assert b["param"] == "pyramid.task" and "astrology" in b["message"]
+    b = bad(oa, extra_body={"pyramid": {"task": "choice"}})
+    assert b["param"] == "pyramid.task" and b["code"] == "unsupported" and "gsm8k" in b["message"]
     assert bad(oa, messages=[{"role": "system", "content": "hi"}])["param"] == "messages"
     b = bad(oa, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
     assert b["param"] == "messages[1].role"
