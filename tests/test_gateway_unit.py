@@ -278,3 +278,41 @@ def test_metrics_render_prometheus_text():
     assert 'pyramid_gateway_request_seconds_bucket{endpoint="/v1/chat/completions",le="0.025"} 2' in text
     assert 'pyramid_gateway_request_seconds_bucket{endpoint="/v1/chat/completions",le="0.005"} 1' in text
     assert 'pyramid_gateway_tokens_total{model="pyramid",kind="completion"} 5' in text
+
+
+# --- the app's error contract ---------------------------------------------------------------------------
+
+
+def test_a_bug_is_a_500_in_openais_format_and_counted():
+    """Whatever fails inside the gateway, the client gets OpenAI's error shape, and the metrics see it."""
+    import asyncio
+
+    import httpx2 as httpx
+
+    from pyramid_gateway.app import GatewayConfig, create_app
+    from pyramid_gateway.upstream import Deployment, Upstream
+
+    class Broken(Upstream):  # a real Upstream (nothing listens at its address) whose discovery has a bug
+        async def catalog(self):
+            raise KeyError("boom")
+
+    async def run():
+        app = create_app(GatewayConfig(), upstream=Broken("127.0.0.1:1", deployment=Deployment(("a",), "o")))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+                body = {"model": "pyramid", "messages": USER}
+                r = await c.post("/v1/chat/completions", json=body)
+                nf = await c.get("/v1/nowhere")
+                m = await c.get("/metrics")
+                return r, nf, m.text
+
+    r, nf, metrics = asyncio.run(run())
+    assert (
+        r.status_code == 500
+        and r.json()["error"]["code"] == "internal_error"
+        and "boom" in r.json()["error"]["message"]
+    )
+    assert nf.status_code == 404 and set(nf.json()["error"]) == {"message", "type", "param", "code"}
+    assert 'pyramid_gateway_requests_total{endpoint="/v1/chat/completions",model="pyramid",status="500"} 1' in metrics
+    assert "pyramid_gateway_in_flight 0" in metrics.splitlines()

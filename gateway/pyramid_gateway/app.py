@@ -111,6 +111,11 @@ class EventStream(StreamingResponse):
             self.on_close()
 
 
+def internal_error(exc: BaseException) -> ApiError:
+    """A bug in the gateway, answered in OpenAI's format (500) rather than as a bare text page."""
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
+
+
 def _error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
@@ -146,6 +151,10 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(internal_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -244,6 +253,9 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
         except ClientGone:
             status = CLIENT_CLOSED
             return Response(status_code=CLIENT_CLOSED)
+        except Exception:
+            status = 500  # answered by the handler below, in OpenAI's format
+            raise
         finally:
             if not streaming:
                 _done(endpoint, model, t0, lease, status)
@@ -293,6 +305,10 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
         except ApiError as exc:  # the 200 is sent: the error is an event (the OpenAI SDK raises it)
             status = exc.status
             yield R.sse(exc.body())
+            yield R.DONE
+        except Exception as exc:  # noqa: BLE001 - a bug: still an error event the client can read, then the end
+            status = 500
+            yield R.sse(internal_error(exc).body())
             yield R.DONE
         except asyncio.CancelledError:
             status = CLIENT_CLOSED
