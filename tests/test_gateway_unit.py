@@ -316,3 +316,15 @@ def test_a_bug_is_a_500_in_openais_format_and_counted():
     assert nf.status_code == 404 and set(nf.json()["error"]) == {"message", "type", "param", "code"}
     assert 'pyramid_gateway_requests_total{endpoint="/v1/chat/completions",model="pyramid",status="500"} 1' in metrics
     assert "pyramid_gateway_in_flight 0" in metrics.splitlines()
+
+
+def test_make_serve_refuses_the_gateway_with_a_keyed_inference(tmp_path, monkeypatch, capsys):
+    """The gateway's router client sends no inference key yet: serving both would refuse every routed
+    request, so the launcher stops first and says what to change (before starting anything)."""
+    from pyramid_triton import access
+    from pyramid_triton.server import main
+
+    monkeypatch.setenv(access.INFERENCE_KEY_ENV, "k" * 32)  # the spec's key, as make serve would use it
+    monkeypatch.delenv(access.INFERENCE_KEY_FILE_ENV, raising=False)
+    assert main([str(tmp_path), "--openai-port", "9000"]) == 2
+    assert "OPENAI_PORT=0" in capsys.readouterr().err

@@ -442,6 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     except (access.AccessError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if inference is not None and args.openai_port:
+        # The gateway's router client sends no inference key yet: every routed request would be refused.
+        print(
+            "error: the spec keys inference (security.inference_key), which the OpenAI gateway cannot send yet; "
+            "serve without it (OPENAI_PORT=0) or without the inference key",
+            file=sys.stderr,
+        )
+        return 2
     server = TritonServer(
         Path(args.repository),
         args.http_port,
