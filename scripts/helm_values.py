@@ -246,7 +246,7 @@ def make_values(
     repo, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
     if any(t["modelStore"] for t in tiers.values()) and not model_store:
         model_store = "pyramid-moa-models"
-    return {
+    values = {
         "profile": str(load_spec(spec_path).get("profile", spec_path.stem)),
         "image": {"repository": repo, "tag": tag or "latest", "pullPolicy": "IfNotPresent"},
         "projectRoot": project_root,
@@ -254,6 +254,10 @@ def make_values(
         "calibration": {"json": cal_json, "existingConfigMap": calibration_configmap},
         "tiers": tiers,
     }
+    if any(t.get("inferenceKey") for t in tiers.values()):
+        # The OpenAI gateway cannot send the router's inference key yet (the chart refuses both together).
+        values["gateway"] = {"enabled": False}
+    return values
 
 
 class _Dumper(yaml.SafeDumper):

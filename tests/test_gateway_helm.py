@@ -78,6 +78,22 @@ def test_disabled_means_no_container_and_no_port(values):
     assert all(p["name"] != "openai" for p in by_kind(docs, "Service")[f"{FULL}-router"]["spec"]["ports"])
 
 
+def test_a_keyed_inference_leaves_the_gateway_out(values, tmp_path):
+    """The gateway cannot send the router's inference key yet: values from such a spec turn it off, and the
+    chart refuses both together rather than run a gateway whose every routed request Triton would refuse."""
+    spec = tmp_path / "replay.yaml"
+    text = (ROOT / "deploy" / "replay.yaml").read_text(encoding="utf-8").replace("calibration: ../", "calibration: ")
+    spec.write_text(text + "security:\n  inference_key: true\n", encoding="utf-8")
+    cal = tmp_path / "cal.json"
+    _artifact(_names(spec)).save(cal)
+    keyed = make_values(spec, cal, image="registry.example/pyramid-moa:0.1.0")
+    assert keyed["gateway"] == {"enabled": False}
+    pod = by_kind(render(keyed), "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["tritonserver"]
+    with pytest.raises(Exception, match="cannot send the inference key"):
+        render({**keyed, "gateway": {"enabled": True}})
+
+
 @pytest.mark.parametrize("gateway", [{"port": 8001}, {"enabled": "yes"}, {"apiKeys": {"secret": "x"}}, {"bogus": 1}])
 def test_the_values_schema_refuses_bad_gateway_settings(values, gateway):
     with pytest.raises(Exception, match="schema"):
