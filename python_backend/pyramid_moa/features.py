@@ -13,6 +13,7 @@ feature at all, so its names do not depend on the agents.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from abc import ABC, abstractmethod
@@ -87,8 +88,10 @@ def vote_weights(accuracies: Sequence[float], floor: float = 0.02) -> list[float
     return out
 
 
-def _question_numbers(question: str) -> list[float]:
-    return [float(x) for x in _NUMBER.findall(question.replace(",", ""))]
+@functools.lru_cache(maxsize=4096)
+def _question_numbers(question: str) -> tuple[float, ...]:
+    """The numbers in a question (cached: fitting asks for the same questions' numbers again and again)."""
+    return tuple(float(x) for x in _NUMBER.findall(question.replace(",", "")))
 
 
 class FeatureSet(ABC):

@@ -51,7 +51,7 @@ MAX_DEPTH = 3  # stages below the oracle that the search considers by default
 COST_ORDER_SLACK = 0.5  # a later stage may add a model that costs at least this share of the dearest earlier one
 # Threshold candidates per earlier stage (coarse: fewer choices, less selection optimism), by the
 # number of earlier stages; the last stage gets MAX_GRID.
-GRID_EARLY = {1: 24, 2: 12}
+GRID_EARLY = {1: 24, 2: 8}
 
 
 class TargetUnreachable(ValueError):
@@ -208,18 +208,20 @@ def evaluate_grid(cand: Candidate) -> Evaluated:
     order = np.argsort(p, kind="stable")
     below = np.searchsorted(p[order], grids[-1], side="left")  # questions with P < tau, per tau
 
-    def cum(values: np.ndarray) -> np.ndarray:
-        """(Ge, G_last): sum of ``values`` over reaching questions with P < tau."""
-        c = np.zeros((reach.shape[0], n + 1))
-        np.cumsum(reach[:, order] * values[order], axis=1, out=c[:, 1:])
-        return c[:, below]
+    # For each early row and each last-stage tau, sums over the reaching questions with P < tau of: the
+    # committee's correctness, the escalated answer's correctness, 1 (escalations) and the oracle's cost.
+    # One cumulative sum over the questions in P order, read at each tau's position.
+    values = np.stack([cand.labels[-1], cand.final_ok[-1], np.ones(n), cand.oracle_cost], dtype=float)[
+        :, order
+    ]  # (4, n)
+    c = np.zeros((4, reach.shape[0], n + 1))
+    np.cumsum(reach[None, :, order] * values[:, None, :], axis=2, out=c[:, :, 1:])
+    below_ok, below_final, below_n, below_cost = c[:, :, below]  # each (Ge, G_last)
 
     total_ok = reach @ cand.labels[-1].astype(float)
-    acc = (
-        base_ok[:, None] + total_ok[:, None] - cum(cand.labels[-1].astype(float)) + cum(cand.final_ok[-1].astype(float))
-    )
-    esc = base_esc[:, None] + cum(np.ones(n))
-    cost = base_cost[:, None] + cum(cand.oracle_cost)
+    acc = base_ok[:, None] + total_ok[:, None] - below_ok + below_final
+    esc = base_esc[:, None] + below_n
+    cost = base_cost[:, None] + below_cost
     last = grids[-1]
     taus = np.c_[np.repeat(early, len(last), axis=0), np.tile(last, len(early))]
     return Evaluated(taus, (acc / n).ravel(), (esc / n).ravel(), (cost / n / norm).ravel(), len(early))
