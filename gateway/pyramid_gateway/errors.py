@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from pyramid_client import PyramidError
+from pyramid_client.wire import split_code
 
 # HTTP status of a client that closed the connection before the answer (nginx's convention; nobody
 # receives it, but logs and metrics show it).
@@ -29,7 +30,6 @@ _ROUTER_FIELDS = {
     "task": "pyramid.task",
 }
 _INPUT_NAME = re.compile(r"invalid input '([a-z_]+)'")
-_CODE_PREFIX = re.compile(r"^\[([A-Z_]+)\] ")
 
 
 class ApiError(Exception):
@@ -105,9 +105,9 @@ def from_pyramid(exc: PyramidError, retry_after_s: int, text_field: str = "messa
 def from_triton_message(message: str, status: str | None = None) -> PyramidError:
     """A ``PyramidError`` from a Triton error on a direct engine call: the ``[CODE]`` prefix the
     project's models put first, else the gRPC status (UNAVAILABLE when nothing listens)."""
-    m = _CODE_PREFIX.match(message)
-    if m:
-        return PyramidError(message[m.end() :], m.group(1))
+    prefixed, text = split_code(message)
+    if prefixed:
+        return PyramidError(text, prefixed)
     if status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
         return PyramidError(message, status)
     low = message.lower()
