@@ -15,11 +15,26 @@ name them instead, e.g. for a repository rendered with ``--engines-only`` (no ro
 configs are behind the deployment's admin key (docs/SECURITY.md): give it as ``$PYRAMID_ADMIN_KEY_FILE``
 or ``$PYRAMID_ADMIN_KEY``, or name the models with the flags.
 
-Questions: the project's ``{"idx", "question", "gold"}`` lines, or GSM8K's own ``{"question",
-"answer"}`` lines (``idx`` is then the line number from 0, ``gold`` what follows ``####``).
+Questions (``--questions FILE``, the format recognised from its first line): the project's ``{"idx",
+"question", "gold"}`` lines; GSM8K's own ``{"question", "answer"}`` lines (``gold`` what follows
+``####``); plain prompts without gold, as ``{"question"}`` lines, OpenAI-style chat logs
+(``{"messages": [...]}``: the question is the conversation up to its last user turn, as the OpenAI
+gateway puts it to the router: that turn verbatim when it is the only one, else a ``System: / User: /
+Assistant:`` transcript ending with it; a logged reply after it is left out), or a text file with one
+prompt per line. Without an ``idx`` the line number from 0 is the question's idx. Questions without
+gold are recorded with ``"gold": null`` and every source row says ``"gold_answers": false``;
+``pyramid calibrate`` then fits on agreement with the oracle (``--labels oracle``) and refuses
+``--labels gold`` naming the file.
 
-Output (``--out DIR``): ``questions.jsonl``, ``sources.json`` (the model behind each engine and
-its size when the engine's config says so, ``--params`` / ``--price`` otherwise) and
+Cost facts: each model's size and prices go into ``sources.json``, so that the ``next:`` command
+printed at the end runs as printed: ``--params`` / ``--price`` first, then the calibration's
+(``--calibration FILE``, else the router's ``cost_facts`` parameter, rendered from its artifact),
+then what an engine's config says (TensorRT-LLM engines' ``params_b``). The ``next:`` command names
+the calibration's cost model when every model has what it needs (else one that they all have), and
+``--labels oracle`` when a question has no gold.
+
+Output (``--out DIR``): ``questions.jsonl``, ``sources.json`` (the model behind each engine, its
+role, size and prices as above) and
 ``traces/<model>.jsonl`` with one sample per question: ``text``, ``answer`` (the engine's own if it
 parses one, else extracted as the router does), ``output_tokens`` (the engine's count, or chars/4
 when it returns none), ``cum_log_prob`` when returned. Results are appended as they arrive, so
@@ -33,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 import time
 import urllib.error
@@ -51,8 +67,8 @@ from pyramid_client.http_transport import split_url
 from pyramid_client.retry import Attempts, RetryPolicy
 from pyramid_client.wire import INTERNAL, NOT_FOUND, UNAVAILABLE
 from pyramid_moa.answers import get_task, normalize_number
-from pyramid_moa.artifact import write_text_atomic
-from pyramid_moa.cost import estimate_tokens
+from pyramid_moa.artifact import ArtifactError, load_artifact, write_text_atomic
+from pyramid_moa.cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
 from pyramid_triton import access
 
 from . import gsm8k
@@ -71,6 +87,7 @@ class Deployment:
     parsed_answer_models: set[str] = field(default_factory=set)
     default_max_tokens: int | None = None
     source: str = "flags"  # "router <name>" when read from the router's config
+    cost_facts: dict[str, Any] | None = None  # {"cost_model", "models": {name: ModelCost fields}}
 
     @property
     def models(self) -> list[str]:
@@ -126,6 +143,10 @@ def discover(protocol: str, url: str, router: str) -> Deployment:
     if "agents" not in p or "oracle" not in p:
         raise PyramidError(f"model {router!r} is not a pyramid router (no 'agents' / 'oracle' parameters)", NOT_FOUND)
     mt = p.get("default_max_tokens", "")
+    try:
+        facts = json.loads(p["cost_facts"]) if p.get("cost_facts") else None
+    except json.JSONDecodeError:
+        facts = None
     return Deployment(
         _csv(p["agents"]),
         p["oracle"],
@@ -133,6 +154,7 @@ def discover(protocol: str, url: str, router: str) -> Deployment:
         set(_csv(p.get("parsed_answer_models"))),
         int(mt) if mt.isdigit() else None,
         f"router {router}",
+        facts if isinstance(facts, dict) else None,
     )
 
 
@@ -152,18 +174,84 @@ def engine_info(protocol: str, url: str, model: str) -> dict[str, Any]:
     return out
 
 
+CHAT_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(c, dict) and c.get("type") == "text" for c in content):
+        return "\n".join(str(c.get("text", "")) for c in content)
+    raise TypeError("content must be a string or a list of text parts")
+
+
+def question_from_chat(messages: Any) -> str:
+    """The router's question for a logged conversation: up to its last user turn, rendered as the
+    OpenAI gateway renders a request (``pyramid_gateway.conversation``): a lone user turn verbatim,
+    else a transcript of ``Role: text`` blocks."""
+    if not isinstance(messages, list) or not messages:
+        raise TypeError("'messages' must be a non-empty list")
+    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=None)
+    if last is None:
+        raise TypeError("the conversation has no user turn")
+    turns = []
+    for m in messages[: last + 1]:
+        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
+            raise TypeError(f"a message must have a role among {', '.join(CHAT_ROLES)}")
+        name = m.get("name")
+        turns.append((CHAT_ROLES[m["role"]] + (f" ({name})" if name else ""), _content_text(m.get("content"))))
+    if not turns[-1][1].strip():
+        raise TypeError("the last user turn is empty")
+    if len(turns) == 1 and not messages[0].get("name"):
+        return turns[0][1]
+    return "\n\n".join(f"{label}: {text}" for label, text in turns)
+
+
+def _prompt_lines(p: Path, lines: list[str]) -> list[Question]:
+    """Plain prompts: ``{"question"}`` or ``{"messages"}`` JSON lines, or (the first line not a JSON
+    object) one prompt per line of text; no gold."""
+    try:
+        json_lines = isinstance(json.loads(next(ln for ln in lines if ln.strip())), dict)
+    except json.JSONDecodeError:
+        json_lines = False
+    out: list[Question] = []
+    for n, line in enumerate(ln for ln in lines if ln.strip()):
+        if not json_lines:
+            out.append(Question(n, line.strip(), None))
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise TypeError("not a JSON object")
+            text = question_from_chat(obj["messages"]) if "messages" in obj else obj["question"]
+            if not isinstance(text, str) or not text.strip():
+                raise TypeError("'question' must be a non-empty string")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UsageError(f"{p}: prompt {n + 1}: not a prompt line ({type(exc).__name__}: {exc})") from None
+        out.append(Question(n, text, None))
+    return out
+
+
 def load_questions(path: str | Path) -> list[Question]:
-    """The project's question lines, or GSM8K's ``{"question", "answer": "... #### N"}`` lines."""
+    """Questions with gold (the project's lines, GSM8K's ``{"question", "answer": "... #### N"}``) or
+    plain prompts (see the module doc)."""
     p = Path(path)
     try:
-        first = next((ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()), "")
+        lines = p.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise UsageError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{p}: not UTF-8 text") from None
+    first = next((ln for ln in lines if ln.strip()), "")
+    if not first:
+        raise UsageError(f"{p}: no questions")
     try:
-        head = json.loads(first) if first else {}
+        head = json.loads(first)
     except json.JSONDecodeError:
-        raise UsageError(f"{p}:1: not JSON") from None
-    if not isinstance(head, dict) or "idx" in head or "answer" not in head:
+        head = None
+    if not isinstance(head, dict) or "messages" in head or ("idx" not in head and "answer" not in head):
+        return _prompt_lines(p, lines)
+    if "idx" in head or "answer" not in head:
         return gsm8k.load_questions(p)
     out = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
@@ -331,7 +419,9 @@ def write_metadata(
     params: dict[str, list[float]],
     prices: dict[str, list[float]],
     meta: dict[str, Any],
-) -> None:
+) -> CostModel:
+    """questions.jsonl and sources.json; the cost facts written (flags over the calibration's over the
+    engines')."""
     existing: dict[int, dict[str, Any]] = {}
     qpath = out / "questions.jsonl"
     if qpath.is_file():
@@ -342,22 +432,58 @@ def write_metadata(
     for q in questions:
         existing[q.idx] = {"idx": q.idx, "question": q.question, "gold": q.gold}
     write_text_atomic(qpath, "".join(json.dumps(existing[i]) + "\n" for i in sorted(existing)))
-    sources = []
+    facts = (deployment.cost_facts or {}).get("models") or {}
+    sources, costs = [], {}
     for m in deployment.models:
-        info = infos.get(m, {})
+        info, fact = infos.get(m, {}), facts.get(m) or {}
+        p_b = params[m][0] if m in params else fact.get("params_b") or info.get("params_b")
+        pr = prices.get(m) or [fact.get("price_in_per_1k"), fact.get("price_out_per_1k")]
         row: dict[str, Any] = {
             "name": m,
             "model": info.get("model", m),
-            "params_b": params[m][0] if m in params else info.get("params_b"),
+            "params_b": p_b,
             "license": "unknown: the license of the model behind this engine applies",
             "role": "oracle" if m == deployment.oracle else "agent",
             "recorded_by": "pyramid record",
+            "gold_answers": all(e.get("gold") is not None for e in existing.values()),
             **meta,
         }
-        if m in prices:
-            row["price_usd_per_1k_tokens"] = {"input": prices[m][0], "output": prices[m][1]}
+        if pr[0] is not None and pr[1] is not None:
+            row["price_usd_per_1k_tokens"] = {"input": pr[0], "output": pr[1]}
         sources.append(row)
+        costs[m] = ModelCost(p_b, pr[0], pr[1])
     write_text_atomic(out / "sources.json", json.dumps(sources, indent=1) + "\n")
+    return CostModel(costs)
+
+
+def cost_facts_of(path: str) -> dict[str, Any]:
+    """The cost facts of a calibration artifact (as the router's ``cost_facts`` parameter holds them)."""
+    art = load_artifact(path)
+    return {"cost_model": art.target.get("cost_model"), "models": art.cost_model.to_dict()}
+
+
+def next_command(out: Path, dep: Deployment, costs: CostModel, any_gold_missing: bool, task: str) -> str:
+    """The ``pyramid calibrate`` command for these traces, with a cost model their facts allow."""
+    wanted = (dep.cost_facts or {}).get("cost_model")
+    kinds = [k for k in COST_MODELS if costs.available(k, dep.models)]
+    kind = wanted if wanted in kinds else (kinds[0] if kinds else None)
+    cmd = [
+        "pyramid", "calibrate", "--traces", str(out), "--committee", ",".join(dep.committee), "--oracle", dep.oracle,
+    ]  # fmt: skip
+    if kind is not None:
+        cmd += ["--cost", kind]
+    if any_gold_missing:
+        cmd += ["--labels", "oracle"]
+    if task != "gsm8k":
+        cmd += ["--task", task]
+    cmd += ["--out", "calibration.json"]
+    text = "next: " + " ".join(shlex.quote(c) for c in cmd)
+    if kind is None:
+        text += (
+            "\n  (no cost model has facts for every model: give their sizes or prices with --params NAME=B / "
+            "--price NAME=IN,OUT, here or to calibrate)"
+        )
+    return text
 
 
 def _overrides(items: list[str] | None, flag: str, n: int, names: Sequence[str]) -> dict[str, list[float]]:
@@ -401,6 +527,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--retries", type=int, default=3, help="retries of a call while the server is unavailable")
     ap.add_argument("--params", action="append", metavar="NAME=B", help="model size in billions (sources.json)")
     ap.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="USD per 1k tokens (sources.json)")
+    ap.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="cost facts (sizes, prices, cost model) from this artifact (default: the router's cost_facts)",
+    )
     ap.add_argument("--task", default="gsm8k", help="answer extraction task (gsm8k, text)")
     ap.add_argument("--resume", action="store_true", help="continue into an existing --out directory")
     return ap
@@ -436,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = _overrides(a.params, "--params", 1, dep.models)
         prices = _overrides(a.price, "--price", 2, dep.models)
+        if a.calibration:
+            dep.cost_facts = cost_facts_of(a.calibration)
+    except ArtifactError as exc:
+        print(f"pyramid record: error: {exc}", file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(f"pyramid record: error: {exc}", file=sys.stderr)
         return 2
@@ -447,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     meta = {"url": url, "protocol": protocol, "max_tokens": max_tokens, "recorded_at": time.strftime("%Y-%m-%d")}
     try:
-        write_metadata(out, dep, chosen, infos, params, prices, meta)
+        costs = write_metadata(out, dep, chosen, infos, params, prices, meta)
     except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
         print(f"pyramid record: error: {out}: {exc}", file=sys.stderr)
         return 2
@@ -472,11 +608,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {f.model} on idx {f.idx}: {f.error}", file=sys.stderr)
     if len(failures) > 5:
         print(f"... and {len(failures) - 5} more failed calls (--resume retries them)", file=sys.stderr)
-    print(
-        f"next: pyramid calibrate --traces {out} --committee {','.join(dep.committee)} --oracle {dep.oracle} "
-        "--out calibration.json",
-        file=sys.stderr,
+    no_gold = any(q.gold is None for q in chosen) or any(
+        json.loads(ln).get("gold") is None for ln in (out / "questions.jsonl").read_text(encoding="utf-8").splitlines()
     )
+    print(next_command(out, dep, costs, no_gold, a.task), file=sys.stderr)
     return 1 if failures else 0
 
 
