@@ -9,6 +9,7 @@ import json
 import os
 import random
 import stat
+import time
 
 import fake_pb_utils as pb
 import pytest
@@ -222,3 +223,80 @@ def test_the_router_exports_drift_and_logs_the_transition(make, tmp_path):
     # per-request thresholds are not the artifact's: they do not count
     serve(model, *(request(text_input=Q_AGREE, escalation_threshold=0.0) for _ in range(5)))
     assert len(model.drift.figures["escalation_rate"].window) == 5
+
+
+# ---- hot reload: the watched calibration file ---------------------------------------------------------
+
+
+def test_the_watch_reports_each_change_once(tmp_path):
+    from pyramid_triton.hot_reload import Watch, signature
+
+    f = tmp_path / "c.json"
+    f.write_text("1")
+    seen = []
+    w = Watch(f, 0.02, signature(f)).start(seen.append)
+    try:
+        (tmp_path / "t").write_text("2")
+        os.replace(tmp_path / "t", f)
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert seen == [f]
+        os.remove(f)  # gone: waited for, not reported
+        time.sleep(0.1)
+        assert seen == [f]
+    finally:
+        w.stop()
+
+
+def test_a_changed_calibration_goes_live_between_requests_and_a_bad_one_is_refused(make, tmp_path):
+    model = make(calibration_watch_s=0)  # no thread: the test calls the watch's callback itself
+    cal = tmp_path / "calibration.json"
+    old = json.loads(cal.read_text())
+    old_id = model.calibration["id"]
+    strict = {**old, "stages": [{**old["stages"][0], "threshold": 0.99}]}  # Q_AGREE now escalates
+
+    async def slow_c(req):
+        await asyncio.sleep(0.2)
+        return engine("c")(req)
+
+    pb.engines["c"] = slow_c
+    first, second = request(text_input=Q_AGREE), request(text_input=Q_AGREE)
+
+    async def go():
+        t = asyncio.ensure_future(model.execute([first]))
+        await asyncio.sleep(0.05)  # the first request is in flight, waiting for agent c
+        (tmp_path / "new.json").write_text(json.dumps(strict))
+        os.replace(tmp_path / "new.json", cal)
+        model._reload(cal)  # as the watch thread would: the switch is scheduled on this loop
+        await asyncio.sleep(0)
+        await model.execute([second])
+        await t
+
+    asyncio.run(go())
+    assert outputs(first.sender.sent[0][0])["tier"] == "committee"  # under the artifact it started with
+    assert outputs(second.sender.sent[0][0])["tier"] == "oracle"  # under the new one
+    new_id = model.calibration["id"]
+    assert new_id != old_id
+    model._flush_metrics()
+    assert _metric("pyramid_calibration_reloads_total", outcome="ok").value == 1
+    assert _metric("pyramid_calibration_info", id=new_id).value == 1.0
+    assert _metric("pyramid_calibration_info", id=old_id).value == 0.0
+    # A bad file: refused, logged, the new one keeps serving.
+    cal.write_text(json.dumps({**strict, "oracle": "someone_else"}))
+    pb.Logger.lines.clear()
+    model._reload(cal)
+    assert model.calibration["id"] == new_id
+    errors = [m for lvl, m in pb.Logger.lines if lvl == "error"]
+    assert len(errors) == 1 and "refused" in errors[0] and f"calibration {new_id} keeps serving" in errors[0]
+    model._flush_metrics()
+    assert _metric("pyramid_calibration_reloads_total", outcome="refused").value == 1
+
+
+def test_an_unloaded_router_waits_for_its_requests_in_flight(make):
+    model = make()
+    model._in_flight = 1
+    assert model.drain(timeout_s=0.05) == 1
+    model._in_flight = 0
+    assert model.drain(timeout_s=0.05) == 0

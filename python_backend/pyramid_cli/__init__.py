@@ -1,8 +1,9 @@
 """The ``pyramid`` command: the one place that puts the router library and the client together.
 
 ``calibrate`` and ``evaluate`` are the router library's (``pyramid_moa.cli``); ``ask`` is the
-client's (``pyramid_client.cli``); ``run-gsm8k`` (``gsm8k``) and ``record`` (``record``) drive a
-deployment through the client and grade or record its answers with the router library's rules.
+client's (``pyramid_client.cli``); ``run-gsm8k`` (``gsm8k``), ``record`` (``record``) and
+``deploy-calibration`` (``deploy_calibration``) drive a deployment through the client and grade,
+record its answers with the router library's rules, or hot-reload its calibration.
 Each side is imported only for its own subcommands: ``calibrate`` and ``evaluate`` never load
 ``tritonclient``.
 """
@@ -24,6 +25,11 @@ DEPLOYMENT_COMMANDS = {
         "pyramid_cli.record",
         "main",
         "record a deployment's committee and oracle on a question file as traces for calibrate (--help)",
+    ),
+    "deploy-calibration": (
+        "pyramid_cli.deploy_calibration",
+        "main",
+        "put a new calibration live in a running router: its watched file, replaced atomically (--help)",
     ),
 }
 

@@ -28,6 +28,7 @@ from . import tensors
 from .config import REQUIRED, ModelParams
 from .drift import DriftMonitor
 from .embedder import embed_over_bls
+from .hot_reload import Watch
 from .metrics import FLUSH_S, RequestRecord, RouterMetrics
 from .protocol import (
     INTERNAL,
@@ -52,7 +53,7 @@ from .routing import (
     route_async,
     to_agent_output,
 )
-from .shadow import Shadow, artifact_version, build_record
+from .shadow import Shadow, artifact_version, build_record, sources_of
 from .tasks import TaskRoute, load_task_routers
 
 
@@ -65,13 +66,9 @@ class PyramidModel:
         self.oracle = p.get_str("oracle", REQUIRED)
         # One calibration per answer task (tasks.py); the default task's is "the" artifact (cost facts,
         # drift, shadow, hot reload), and a request naming another task is routed by that task's.
-        self.tasks, self.artifact, self.artifact_source = load_task_routers(p, [*self.agents, self.oracle])
-        if self.artifact.oracle != self.oracle:
-            raise ValueError(
-                f"calibration oracle {self.artifact.oracle!r} differs from the deployment's oracle {self.oracle!r}"
-            )
-        self.router = self.tasks.routers[self.tasks.default]
-        self.cost_kind = self.artifact.target.get("cost_model")
+        self._params = p
+        self._use(*self._load_calibration())
+        self._loop: asyncio.AbstractEventLoop | None = None  # the requests' event loop, once one came
         d = ROUTER_PARAMS  # the defaults of the parameters a config may leave out (the renderer's too)
         self.limits = Limits.from_params(p)
         self.default_max_tokens = p.get_int("default_max_tokens", d["default_max_tokens"])
@@ -87,7 +84,6 @@ class PyramidModel:
         stray = sorted(set(self.remote.models) - {*self.agents, self.oracle})
         if stray:
             raise ValueError(f"model {self.name!r}: remote model(s) {stray} are neither agents nor the oracle")
-        self.reference_tokens = dict(self.artifact.fit_summary.get("mean_output_tokens", {}))
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         # Circuit breaker: after an engine fails (timeout, crash: not a per-question NOT_FOUND or a bad
         # argument), calls to it fail fast for breaker_s seconds; the next call after that probes it.
@@ -99,21 +95,101 @@ class PyramidModel:
         self.metrics = (
             RouterMetrics(pb, self.name, [*self.agents, self.oracle]) if p.get_bool("metrics", True) else None
         )
-        self.calibration = artifact_version(self.artifact)
-        self.drift = DriftMonitor.from_params(p, self.artifact.fit_summary.get("expected"))
+        if self.metrics is not None:
+            self.metrics.set_calibration(self.calibration["id"])
         self.shadow = Shadow.from_params(p, self.name, self.artifact, [*self.agents, self.oracle], self.oracle)
         self._shadow_tasks: set[asyncio.Future] = set()
+        self._in_flight = 0  # requests between arrival and their last response (drain waits for them)
+        # hot reload: the calibration file, looked at by a background thread
+        self.watch = Watch.from_params(p).start(self._reload)
+        self.drain_s = min(
+            DRAIN_MAX_S, len(self.router.stages) * self.agent_timeout_us / 1e6 + self.oracle_timeout_us / 1e6
+        )
         pb.Logger.log_info(
             f"{self.name}: calibration {self.calibration['id']} from {self.artifact_source} "
             f"(labels {self.calibration['labels']}); shadow rate {self.shadow.rate if self.shadow else 0}"
         )
 
+    # ---- the calibration, and its hot reload (hot_reload.py) -----------------------------------
+    def _load_calibration(self) -> tuple[Any, Any, str]:
+        """(task routers, the default task's artifact, where from), validated for this deployment."""
+        tasks, art, source = load_task_routers(self._params, [*self.agents, self.oracle])
+        if art.oracle != self.oracle:
+            raise ValueError(f"calibration oracle {art.oracle!r} differs from the deployment's oracle {self.oracle!r}")
+        return tasks, art, source
+
+    def _use(self, tasks: Any, art: Any, source: str) -> None:
+        """Switch to a calibration. Requests resolve their route on arrival (``tasks.resolve``), so one
+        in flight keeps the router it started with; the drift windows start again."""
+        self.tasks, self.artifact, self.artifact_source = tasks, art, source
+        self.router = tasks.routers[tasks.default]
+        self.cost_kind = art.target.get("cost_model")
+        self.reference_tokens = dict(art.fit_summary.get("mean_output_tokens", {}))
+        self.calibration = artifact_version(art)
+        self.drift = DriftMonitor.from_params(self._params, art.fit_summary.get("expected"))
+
+    def _reload(self, path: Any) -> None:
+        """The watch thread: the calibration file changed. Load and validate it here (off the requests'
+        loop); the switch itself happens on the loop, between requests."""
+        try:
+            loaded, problem = self._load_calibration(), None
+        except Exception as exc:  # noqa: BLE001 - any problem with the new file: refused, the old one serves
+            loaded, problem = None, exc
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._switch, path, loaded, problem)
+        else:
+            self._switch(path, loaded, problem)
+
+    def _switch(self, path: Any, loaded: Any, problem: Exception | None) -> None:
+        old = self.calibration["id"]
+        if loaded is None:
+            self.pb.Logger.log_error(
+                f"{self.name}: calibration {path} refused ({problem}); calibration {old} keeps serving"
+            )
+            outcome = "refused"
+        else:
+            self._use(*loaded)
+            if self.shadow is not None:
+                models = [*self.agents, self.oracle]
+                self.shadow.writer.use_sources(sources_of(self.artifact, models, self.oracle, self.name))
+            self.pb.Logger.log_info(
+                f"{self.name}: calibration {self.calibration['id']} from {path} is live "
+                f"(labels {self.calibration['labels']}; was {old})"
+            )
+            outcome = "ok"
+        if self.metrics is not None:
+            self.metrics.observe_reload(outcome, self.calibration["id"])
+            if self._loop is not None and self._loop.is_running():
+                self._schedule_flush()
+            else:
+                self._flush_metrics()
+
     async def execute(self, requests: list[Any]) -> None:
+        self._loop = asyncio.get_running_loop()
         await asyncio.gather(*(self.handle(r) for r in requests))
 
     async def handle(self, request: Any) -> None:
         """Answer one request: its response(s), then FINAL; an error response, then FINAL; or, when
         the client cancelled, FINAL alone (the route is abandoned: no further model is called)."""
+        self._in_flight += 1
+        try:
+            await self._handle(request)
+        finally:
+            self._in_flight -= 1
+
+    def drain(self, timeout_s: float | None = None, poll_s: float = 0.02) -> int:
+        """Wait (blocking: ``finalize`` runs outside the requests' event loop) until no request is in
+        flight, at most ``timeout_s`` (default: the longest a request can take); the number left."""
+        self.watch.stop()
+        deadline = time.monotonic() + (self.drain_s if timeout_s is None else timeout_s)
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        if self._in_flight:
+            self.pb.Logger.log_warn(f"{self.name}: unloaded with {self._in_flight} request(s) still in flight")
+        return self._in_flight
+
+    async def _handle(self, request: Any) -> None:
         pb = self.pb
         arrived = time.monotonic()
         sender = request.get_response_sender()
@@ -421,6 +497,7 @@ class PyramidModel:
 
 
 CANCEL_POLL_S = 0.05
+DRAIN_MAX_S = 300.0  # the most an unloaded router waits for its requests in flight
 BREAKER_CODES = {UNAVAILABLE, INTERNAL}
 
 

@@ -115,7 +115,7 @@ class Figure:
         self.drifting = now
         what = "left" if now else "is back within"
         return (
-            f"pyramid drift: {self.name} {what} its {self.confidence:.0%} binomial interval: expected "
+            f"drift: {self.name} {what} its {self.confidence:.0%} binomial interval: expected "
             f"{self.expected:.4f} (interval {iv[0]:.4f}..{iv[1]:.4f} over {self.size}), observed {obs:.4f} "
             f"over the last {self.size}"
         )

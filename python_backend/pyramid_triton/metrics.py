@@ -157,6 +157,13 @@ class RouterMetrics:
             "pyramid_shadow_in_flight": "Shadow model calls running",
         }
         self.gauges = {n: family(n, gauge_help[n], mf.GAUGE).Metric(labels=base) for n in GAUGES}
+        reloads = family(
+            "pyramid_calibration_reloads_total", "Changed calibration files: ok (live) or refused", mf.COUNTER
+        )
+        self.reloads = {o: reloads.Metric(labels={**base, "outcome": o}) for o in ("ok", "refused")}
+        self._info_family = family("pyramid_calibration_info", "1 for the calibration that is live (id)", mf.GAUGE)
+        self._info: dict[str, Any] = {}
+        self._base = base
         drift = family("pyramid_drift", "1 while a watched figure is outside its binomial interval", mf.GAUGE)
         self.drift = {f: drift.Metric(labels={**base, "figure": f}) for f in DRIFT_FIGURES}
         self._gauge_values: dict[int, tuple[Any, float]] = {}
@@ -196,6 +203,19 @@ class RouterMetrics:
         self._add(self.shadow[outcome])
         if cost is not None and not math.isnan(cost):
             self._add(self.shadow_cost, cost)
+
+    def set_calibration(self, calibration_id: str) -> None:
+        """``pyramid_calibration_info{id}``: 1 for the live calibration, 0 for those before it."""
+        for cid, metric in self._info.items():
+            self._gauge_values[id(metric)] = (metric, 1.0 if cid == calibration_id else 0.0)
+        if calibration_id not in self._info:
+            metric = self._info_family.Metric(labels={**self._base, "id": calibration_id})
+            self._info[calibration_id] = metric
+            self._gauge_values[id(metric)] = (metric, 1.0)
+
+    def observe_reload(self, outcome: str, live_id: str) -> None:
+        self._add(self.reloads[outcome])
+        self.set_calibration(live_id)
 
     def set_gauges(
         self, values: dict[str, float | None], drifting: dict[str, bool], breaker_open: dict[str, bool]

@@ -54,6 +54,8 @@ ROUTER_PARAMS: dict[str, Any] = {
     "task_fallback": "error",
     # request_log "file" (a private, bounded file), prompts and answers, the redaction hook: request_log.py
     **REQUEST_LOG_PARAMS,
+    # hot reload: seconds between looks at the calibration file (hot_reload.py; 0: never)
+    "calibration_watch_s": 2.0,
     # shadow sampling (shadow.py) and drift alarms against the artifact's expectations (drift.py)
     **SHADOW_PARAMS,
     **DRIFT_PARAMS,

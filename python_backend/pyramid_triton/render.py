@@ -395,7 +395,7 @@ def render(
             "remote": PbtxtString(remote_map_json(remote)),
             "remote_retries": int(router["remote_retries"]),
             **{k: router[k] for k in REQUEST_LOG_PARAMS},
-            **{k: router[k] for k in (*SHADOW_PARAMS, *DRIFT_PARAMS)},
+            **{k: router[k] for k in (*SHADOW_PARAMS, *DRIFT_PARAMS, "calibration_watch_s")},
             "cost_facts": PbtxtString(cost_facts_json(art)),
             **limits,
         },

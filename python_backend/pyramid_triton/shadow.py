@@ -184,6 +184,11 @@ class SegmentWriter:
         self._bytes = 0
         self._seq = 0
 
+    def use_sources(self, sources: list[dict[str, Any]]) -> None:
+        """Other models' facts (a new calibration): the next segment is written with them."""
+        if sources != self.sources:
+            self.sources, self.segment = sources, None
+
     def _new_segment(self) -> None:
         self._seq += 1
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))

@@ -13,8 +13,10 @@ line names the model's ``model.py`` and the instance), and for each model with a
 process is gone (no stub of that instance name left) while the model still reports ready, it unloads
 and reloads the model through Triton's own repository API, with the admin key (access.py). A model
 that is not ready was unloaded on purpose and is left alone; a stub replaced by a new one of the same
-instance name is a reload someone else made. Nothing is found or killed by name; only children of the
-server's own PID are looked at.
+instance name is a reload someone else made. The stub a model runs under its own name while Triton loads
+it (instances are named ``<group>_<i>``) exits once the model is loaded: it is no instance and is not
+watched (else a reload, e.g. ``pyramid deploy-calibration``'s, would look like a death). Nothing is found
+or killed by name; only children of the server's own PID are looked at.
 
 ``check`` is the same test without state, for a liveness probe where no supervisor runs (the Helm
 chart, scripts/liveness.py): every instance of every ready Python-backend model must have its stub.
@@ -54,7 +56,10 @@ def stub_processes(server_pid: int) -> dict[str, tuple[str, int]]:
         if len(args) < 9 or not args[0].endswith(b"triton_python_backend_stub"):
             continue
         model = Path(args[1].decode()).parts[-3]  # <repository>/<model>/<version>/model.py
-        out[args[8].decode()] = (model, int(proc.name))
+        instance = args[8].decode()
+        if instance == model:  # the load-time stub of a model being (re)loaded, not an instance
+            continue
+        out[instance] = (model, int(proc.name))
     return out
 
 

@@ -29,4 +29,8 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
-        self.impl = None
+        # Unloaded (a hot reload swaps in a new instance): let the requests still in flight here finish
+        # and send their responses first (Triton does not wait for a decoupled model's coroutines).
+        impl, self.impl = self.impl, None
+        if impl is not None:
+            impl.drain()
