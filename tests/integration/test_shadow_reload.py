@@ -340,3 +340,16 @@ def test_the_repository_holds_the_live_calibration_and_the_previous_one(loop):
     assert json.loads(repo_cal.read_text()) == json.loads(loop["state"]["new"].read_text())
     previous = repo_cal.with_name("calibration.json.previous")
     assert json.loads(previous.read_text()) == json.loads(loop["calibration"].read_text())
+
+
+def test_the_dashboard_names_only_metrics_this_server_exports(loop):
+    """Every metric a query of deploy/grafana/pyramid-moa.json reads is on this real server's /metrics."""
+    import urllib.request
+
+    from test_grafana import DASHBOARD, metric_names, queries
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{loop['server'].metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    used = set().union(*(metric_names(e) for _, e in queries(json.loads(DASHBOARD.read_text()))))
+    assert used and not used - exported, sorted(used - exported)
