@@ -9,6 +9,7 @@ import json
 import os
 import random
 import stat
+import sys
 import time
 
 import fake_pb_utils as pb
@@ -300,3 +301,26 @@ def test_an_unloaded_router_waits_for_its_requests_in_flight(make):
     assert model.drain(timeout_s=0.05) == 1
     model._in_flight = 0
     assert model.drain(timeout_s=0.05) == 0
+
+
+def test_the_redaction_hook_sees_every_shadow_record(make, tmp_path, monkeypatch):
+    import types
+
+    seen = []
+
+    def hook(d):
+        seen.append(d["event"])
+        if "3+3" in d["question"]:
+            return None  # dropped
+        d["question"] = d["question"].replace("2+2", "[redacted]")
+        return d
+
+    monkeypatch.setitem(sys.modules, "shadow_hook_mod", types.SimpleNamespace(hook=hook))
+    shadow = tmp_path / "s"
+    model = make(shadow_rate=1.0, shadow_dir=str(shadow), request_log_redact="shadow_hook_mod:hook")
+    serve(model, request(text_input=Q_AGREE), request(text_input=Q_SPLIT))
+    assert seen.count("pyramid.shadow") == 2
+    ts = TraceSet.open(shadow)
+    assert [q.question for q in ts.questions.values()] == ["What is [redacted]?"]
+    model._flush_metrics()
+    assert _metric("pyramid_shadow_total", outcome="dropped").value == 1

@@ -53,7 +53,7 @@ from .routing import (
     route_async,
     to_agent_output,
 )
-from .shadow import Shadow, artifact_version, build_record, sources_of
+from .shadow import Shadow, artifact_version, build_record, redact, sources_of
 from .tasks import TaskRoute, load_task_routers
 
 
@@ -308,8 +308,12 @@ class PyramidModel:
                 self.shadow.ids.next(), req.text_input, routed, shadow_outs, route_failed, self.calibration,
                 req.escalation_threshold, req.force_tier, self.name,
             )  # fmt: skip
-            self.shadow.writer.write(record)
-            outcome = "recorded"
+            record = redact(record, self.request_log.redact)  # prompts are user data: the same hook
+            if record is None:
+                outcome = "dropped"
+            else:
+                self.shadow.writer.write(record)
+                outcome = "recorded"
             r = routed.result
             oracle = shadow_outs.get(self.oracle) or routed.outputs.get(self.oracle)
             if own and not r.escalated and oracle is not None and not oracle.failed and oracle.answer is not None:

@@ -19,7 +19,7 @@ endpoint next to Triton's (``nv_inference_*``) metrics, labelled with the router
   same per answering tier (committee | oracle).
 * ``pyramid_breaker_open{target}``: 1 while an engine's circuit breaker is open (set at each flush).
 * Shadow sampling (``shadow.py``): ``pyramid_shadow_total{outcome}`` (recorded | skipped: the bound on
-  shadow calls in flight was reached | failed: the record could not be written),
+  shadow calls in flight was reached | dropped: by the redaction hook | failed: not written),
   ``pyramid_shadow_cost_oracle_calls_total`` (the shadow calls' own cost, in units of one oracle call:
   not in ``pyramid_cost_oracle_calls_total``), ``pyramid_shadow_in_flight`` (shadow calls running).
 * Drift (``drift.py``): ``pyramid_live_escalation_rate`` and ``pyramid_live_fidelity`` (over their
@@ -46,7 +46,7 @@ FLUSH_S = 0.5
 UNIT_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
 SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 OUTCOMES = ("ok", "error", "cancelled")
-SHADOW_OUTCOMES = ("recorded", "skipped", "failed")
+SHADOW_OUTCOMES = ("recorded", "skipped", "dropped", "failed")
 GAUGES = (
     "pyramid_live_escalation_rate",
     "pyramid_live_fidelity",

@@ -27,6 +27,10 @@ come first and its question line last, so a reader (``pyramid_moa.traces``, whic
 directory by ``SHADOW_MARKER``) takes a record as complete once its question line is there and a
 crash loses at most the record being written.
 
+Prompts are user data: the request log's redaction hook (``request_log_redact``, request_log.py), when
+set, sees each record first as ``{"event": "pyramid.shadow", "question", "samples", "shadow"}`` and
+returns it (changed as it likes) or None to drop it (counted ``dropped``); a hook that raises drops it.
+
 Each question line carries the decision under ``"shadow"``: tier, escalated, confidence, agreement,
 answer, committee answer, the deciding stage, the route's calls and failed models, the request's
 threshold and forced tier, which models were called only for the shadow record (and which of
@@ -128,6 +132,22 @@ def build_record(
         "shadow": {"ts": round(now(), 3), "router": router, "decision": decision, "calibration": calibration},
     }
     return ShadowRecord(idx, line, {n: sample_of(o) for n, o in outputs.items()})
+
+
+def redact(rec: ShadowRecord, hook: Callable[[dict[str, Any]], Any] | None) -> ShadowRecord | None:
+    """``rec`` through the redaction hook (None: dropped; no hook: unchanged)."""
+    if hook is None:
+        return rec
+    d = {"event": "pyramid.shadow", "question": rec.question["question"], "samples": rec.samples,
+         "shadow": rec.question["shadow"]}  # fmt: skip
+    try:
+        out = hook(d)
+    except Exception:  # noqa: BLE001 - user code: a failing hook drops the record, unwritten
+        return None
+    if out is None:
+        return None
+    q = {**rec.question, "question": out.get("question", d["question"]), "shadow": out.get("shadow", d["shadow"])}
+    return ShadowRecord(rec.idx, q, dict(out.get("samples", rec.samples)))
 
 
 class Ids:
