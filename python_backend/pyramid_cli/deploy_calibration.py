@@ -18,8 +18,8 @@ refused and the old one keeps serving. This command is the safe way to change th
    restart serves what is serving now, and the exit code is 1).
 
 It runs where the repository is (``make serve`` puts it in ``model_repository/`` for the replay profile,
-``out/model_repository/<profile>`` otherwise). In Kubernetes, update the ConfigMap or volume the router
-reads its calibration from: the router sees the new file the same way.
+``out/model_repository/<profile>`` otherwise). The Helm chart copies the calibration into each router
+pod's repository when the pod starts: there, ``helm upgrade`` with the new calibration rolls the pods.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ reloading the router model.
 
 The router watches its ``calibration`` file (``calibration_watch_s``, default every 2 s: one ``stat``
 in a background thread of the router's stub, idle or not). When the file changes (another inode, size or mtime: an atomic
-rename over it, as ``pyramid deploy-calibration`` and a Kubernetes ConfigMap update both do), the
+rename over it, as ``pyramid deploy-calibration`` does, or a mounted ConfigMap's update), the
 router loads and validates it in the background, exactly as at startup (format and version, the
 deployment's models, the oracle, feature names this code makes). If it is good, the router switches
 to it between requests: a request routes with the calibration it resolved on arrival, so requests in
