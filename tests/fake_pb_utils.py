@@ -76,11 +76,12 @@ class ResponseSender:
 class Request:
     """An incoming request: ``inputs`` maps name -> numpy array; ``cancelled`` flips when the test says."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "") -> None:
+    def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "", outputs: list[str] | None = None) -> None:
         self.inputs = [Tensor(k, v) for k, v in inputs.items()]
         self.sender = ResponseSender()
         self.cancelled = False
         self._id = request_id
+        self._outputs = list(outputs or [])  # as Triton hands it over: the names asked for ([] in this fake: all)
 
     def get_response_sender(self) -> ResponseSender:
         return self.sender
@@ -90,6 +91,12 @@ class Request:
 
     def request_id(self) -> str:
         return self._id
+
+    def requested_output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def inputs_dict(self) -> dict[str, np.ndarray]:
+        return {t.name(): t.as_numpy() for t in self.inputs}
 
 
 def get_input_tensor_by_name(request: Request, name: str) -> Tensor | None:

@@ -383,3 +383,16 @@ def test_metrics_are_flushed_by_the_router_after_a_burst(model):
     assert _metric("pyramid_requests_total", outcome="ok").value == 2
     assert _metric("pyramid_tier_total", tier="oracle").value == 1
     assert len(_metric("pyramid_confidence").observations) == 2
+
+
+def test_only_the_outputs_a_request_asks_for_are_sent(model):
+    """perf_analyzer, genai-perf and TensorRT-LLM-style clients ask for text_output alone: one tensor,
+    not the ten routing outputs (each is work for the stub); a request that names none gets them all."""
+    only = pb.Request(request(text_input=Q_SPLIT).inputs_dict(), outputs=["text_output"])
+    run(model, only)
+    (resp, _), *_ = only.sender.sent
+    assert [t.name() for t in resp.output_tensors()] == ["text_output"]
+    every = request(text_input=Q_SPLIT)
+    run(model, every)
+    (resp, _), *_ = every.sender.sent
+    assert {"text_output", "answer", "tier", "agent_answers"} <= {t.name() for t in resp.output_tensors()}

@@ -202,13 +202,16 @@ class PyramidModel:
         try:
             req = tensors.parse_pyramid_request(pb, request, self.limits, self.default_max_tokens)
             prompt = req.text_input
+            ctx["outputs"] = wanted = tensors.requested_outputs(request)
             work = asyncio.ensure_future(self._route(req, sender, failures, arrived, ctx))
             if await _cancelled_before_done(work, request):
                 work.cancel()
                 rec.outcome = "cancelled"
             else:
                 rec.response = work.result()
-                response = pb.InferenceResponse(output_tensors=tensors.pyramid_response_tensors(pb, rec.response))
+                response = pb.InferenceResponse(
+                    output_tensors=tensors.pyramid_response_tensors(pb, rec.response, wanted)
+                )
         except Exception as exc:  # noqa: BLE001 - answered as an error response, then FINAL
             if not isinstance(exc, ServeError):
                 pb.Logger.log_error(f"{self.name}: {traceback.format_exc()}")
@@ -243,7 +246,8 @@ class PyramidModel:
 
         async def send_provisional(routed: Routed) -> None:
             resp = self._build(req, routed, failures, route)
-            self._send(sender, self.pb.InferenceResponse(tensors.pyramid_response_tensors(self.pb, resp)), final=False)
+            out = tensors.pyramid_response_tensors(self.pb, resp, (ctx or {}).get("outputs"))
+            self._send(sender, self.pb.InferenceResponse(out), final=False)
 
         routed = await route_async(
             route.router,

@@ -185,8 +185,23 @@ def parse_pyramid_request(pb: Any, request: Any, limits: Limits, default_max_tok
     )
 
 
-def pyramid_response_tensors(pb: Any, resp: PyramidResponse) -> list[Any]:
-    return _tensors(pb, wire.answer_outputs(resp, resp.text_output, resp.latency_ms), wire.ROUTER_OUTPUTS)
+def pyramid_response_tensors(pb: Any, resp: PyramidResponse, wanted: frozenset[str] | None = None) -> list[Any]:
+    """The router's response tensors; with ``wanted`` (``requested_outputs``) only those: a client that asks
+    for ``text_output`` alone (perf_analyzer, genai-perf, TensorRT-LLM-style clients) is not sent ten."""
+    values = wire.answer_outputs(resp, resp.text_output, resp.latency_ms)
+    if wanted:
+        values = {k: v for k, v in values.items() if k in wanted}
+    return _tensors(pb, values, wire.ROUTER_OUTPUTS)
+
+
+def requested_outputs(request: Any) -> frozenset[str] | None:
+    """The output names the request asked for; None (send every output) when it cannot say. Triton
+    fills in every output of the model when a client names none."""
+    try:
+        names = request.requested_output_names()
+    except (AttributeError, TypeError):  # a request object without the method
+        return None
+    return frozenset(names) or None
 
 
 def merge_engine_responses(parts: list[EngineResponse]) -> EngineResponse:

@@ -179,3 +179,27 @@ def test_server_and_models_ready_over_http(deployment):
     for m in ["pyramid", ORACLE, FAULTY_AGENT]:
         assert c.is_model_ready(m)
     c.close()
+
+
+def test_a_client_asking_for_text_output_alone_gets_one_tensor(deployment, router, traces, offline_route):
+    """As perf_analyzer with -o / TensorRT-LLM-style clients ask: only the outputs named are sent."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    idx = SPREAD[3]
+    got: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(deployment.grpc_url)
+    client.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        t = grpcclient.InferInput("text_input", [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[traces.questions[idx].question.encode()]], dtype=np.object_))
+        client.async_stream_infer("pyramid", [t], outputs=[grpcclient.InferRequestedOutput("text_output")])
+        result, error = got.get(timeout=60)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert error is None, error
+    assert [o.name for o in result.get_response().outputs] == ["text_output"]
+    want = offline_route(router, traces, idx)
+    assert want.answer in result.as_numpy("text_output").reshape(-1)[0].decode()
