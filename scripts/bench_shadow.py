@@ -88,7 +88,7 @@ def _score(results: list, golds: list[str]) -> dict:
 def loop(args: argparse.Namespace) -> int:
     import yaml
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     spec = yaml.safe_load((ROOT / "deploy" / "replay.yaml").read_text())
     committee = ",".join(a["name"] for a in spec["agents"])
@@ -165,8 +165,21 @@ def _reload(server, **params) -> None:
                   {"parameters": {"config": json.dumps(cfg)}})  # fmt: skip
 
 
+def _shadow_counts(server) -> dict:
+    """The router's shadow outcomes so far (counters since this router instance loaded)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("pyramid_shadow_total{"):
+            out[line.split('outcome="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def latency(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "latency"
     if tmp.exists():
@@ -176,12 +189,12 @@ def latency(args: argparse.Namespace) -> int:
     tmp.mkdir()
     qs = [q["question"] for q in _questions()][: args.requests]
     server = _serve(tmp, ROOT / "deploy" / "replay.calibration.json", shadow_rate=0.0, shadow_dir=str(tmp / "shadow"),
-                    shadow_max_concurrent=64)  # fmt: skip
+                    shadow_max_concurrent=args.max_concurrent)  # fmt: skip
     rows = []
     try:
         asyncio.run(_ask_all(server.grpc_url, qs[:64], 16))  # warm up
         for k in range(args.rounds):
-            for rate in (0.0, 1.0):
+            for rate in (0.0, *args.rates):
                 _reload(server, shadow_rate=rate)
                 asyncio.run(_ask_all(server.grpc_url, qs[:32], 16))  # warm the new instance
                 time.sleep(2)
@@ -189,17 +202,19 @@ def latency(args: argparse.Namespace) -> int:
                 res = asyncio.run(_ask_all(server.grpc_url, qs, 16))
                 wall = time.perf_counter() - t0
                 lat = sorted(r.latency_s for r in res if not isinstance(r, BaseException))
-                rows.append({"round": k + 1, "shadow_rate": rate, "p50_ms": 1000 * statistics.median(lat),
+                m = _shadow_counts(server)
+                rows.append({"round": k + 1, "shadow_rate": rate, "p50_ms": 1000 * statistics.median(lat), **m,
                              "p90_ms": 1000 * lat[int(0.9 * len(lat))], "req_s": len(res) / wall,
                              "failed": sum(isinstance(r, BaseException) for r in res)})  # fmt: skip
                 print(rows[-1], flush=True)
                 time.sleep(3)  # shadow calls of the last round finish before the next
     finally:
         server.stop()
-    off = [r["p50_ms"] for r in rows if r["shadow_rate"] == 0.0]
-    on = [r["p50_ms"] for r in rows if r["shadow_rate"] == 1.0]
-    summary = {"rows": rows, "p50_off_ms": statistics.median(off), "p50_on_ms": statistics.median(on),
-               "increase": statistics.median(on) / statistics.median(off) - 1}  # fmt: skip
+    off = statistics.median(r["p50_ms"] for r in rows if r["shadow_rate"] == 0.0)
+    summary: dict = {"rows": rows, "p50_off_ms": off, "max_concurrent": args.max_concurrent}
+    for rate in args.rates:
+        on = statistics.median(r["p50_ms"] for r in rows if r["shadow_rate"] == rate)
+        summary[f"p50_at_{rate}_ms"], summary[f"increase_at_{rate}"] = on, on / off - 1
     (out / "latency.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=1))
     return 0
@@ -212,6 +227,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.2, 1.0], help="shadow rates to compare with 0")
+    ap.add_argument("--max-concurrent", type=int, default=8, help="shadow_max_concurrent (default: the router's, 8)")
     a = ap.parse_args()
     return loop(a) if a.what == "loop" else latency(a)
 
