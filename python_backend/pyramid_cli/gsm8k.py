@@ -307,11 +307,13 @@ async def run_questions(
     questions: Sequence[Question],
     concurrency: int = 4,
     on_done: Callable[[Outcome], None] | None = None,
-    task: str = "gsm8k",
+    task: str | None = None,
     **ask_kwargs: Any,
 ) -> list[Outcome]:
     """Ask every question through ``client`` (an ``AsyncPyramidClient``), at most ``concurrency``
-    at a time; outcomes in the order of ``questions``. A request error is recorded, not raised."""
+    at a time; outcomes in the order of ``questions``. A request error is recorded, not raised.
+    ``task``: the answer task the router is asked to use (None: the deployment's default) and the
+    answers are graded by (gsm8k when None)."""
     if concurrency < 1:
         raise UsageError(f"--concurrency must be >= 1, got {concurrency}")
     sem = asyncio.Semaphore(concurrency)
@@ -319,8 +321,8 @@ async def run_questions(
     async def one(q: Question) -> Outcome:
         async with sem:
             try:
-                r = await client.ask(q.question, request_id=f"gsm8k-{q.idx}", **ask_kwargs)
-                o = Outcome(q, r, None, grade(r.answer, q.gold, task), 1)
+                r = await client.ask(q.question, request_id=f"gsm8k-{q.idx}", task=task, **ask_kwargs)
+                o = Outcome(q, r, None, grade(r.answer, q.gold, task or "gsm8k"), 1)
             except PyramidError as exc:
                 o = Outcome(q, None, exc, False)
         if on_done is not None:

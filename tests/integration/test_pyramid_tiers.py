@@ -33,7 +33,7 @@ def test_every_stage_is_served_as_offline(three_stages):
     router = art.router()
     depths = set()
     with PyramidClient(server.grpc_url) as client:
-        for r in held_out[:80]:
+        for r in held_out[:120]:
             want = router.route(d.questions[r], lambda m, r=r: d.outputs[m][r])
             got = client.ask(d.questions[r])
             where = f"question idx {d.idxs[r]}"
@@ -43,5 +43,5 @@ def test_every_stage_is_served_as_offline(three_stages):
             # the metadata names the models that answered: the oracle, or the deciding stage's voters
             assert got.answered_by == want.answered_by and got.answered_by, where
             depths.add(len(got.calls))
-    # answered after the first stage (1 call), after the second (2), and by the oracle (all 4 models)
-    assert {1, 2, 4} <= depths, depths
+    # routes that stopped at three different places of the pyramid (after 1, 2 or 3 agents, or at the oracle)
+    assert len(depths) >= 3 and 4 in depths, depths

@@ -29,19 +29,31 @@ def _series(metrics: dict[str, float], name: str, **labels) -> float:
     return hits[0]
 
 
+def _settled(metrics_url: str, limit_s: float = 20.0) -> dict[str, float]:
+    """The router's metrics once two scrapes a flush interval apart agree: every update made before has been
+    flushed (the router batches them, FLUSH_S = 0.5 s), so no earlier request is counted later."""
+    last = scrape(metrics_url)
+    deadline = time.monotonic() + limit_s
+    while True:
+        time.sleep(1.0)
+        now = scrape(metrics_url)
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 def test_metrics_count_known_traffic(deployment, router, traces, offline_route):
     from pyramid_client import PyramidClient, PyramidError
 
     idxs = [i for i in range(900, 960) if i not in deployment.oracle_missing]
-    before = scrape(deployment.metrics_url)
+    before = _settled(deployment.metrics_url)  # earlier tests' traffic may not be flushed yet
     wants = [offline_route(router, traces, i) for i in idxs]
     with PyramidClient(deployment.grpc_url) as c:
         for i in idxs:
             c.ask(traces.questions[i].question)
         with pytest.raises(PyramidError):
             c.ask(traces.questions[0].question, max_tokens=0)
-    time.sleep(1.0)  # the router flushes its metrics within FLUSH_S (0.5 s) of an update
-    after = scrape(deployment.metrics_url)
+    after = _settled(deployment.metrics_url)  # the router flushes its metrics within FLUSH_S (0.5 s) of an update
 
     def delta(name, **labels):
         return _series(after, name, model="pyramid", **labels) - _series(before, name, model="pyramid", **labels)
