@@ -76,3 +76,13 @@ def test_task_registry_and_vote_on_letters():
     vote = committee_vote(outs, numeric=t.numeric)
     assert (vote.answer, vote.count, vote.n_distinct) == ("B", 2, 2)
     assert choice_equal("b", "B") and not choice_equal("B", None) and not choice_equal("A", "B")
+
+
+def test_pyramid_record_reads_choice_answers_with_their_question():
+    """`pyramid record` extracts an engine's answer as the router does: the option text maps to its letter
+    only with the question's options at hand."""
+    from pyramid_cli.record import _sample
+
+    parts = [{"text_output": "The Red Planet is Mars.", "output_tokens": 6}]
+    assert _sample("m", parts, False, "choice", QUESTION)["answer"] == "B"
+    assert _sample("m", parts, False, "choice")["answer"] is None  # no question: no options to map onto

@@ -274,8 +274,11 @@ def load_questions(path: str | Path) -> list[Question]:
 # --- one call --------------------------------------------------------------------------------------
 
 
-def _sample(model: str, parts: Sequence[dict[str, Any]], parsed_answer: bool, task: str) -> dict[str, Any]:
-    """A trace sample from an engine's responses (a decoupled engine may send several)."""
+def _sample(
+    model: str, parts: Sequence[dict[str, Any]], parsed_answer: bool, task: str, question: str | None = None
+) -> dict[str, Any]:
+    """A trace sample from an engine's responses (a decoupled engine may send several); the answer is read
+    as the task reads it, with the question where the task uses it (``choice``: its options)."""
     text = "".join(str(p.get("text_output", "")) for p in parts)
     tokens = [p.get("output_tokens") for p in parts]
     known = [int(t) for t in tokens if t is not None and int(t) >= 0]
@@ -286,7 +289,7 @@ def _sample(model: str, parts: Sequence[dict[str, Any]], parsed_answer: bool, ta
     if parsed_answer and engine_answer is not None:
         answer = str(engine_answer) or None
     else:
-        answer = get_task(task).extract(text)
+        answer = get_task(task).extract_for(text, question)
     sample: dict[str, Any] = {
         "text": text,
         "answer": answer,
@@ -393,7 +396,10 @@ async def record(
                 if progress:
                     progress.update(False)
                 return
-        line = {"idx": q.idx, "samples": [_sample(model, parts, model in deployment.parsed_answer_models, task)]}
+        line = {
+            "idx": q.idx,
+            "samples": [_sample(model, parts, model in deployment.parsed_answer_models, task, q.question)],
+        }
         done[model][q.idx] = line
         files[model].write(json.dumps(line) + "\n")
         files[model].flush()

@@ -23,6 +23,7 @@ from typing import Any
 
 from pyramid_client.wire import CODE_NAMES, cut_at_stop, split_code
 from pyramid_moa.features import AgentOutput
+from pyramid_moa.semantic import TASK as SEMANTIC_TASK
 
 from . import tensors
 from .config import REQUIRED, ModelParams
@@ -320,7 +321,17 @@ class PyramidModel:
                 outcome = "recorded"
             r = routed.result
             oracle = shadow_outs.get(self.oracle) or routed.outputs.get(self.oracle)
-            if own and not r.escalated and oracle is not None and not oracle.failed and oracle.answer is not None:
+            # Live fidelity for tasks whose answers compare as strings; semantic answers compare by embedding
+            # (the task's string equality refuses them), so shadows of those are recorded but not scored here.
+            keyed = self.router.task.name != SEMANTIC_TASK
+            if (
+                own
+                and keyed
+                and not r.escalated
+                and oracle is not None
+                and not oracle.failed
+                and oracle.answer is not None
+            ):
                 self._drift_line(self.drift.observe_shadow(self.router.task.equal(r.answer, oracle.answer)))
         except Exception:  # noqa: BLE001 - counted and logged; the client has its answer already
             self.pb.Logger.log_warn(f"{self.name}: shadow record failed: {traceback.format_exc()}")
