@@ -144,15 +144,13 @@ def genai_perf_chat(server, gw_port: int, questions: list[str], n: int, out: Pat
     same C++ client on the gRPC path, --endpoint-type kserve against ``pyramid`` on ``server`` (a
     ``TritonServer``). Skipped when not installed; where and how genai-perf is installed, its input format and
     the kserve run: ``pyramid_triton.perf``, which runs them for make perf."""
-    from pyramid_triton.perf import CACHE, INSTALL_HINT, admin_headers, genai_perf_input, run_genai_perf
+    from pyramid_triton.perf import admin_headers, genai_perf_setup, run_genai_perf
 
-    exe, tok = CACHE / "bin" / "genai-perf", CACHE / "tokenizer"
-    if not exe.is_file() or not (tok / "tokenizer.json").is_file():
-        return {"skipped": f"genai-perf is not installed in {CACHE}; {INSTALL_HINT}"}
     gdir = out / "genai_perf_chat"
-    gdir.mkdir(parents=True, exist_ok=True)
-    inp = gdir / "gsm8k.jsonl"
-    inp.write_text(genai_perf_input(questions), encoding="utf-8")
+    setup = genai_perf_setup(gdir, questions)
+    if isinstance(setup, str):
+        return {"skipped": setup}
+    exe, tok, inp = setup
     res = {}
     for streaming in (False, True):
         key = "streaming" if streaming else "non_streaming"

@@ -155,10 +155,7 @@ def _complete(ts, names: list[str], idx: int) -> bool:
 
 
 def _offline(ts, name: str, idx: int):
-    from pyramid_moa.features import AgentOutput
-
-    r = ts.samples(name)[idx][0]
-    return AgentOutput(name, r.text, r.answer, r.output_tokens, r.prompt_tokens, r.cum_log_prob)
+    return ts.output(name, idx)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,8 +137,7 @@ def expected_cases(calibration: str | Path, traces: str | Path) -> list[tuple[st
             continue
 
         def call(agent: str, idx: int = idx) -> AgentOutput:
-            s = ts.samples(agent)[idx][0]
-            return AgentOutput(agent, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
+            return ts.output(agent, idx)
 
         q = ts.questions[idx].question
         r = router.route(q, call)

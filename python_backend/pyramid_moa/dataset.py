@@ -22,7 +22,7 @@ import numpy as np
 from .answers import get_task
 from .cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
 from .features import AgentOutput, make_feature_set
-from .traces import TraceError, TraceSet
+from .traces import TraceError, TraceSet, sample_output
 
 LABELS = ("gold", "oracle")
 
@@ -170,12 +170,7 @@ def load_routing_data(
     idxs, aligned = ts.first_samples(names)
     outputs: dict[str, list[AgentOutput]] = {}
     for n in names:
-        outputs[n] = [
-            AgentOutput(n, None, None, 0, failed=True)
-            if s is None
-            else AgentOutput(n, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
-            for s in aligned[n]
-        ]
+        outputs[n] = [sample_output(n, s) for s in aligned[n]]
     models = {}
     for n in names:
         info = ts.source(n)

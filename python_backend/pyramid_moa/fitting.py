@@ -167,13 +167,6 @@ class Candidate:
         return float(self.stage_costs[0].mean() / self.oracle_cost.mean())
 
 
-def threshold_grid(cand: Candidate) -> np.ndarray:
-    """(G, n_stages) threshold rows: every combination of the stages' candidate thresholds, coarse
-    for the earlier stages, fine for the last, the last varying fastest (``_robust_acc`` relies on
-    that order)."""
-    return np.array(list(itertools.product(*_stage_grids(cand))), float)
-
-
 def _stage_grids(cand: Candidate) -> list[np.ndarray]:
     early = GRID_EARLY.get(len(cand.oof) - 1, 8)
     return [_grid(p, early) for p in cand.oof[:-1]] + [_grid(cand.oof[-1], MAX_GRID)]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .answers import normalize_number
+from .features import AgentOutput
 
 # A member may miss at most this fraction of the evaluated questions; its
 # missing questions then count as failed calls (answer None, i.e. wrong), as
@@ -50,6 +51,13 @@ class Sample:
     output_tokens: int | None
     prompt_tokens: int | None = None
     cum_log_prob: float | None = None
+
+
+def sample_output(name: str, s: Sample | None) -> AgentOutput:
+    """What the router sees of model ``name``'s recorded sample; a missing record is a failed call."""
+    if s is None:
+        return AgentOutput(name, None, None, 0, failed=True)
+    return AgentOutput(name, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,11 @@ class TraceSet:
             known = ", ".join(sorted(self.sources)[:8])
             raise TraceError(f"unknown source {name!r}: not in {self.root / 'sources.json'} (e.g. {known}, ...)")
         return self.sources[name]
+
+    def output(self, name: str, idx: int) -> AgentOutput:
+        """Model ``name``'s first recorded sample for question ``idx`` as the router sees it (``sample_output``)."""
+        rows = self.samples(name).get(idx)
+        return sample_output(name, rows[0] if rows else None)
 
     def samples(self, name: str) -> dict[int, list[Sample]]:
         self.source(name)

@@ -560,7 +560,6 @@ def add_floor(repo: Path, calibration: str | Path, traces: Path, default_max_tok
     model without a record for a question counts as a failed call, as the replay engine answers).
     Returns the floor's model name."""
     from pyramid_moa.artifact import load_artifact
-    from pyramid_moa.features import AgentOutput
     from pyramid_moa.traces import TraceSet
 
     from .floor import PLAN_FILE, route_plans
@@ -569,17 +568,7 @@ def add_floor(repo: Path, calibration: str | Path, traces: Path, default_max_tok
     router = load_artifact(calibration).router()
     ts = TraceSet.open(traces)
 
-    def caller(idx: int):
-        def call(model: str) -> AgentOutput:
-            rows = ts.samples(model).get(idx)
-            if not rows:
-                return AgentOutput(model, None, None, 0, failed=True)
-            s = rows[0]
-            return AgentOutput(model, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
-
-        return call
-
-    plans = route_plans(router, ((q.question, caller(i)) for i, q in ts.questions.items()))
+    plans = route_plans(router, ((q.question, lambda m, i=i: ts.output(m, i)) for i, q in ts.questions.items()))
     dest = repo / FLOOR_MODEL
     values = {"model_name": FLOOR_MODEL, "python_path": str(PACKAGE_ROOT), "plan": PLAN_FILE}
     _write_model(TEMPLATES / "floor", dest, values | {"default_max_tokens": default_max_tokens}, "the floor")
@@ -665,15 +654,25 @@ def admin_headers(server) -> dict[str, str]:
     return access.grpc_headers(server.admin_key) if server.admin_key is not None else {}
 
 
-def genai_phase(server, out: Path, questions: list[str], n: int) -> dict:
-    """genai-perf against ``pyramid`` on ``server`` (a ``TritonServer``), non-streaming and streaming."""
+def genai_perf_setup(gdir: Path, questions: Sequence[str]) -> tuple[Path, Path, Path] | str:
+    """(genai-perf, its local tokenizer, the questions written as its input file in ``gdir``), or why it
+    cannot run (not installed)."""
     exe, tok = CACHE / "bin" / "genai-perf", CACHE / "tokenizer"
     if not exe.is_file() or not (tok / "tokenizer.json").is_file():
-        return {"skipped": f"genai-perf is not installed in {CACHE}; {INSTALL_HINT}"}
-    gdir = out / "genai_perf"
+        return f"genai-perf is not installed in {CACHE}; {INSTALL_HINT}"
     gdir.mkdir(parents=True, exist_ok=True)
     inp = gdir / "gsm8k.jsonl"
     inp.write_text(genai_perf_input(questions), encoding="utf-8")
+    return exe, tok, inp
+
+
+def genai_phase(server, out: Path, questions: list[str], n: int) -> dict:
+    """genai-perf against ``pyramid`` on ``server`` (a ``TritonServer``), non-streaming and streaming."""
+    gdir = out / "genai_perf"
+    setup = genai_perf_setup(gdir, questions)
+    if isinstance(setup, str):
+        return {"skipped": setup}
+    exe, tok, inp = setup
     metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
     res = {}
     for streaming in (False, True):

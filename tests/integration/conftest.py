@@ -65,16 +65,7 @@ def scrape(metrics_url: str, prefix: str = "pyramid_") -> dict[str, float]:
 
 
 def _offline_route(router, ts, idx: int, threshold=None, force_tier=None):
-    from pyramid_moa.features import AgentOutput
-
-    def call(agent: str):
-        rows = ts.samples(agent).get(idx)
-        if not rows:
-            return AgentOutput(agent, None, None, 0, failed=True)
-        s = rows[0]
-        return AgentOutput(agent, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
-
-    return router.route(ts.questions[idx].question, call, threshold, force_tier)
+    return router.route(ts.questions[idx].question, lambda agent: ts.output(agent, idx), threshold, force_tier)
 
 
 @pytest.fixture(scope="session")

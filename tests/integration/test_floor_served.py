@@ -54,7 +54,7 @@ def test_the_floor_makes_the_routes_calls(tmp_path):
         want_calls = {m: 0 for m in models}
         for i in idx:
             q = ts.questions[i].question
-            result = router.route(q, lambda m, i=i: _output(ts, m, i))
+            result = router.route(q, lambda m, i=i: ts.output(m, i))
             for m in result.calls:
                 want_calls[m] += 1
             t = grpcclient.InferInput("text_input", [1, 1], "BYTES")
@@ -72,10 +72,3 @@ def test_the_floor_makes_the_routes_calls(tmp_path):
         assert want_calls[router.oracle] > 0 and min(want_calls.values()) < len(idx)  # some escalate, some stop early
     finally:
         server.stop()
-
-
-def _output(ts, model: str, idx: int):
-    from pyramid_moa.features import AgentOutput
-
-    s = ts.samples(model)[idx][0]
-    return AgentOutput(model, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)

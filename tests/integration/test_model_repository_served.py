@@ -30,7 +30,6 @@ def test_the_committed_repository_serves_as_is(tmp_path):
         pytest.skip(f"{launcher} is not installed (make setup)")
     from pyramid_client import PyramidClient
     from pyramid_moa.artifact import load_artifact
-    from pyramid_moa.features import AgentOutput
     from pyramid_moa.traces import TraceSet
     from pyramid_triton.server import SHM_GLOB, TritonServer, free_ports, stop_child
 
@@ -56,16 +55,9 @@ def test_the_committed_repository_serves_as_is(tmp_path):
         fitted = set(json.loads((ROOT / "deploy" / "replay.calibration.json").read_text())["fitted_on"]["idx"])
         held_out = [i for i in sorted(ts.questions) if i not in fitted][:12]
 
-        def call(idx: int):
-            def one(agent: str) -> AgentOutput:
-                s = ts.samples(agent)[idx][0]
-                return AgentOutput(agent, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
-
-            return one
-
         with PyramidClient(f"127.0.0.1:{grpc}") as client:
             for idx in held_out:
-                want = router.route(ts.questions[idx].question, call(idx))
+                want = router.route(ts.questions[idx].question, lambda agent, idx=idx: ts.output(agent, idx))
                 got = client.ask(ts.questions[idx].question)
                 assert (got.answer, got.tier) == (want.answer or "", "oracle" if want.escalated else "committee"), idx
     finally:
