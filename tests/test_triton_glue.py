@@ -307,8 +307,10 @@ def test_metrics_and_log_lines_after_known_traffic(model):
     assert _metric("pyramid_degraded_total").value == 1
     assert _metric("pyramid_model_failures_total", target="a").value == 1
     assert _metric("pyramid_model_failures_total", target=ORACLE).value == 0
-    assert len(_metric("pyramid_confidence").observations) == 3
-    assert len(_metric("pyramid_request_duration_seconds").observations) == 4
+    assert _metric("pyramid_confidence_count").value == 3
+    assert _metric("pyramid_confidence_bucket", le="+Inf").value == 3
+    assert _metric("pyramid_request_duration_seconds_count").value == 4
+    assert _metric("pyramid_tier_request_duration_seconds_count", tier="oracle").value == 2
     spent = _metric("pyramid_cost_oracle_calls_total", kind="spent").value
     assert _metric("pyramid_cost_oracle_calls_total", kind="baseline").value == 3
     p = [round(len(q) / 4) for q in (Q_AGREE, Q_SPLIT, Q_ALLFAIL)]
@@ -382,7 +384,7 @@ def test_metrics_are_flushed_by_the_router_after_a_burst(model):
     asyncio.run(go())
     assert _metric("pyramid_requests_total", outcome="ok").value == 2
     assert _metric("pyramid_tier_total", tier="oracle").value == 1
-    assert len(_metric("pyramid_confidence").observations) == 2
+    assert _metric("pyramid_confidence_count").value == 2
 
 
 def test_only_the_outputs_a_request_asks_for_are_sent(model):
@@ -396,3 +398,37 @@ def test_only_the_outputs_a_request_asks_for_are_sent(model):
     run(model, every)
     (resp, _), *_ = every.sender.sent
     assert {"text_output", "answer", "tier", "agent_answers"} <= {t.name() for t in resp.output_tensors()}
+
+
+def test_a_batched_histogram_sends_its_classic_series_once_per_flush():
+    """The router's histograms are Prometheus' bucket/sum/count series as counters: observations are
+    counted locally and a flush sends at most one increment per series, whatever the number observed."""
+    from pyramid_triton.metrics import BatchedHistogram, le_label
+
+    made: list = []
+
+    def family(name, description, kind):
+        f = pb.MetricFamily(name=name, description=description, kind=kind)
+        made.append(f)
+        return f
+
+    h = BatchedHistogram(family, pb.MetricFamily.COUNTER, "t_hist", "test", [0.5, 0.1, 1.0], [{"m": "x"}, {"m": "y"}])
+    assert [f.name for f in made] == ["t_hist_bucket", "t_hist_sum", "t_hist_count"]
+    bucket = {m.labels["le"]: m for m in made[0].metrics if m.labels["m"] == "x"}
+    assert list(bucket) == ["0.1", "0.5", "1", "+Inf"]  # sorted bounds, then +Inf
+    for v in (0.05, 0.1, 0.3, 0.3, 0.7, 2.0):
+        h.observe(v)
+    h.observe(0.2, series=1)
+    assert h.pending and all(m.value == 0 for m in made[0].metrics)  # nothing sent before the flush
+    h.flush()
+    assert {le: m.value for le, m in bucket.items()} == {"0.1": 2, "0.5": 4, "1": 5, "+Inf": 6}  # le is inclusive
+    (sum_x, sum_y), (count_x, count_y) = made[1].metrics, made[2].metrics
+    assert sum_x.value == pytest.approx(3.45) and count_x.value == 6
+    assert sum_y.value == pytest.approx(0.2) and count_y.value == 1
+    assert not h.pending
+    h.observe(0.4)
+    h.flush()
+    assert bucket["0.1"].value == 2 and bucket["0.5"].value == 5 and count_x.value == 7 and count_y.value == 1
+    with pytest.raises(ValueError, match=">= 0"):
+        h.observe(-1.0)
+    assert le_label(0.0025) == "0.0025" and le_label(60.0) == "60" and le_label(float("inf")) == "+Inf"

@@ -28,7 +28,14 @@ endpoint next to Triton's (``nv_inference_*``) metrics, labelled with the router
   (1 while the figure is outside its binomial interval), set at each flush.
 
 Updates are batched: ``RouterMetrics.observe`` records a request locally, and the router flushes
-the totals to Triton at most ``FLUSH_S`` after the first pending update (``flush``).
+the totals to Triton at most ``FLUSH_S`` after the first pending update (``flush``). Every metric call
+is a message from the stub to the server, so the number of messages per flush is bounded, whatever the
+request rate. That is why the histograms are not the Python backend's ``HISTOGRAM`` kind (one message
+per observation: at c=16 four per request cost the router 5-7 points of its throughput, BENCHMARKS.md)
+but their classic Prometheus series as counters (``BatchedHistogram``): ``<name>_bucket{le}``
+(cumulative), ``<name>_sum`` and ``<name>_count``, the same series a histogram exposes, so PromQL
+(``histogram_quantile`` over ``rate(<name>_bucket[...])``) and the dashboards read them unchanged; only
+the exposition's ``# TYPE`` line says counter.
 
 The family objects are kept for the model's lifetime: the Python backend refuses to update a
 metric whose family was garbage-collected.
@@ -36,6 +43,7 @@ metric whose family was garbage-collected.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +101,68 @@ class RequestRecord:
         return d
 
 
+def le_label(bound: float) -> str:
+    """A bucket bound as Prometheus writes it (``0.25``, ``1``, ``+Inf``)."""
+    if math.isinf(bound):
+        return "+Inf"
+    text = repr(float(bound))
+    return text[:-2] if text.endswith(".0") else text
+
+
+class BatchedHistogram:
+    """A Prometheus histogram kept as its classic series, counters that are updated once per flush.
+
+    ``observe`` only counts locally; ``flush`` adds the pending counts to ``<name>_bucket{le}`` (each
+    bucket counts the observations at or below its bound, ``+Inf`` all of them), ``<name>_sum`` and
+    ``<name>_count``: at most ``len(bounds) + 3`` messages to the server per flush. The families are made
+    by ``family`` (the caller's, which keeps them alive); ``label_sets`` are the label sets to export,
+    each observation names one of them by its position. Values must be >= 0 (a counter cannot go down)."""
+
+    def __init__(
+        self, family: Any, counter_kind: Any, name: str, description: str, bounds: list[float],
+        label_sets: list[dict[str, str]],
+    ) -> None:  # fmt: skip
+        self.bounds = sorted(float(b) for b in bounds)
+        les = [le_label(b) for b in self.bounds] + ["+Inf"]
+        buckets = family(f"{name}_bucket", f"{description} (cumulative count per upper bound le)", counter_kind)
+        sums = family(f"{name}_sum", f"{description} (sum of the observed values)", counter_kind)
+        counts = family(f"{name}_count", f"{description} (number of observations)", counter_kind)
+        self._series = [
+            (
+                [buckets.Metric(labels={**labels, "le": le}) for le in les],
+                sums.Metric(labels=labels),
+                counts.Metric(labels=labels),
+            )
+            for labels in label_sets
+        ]
+        self._bins = [[0] * len(les) for _ in label_sets]  # pending observations per bin (not cumulative)
+        self._sums = [0.0] * len(label_sets)
+
+    def observe(self, value: float, series: int = 0) -> None:
+        if not value >= 0.0:  # also NaN
+            raise ValueError(f"a batched histogram takes values >= 0, got {value}")
+        self._bins[series][bisect.bisect_left(self.bounds, value)] += 1
+        self._sums[series] += value
+
+    @property
+    def pending(self) -> bool:
+        return any(any(b) for b in self._bins)
+
+    def flush(self) -> None:
+        for k, (buckets, total, count) in enumerate(self._series):
+            bins, n = self._bins[k], sum(self._bins[k])
+            if not n:
+                continue
+            self._bins[k], s, self._sums[k] = [0] * len(bins), self._sums[k], 0.0
+            cumulative = 0
+            for metric, pending in zip(buckets, bins):
+                cumulative += pending
+                if cumulative:
+                    metric.increment(cumulative)
+            total.increment(s)
+            count.increment(n)
+
+
 class RouterMetrics:
     def __init__(self, pb: Any, model: str, targets: list[str]) -> None:
         mf = pb.MetricFamily
@@ -124,18 +194,22 @@ class RouterMetrics:
         )
         self.cost = {k: cost.Metric(labels={**base, "kind": k}) for k in ("spent", "baseline")}
 
-        def histogram(name: str, description: str, buckets: list[float]) -> Any:
-            return family(name, description, mf.HISTOGRAM).Metric(labels=base, buckets=buckets)
+        def histogram(name: str, description: str, buckets: list[float], labels: list[dict[str, str]]) -> Any:
+            return BatchedHistogram(family, mf.COUNTER, name, description, buckets, labels)
 
-        self.confidence = histogram("pyramid_confidence", "Calibrated confidence of the committee", UNIT_BUCKETS)
-        self.agreement = histogram("pyramid_agreement", "Vote share of the committee's answer", UNIT_BUCKETS)
+        self.confidence = histogram(
+            "pyramid_confidence", "Calibrated confidence of the committee", UNIT_BUCKETS, [base]
+        )
+        self.agreement = histogram("pyramid_agreement", "Vote share of the committee's answer", UNIT_BUCKETS, [base])
         self.duration = histogram(
-            "pyramid_request_duration_seconds", "Time in the router, arrival to last response", SECONDS_BUCKETS
+            "pyramid_request_duration_seconds", "Time in the router, arrival to last response", SECONDS_BUCKETS, [base]
         )
-        tier_s = family(
-            "pyramid_tier_request_duration_seconds", "Time in the router by the answering tier", mf.HISTOGRAM
-        )
-        self.tier_duration = {t: tier_s.Metric(labels={**base, "tier": t}, buckets=SECONDS_BUCKETS) for t in TIERS}
+        self.tier_duration = histogram(
+            "pyramid_tier_request_duration_seconds", "Time in the router by the answering tier", SECONDS_BUCKETS,
+            [{**base, "tier": t} for t in TIERS],
+        )  # fmt: skip
+        self._tier_series = {t: k for k, t in enumerate(TIERS)}
+        self._histograms = [self.confidence, self.agreement, self.duration, self.tier_duration]
         tier_cost = family(
             "pyramid_tier_cost_oracle_calls_total",
             "Cost spent in units of one oracle call, by answering tier",
@@ -168,14 +242,13 @@ class RouterMetrics:
         self.drift = {f: drift.Metric(labels={**base, "figure": f}) for f in DRIFT_FIGURES}
         self._gauge_values: dict[int, tuple[Any, float]] = {}
         self._counts: dict[int, tuple[Any, float]] = {}  # id(metric) -> (metric, pending increment)
-        self._observations: list[tuple[Any, float]] = []  # pending histogram observations
 
     def observe(self, rec: RequestRecord) -> None:
         """Record one request locally; ``flush`` hands the totals to Triton. Every metric update is
         a message from the stub to the server process, so per-request updates cost the router
         measurable throughput (BENCHMARKS.md); batched, it is a few messages per flush."""
         self._add(self.requests[rec.outcome])
-        self._hist(self.duration, rec.seconds)
+        self.duration.observe(rec.seconds)
         for t in rec.failed:
             if t in self.failures:
                 self._add(self.failures[t])
@@ -183,7 +256,7 @@ class RouterMetrics:
         if r is None:
             return
         self._add(self.tier[r.tier])
-        self._hist(self.tier_duration[r.tier], rec.seconds)
+        self.tier_duration.observe(rec.seconds, self._tier_series[r.tier])
         if r.escalated:
             self._add(self.escalations)
         if r.degraded:
@@ -191,8 +264,8 @@ class RouterMetrics:
         if r.provisional:
             self._add(self.provisional)
         if r.agent_answers:  # the committee was asked (not force_tier=oracle)
-            self._hist(self.confidence, min(max(r.confidence, 0.0), 1.0))
-            self._hist(self.agreement, min(max(r.agreement, 0.0), 1.0))
+            self.confidence.observe(min(max(r.confidence, 0.0), 1.0))
+            self.agreement.observe(min(max(r.agreement, 0.0), 1.0))
         if not math.isnan(r.cost):
             self._add(self.cost["spent"], r.cost)
             self._add(self.cost["baseline"])
@@ -231,15 +304,15 @@ class RouterMetrics:
 
     @property
     def pending(self) -> bool:
-        return bool(self._counts or self._observations or self._gauge_values)
+        return bool(self._counts or self._gauge_values or any(h.pending for h in self._histograms))
 
     def flush(self) -> None:
-        counts, observations, gauges = self._counts, self._observations, self._gauge_values
-        self._counts, self._observations, self._gauge_values = {}, [], {}
+        counts, gauges = self._counts, self._gauge_values
+        self._counts, self._gauge_values = {}, {}
         for metric, value in counts.values():
             metric.increment(value)
-        for metric, value in observations:
-            metric.observe(value)
+        for h in self._histograms:
+            h.flush()
         for metric, value in gauges.values():
             metric.set(value)
 
@@ -247,6 +320,3 @@ class RouterMetrics:
         key = id(metric)
         old = self._counts.get(key)
         self._counts[key] = (metric, value + (old[1] if old else 0.0))
-
-    def _hist(self, metric: Any, value: float) -> None:
-        self._observations.append((metric, value))
