@@ -77,11 +77,14 @@ class Request:
     """An incoming request: ``inputs`` maps name -> numpy array; ``cancelled`` flips when the test says."""
 
     def __init__(self, inputs: dict[str, np.ndarray], request_id: str = "", outputs: list[str] | None = None) -> None:
-        self.inputs = [Tensor(k, v) for k, v in inputs.items()]
+        self._inputs = [Tensor(k, v) for k, v in inputs.items()]
         self.sender = ResponseSender()
         self.cancelled = False
         self._id = request_id
         self._outputs = list(outputs or [])  # as Triton hands it over: the names asked for ([] in this fake: all)
+
+    def inputs(self) -> list[Tensor]:
+        return list(self._inputs)
 
     def get_response_sender(self) -> ResponseSender:
         return self.sender
@@ -96,11 +99,11 @@ class Request:
         return list(self._outputs)
 
     def inputs_dict(self) -> dict[str, np.ndarray]:
-        return {t.name(): t.as_numpy() for t in self.inputs}
+        return {t.name(): t.as_numpy() for t in self._inputs}
 
 
 def get_input_tensor_by_name(request: Request, name: str) -> Tensor | None:
-    return next((t for t in request.inputs if t.name() == name), None)
+    return next((t for t in request.inputs() if t.name() == name), None)
 
 
 def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:

@@ -190,7 +190,7 @@ def test_an_answer_the_embedder_cannot_embed_leaves_its_agent_out(task_model):
     real = pb.models["embedder"]
 
     def flaky(req):
-        text = req.inputs[0].as_numpy().reshape(-1)[0].decode()
+        text = req.inputs()[0].as_numpy().reshape(-1)[0].decode()
         return (
             pb.InferenceResponse(error=pb.TritonError("[INTERNAL] out of memory")) if "Bananas" in text else real(req)
         )

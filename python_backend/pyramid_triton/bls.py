@@ -469,7 +469,7 @@ class PyramidModel:
             if not parts:
                 raise CallError("the engine sent no output", INTERNAL)
             return self._output(agent, parts, ereq, route)
-        names = list(tensors.ENGINE_OUTPUTS) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
+        names = tensors.engine_output_names(ereq, with_answer)
         infer = pb.InferenceRequest(
             model_name=agent, requested_output_names=names, inputs=tensors.engine_request_tensors(pb, ereq)
         )

@@ -168,23 +168,6 @@ class _InputsShim:
         return t
 
 
-class _OutputTensor:
-    def __init__(self, array: np.ndarray) -> None:
-        self._array = array
-
-    def as_numpy(self) -> np.ndarray:
-        return self._array
-
-
-class _ResultShim:
-    """A ``pb_utils``-like view of a tritonclient ``InferResult`` for ``tensors.parse_engine_response``."""
-
-    @staticmethod
-    def get_output_tensor_by_name(result: Any, name: str) -> _OutputTensor | None:
-        arr = result.as_numpy(name)
-        return None if arr is None else _OutputTensor(arr)
-
-
 def request_inputs(grpcclient: Any, ereq: EngineRequest) -> list[Any]:
     """``InferInput``s of one engine request (the tensors a local BLS call sends)."""
     return tensors.engine_request_tensors(_InputsShim(grpcclient), ereq)
@@ -198,7 +181,7 @@ def parse_result(result: Any, with_answer: bool) -> EngineResponse | None:
         outputs = None
     if outputs is not None and not len(outputs):
         return None
-    return tensors.parse_engine_response(_ResultShim, result, with_answer)
+    return tensors.engine_response(lambda name: tensors.first_element(result.as_numpy(name)), with_answer)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -307,7 +290,7 @@ class RemoteEngines:
         Retries a gRPC UNAVAILABLE up to ``retries`` times while ``timeout_s`` leaves room."""
         rm = self.models[name]
         deadline = None if not timeout_s or timeout_s <= 0 else time.monotonic() + timeout_s
-        outputs = list(tensors.ENGINE_OUTPUTS) + ([tensors.PARSED_ANSWER_OUTPUT] if with_answer else [])
+        outputs = tensors.engine_output_names(ereq, with_answer)
         send = self._stream if rm.decoupled else self._unary
         tries = Attempts(self.policy, deadline, lambda exc, attempt: _failure(rm, exc, attempt))
         async for _ in tries:

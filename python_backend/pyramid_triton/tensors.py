@@ -10,6 +10,7 @@ is accepted on input. Names and datatypes: ``pyramid_client.wire``, the client's
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pyramid_client import wire
@@ -31,9 +32,8 @@ ENGINE_OUTPUTS = tuple(wire.ENGINE_OUTPUTS)
 PARSED_ANSWER_OUTPUT = wire.PARSED_ANSWER_OUTPUT
 
 
-def _one(pb: Any, request: Any, name: str) -> Any | None:
-    """The single element of optional input ``name``, or None if absent."""
-    t = pb.get_input_tensor_by_name(request, name)
+def _element(t: Any | None, name: str) -> Any | None:
+    """The single element of input tensor ``t`` (named ``name``), or None if absent."""
     if t is None:
         return None
     arr = t.as_numpy()
@@ -42,10 +42,7 @@ def _one(pb: Any, request: Any, name: str) -> Any | None:
     return arr.reshape(-1)[0]
 
 
-def get_string(pb: Any, request: Any, name: str) -> str | None:
-    v = _one(pb, request, name)
-    if v is None:
-        return None
+def _as_string(v: Any, name: str) -> str:
     if isinstance(v, bytes):
         try:
             return v.decode("utf-8")
@@ -54,48 +51,59 @@ def get_string(pb: Any, request: Any, name: str) -> str | None:
     return str(v)
 
 
-def get_strings(pb: Any, request: Any, name: str) -> list[str] | None:
-    """Every element of optional BYTES input ``name`` (any shape), or None if absent."""
-    t = pb.get_input_tensor_by_name(request, name)
-    if t is None:
-        return None
-    out = []
-    for v in t.as_numpy().reshape(-1):
-        try:
-            out.append(v.decode("utf-8") if isinstance(v, bytes) else str(v))
-        except UnicodeDecodeError:
-            raise InvalidArgument(name, "is not valid UTF-8") from None
-    return out
+def _string(t: Any | None, name: str) -> str | None:
+    v = _element(t, name)
+    return None if v is None else _as_string(v, name)
 
 
-def get_int(pb: Any, request: Any, name: str) -> int | None:
-    v = _one(pb, request, name)
+def _strings(t: Any | None, name: str) -> list[str] | None:
+    """Every element of BYTES input tensor ``t`` (any shape), or None if absent."""
+    return None if t is None else [_as_string(v, name) for v in t.as_numpy().reshape(-1)]
+
+
+def _int(t: Any | None, name: str) -> int | None:
+    v = _element(t, name)
     return None if v is None else int(v)
 
 
-def get_float(pb: Any, request: Any, name: str) -> float | None:
-    v = _one(pb, request, name)
+def _float(t: Any | None, name: str) -> float | None:
+    v = _element(t, name)
     return None if v is None else float(v)
 
 
-def get_bool(pb: Any, request: Any, name: str) -> bool | None:
-    v = _one(pb, request, name)
+def _bool(t: Any | None, name: str) -> bool | None:
+    v = _element(t, name)
     return None if v is None else bool(v)
 
 
-_GETTERS = {
-    wire.BYTES: get_string,
-    wire.BOOL: get_bool,
-    wire.INT32: get_int,
-    wire.UINT64: get_int,
-    wire.FP32: get_float,
+def get_string(pb: Any, request: Any, name: str) -> str | None:
+    return _string(pb.get_input_tensor_by_name(request, name), name)
+
+
+def get_int(pb: Any, request: Any, name: str) -> int | None:
+    return _int(pb.get_input_tensor_by_name(request, name), name)
+
+
+def get_bool(pb: Any, request: Any, name: str) -> bool | None:
+    return _bool(pb.get_input_tensor_by_name(request, name), name)
+
+
+_READERS = {
+    wire.BYTES: _string,
+    wire.BOOL: _bool,
+    wire.INT32: _int,
+    wire.UINT64: _int,
+    wire.FP32: _float,
 }
 
 
 def _inputs(pb: Any, request: Any, datatypes: dict[str, str]) -> dict[str, Any]:
-    """``{name: value or None}`` of the inputs ``datatypes`` names (but those the router ignores)."""
+    """``{name: value or None}`` of the inputs ``datatypes`` names (but those the router ignores). The
+    request's input list is read once: ``pb_utils.get_input_tensor_by_name`` reads all of it again for
+    every name (a copy from the stub's C++ side), and the router's API has 20 optional inputs."""
+    present = {t.name(): t for t in request.inputs()}
     return {
-        n: (get_strings if n in wire.LIST_INPUTS else _GETTERS[t])(pb, request, n)
+        n: (_strings if n in wire.LIST_INPUTS else _READERS[t])(present.get(n), n)
         for n, t in datatypes.items()
         if n not in wire.IGNORED_INPUTS
     }
@@ -128,6 +136,14 @@ def parse_engine_request(pb: Any, request: Any, limits: Limits) -> EngineRequest
 _ENGINE_OUTPUT_TYPES = {**wire.ENGINE_OUTPUTS, PARSED_ANSWER_OUTPUT: wire.BYTES}
 
 
+def engine_output_names(req: EngineRequest, with_answer: bool) -> list[str]:
+    """The outputs the router asks an engine for: only those it reads. ``cum_log_probs`` only with
+    ``return_log_probs`` (the calibration's log-prob features), the parsed ``answer`` only from engines
+    that give one; every output asked for is a tensor more for the engine, the server and the router."""
+    names = [n for n in ENGINE_OUTPUTS if n != "cum_log_probs" or req.return_log_probs]
+    return names + ([PARSED_ANSWER_OUTPUT] if with_answer else [])
+
+
 def engine_response_tensors(pb: Any, resp: EngineResponse, with_answer: bool) -> list[Any]:
     out: dict[str, Any] = {
         "text_output": resp.text_output,
@@ -151,24 +167,33 @@ def engine_request_tensors(pb: Any, req: EngineRequest) -> list[Any]:
     return _tensors(pb, {k: v for k, v in values.items() if v is not None}, wire.ENGINE_INPUTS)
 
 
-def _out(pb: Any, resp: Any, name: str) -> Any | None:
-    t = pb.get_output_tensor_by_name(resp, name)
-    if t is None:
+def first_element(arr: Any | None) -> Any | None:
+    """The first element of an output array (None if absent or empty)."""
+    if arr is None:
         return None
-    arr = t.as_numpy().reshape(-1)
+    arr = arr.reshape(-1)
     return arr[0] if arr.size else None
 
 
 def parse_engine_response(pb: Any, resp: Any, with_answer: bool) -> EngineResponse:
-    text = _out(pb, resp, "text_output")
+    """One BLS engine response; its output list is read once (``pb_utils.get_output_tensor_by_name``
+    would read all of it again for each of the four names)."""
+    found = {t.name(): t for t in resp.output_tensors()}
+    return engine_response(lambda n: first_element(found[n].as_numpy()) if n in found else None, with_answer)
+
+
+def engine_response(value: Callable[[str], Any | None], with_answer: bool) -> EngineResponse:
+    """An engine reply from ``value(output name)`` (the output's first element, None if absent): the
+    rule shared by local BLS responses (``parse_engine_response``) and remote gRPC results (``remote``)."""
+    text = value("text_output")
     text = text.decode("utf-8") if isinstance(text, bytes) else ("" if text is None else str(text))
-    tokens = _out(pb, resp, "output_tokens")
+    tokens = value("output_tokens")
     tokens = None if tokens is None or int(tokens) < 0 else int(tokens)
-    lp = _out(pb, resp, "cum_log_probs")
+    lp = value("cum_log_probs")
     lp = None if lp is None or not math.isfinite(float(lp)) else float(lp)
     answer, has_answer = None, False
     if with_answer:
-        a = _out(pb, resp, PARSED_ANSWER_OUTPUT)
+        a = value(PARSED_ANSWER_OUTPUT)
         if a is not None:
             has_answer = True
             a = a.decode("utf-8") if isinstance(a, bytes) else str(a)
