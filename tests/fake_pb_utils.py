@@ -170,6 +170,7 @@ class MetricFamily:
 # BLS: model name -> callable(EngineRequest) -> EngineResponse | list[EngineResponse]; may raise.
 engines: dict[str, Callable[[Any], Any]] = {}
 calls: list[tuple[str, bool]] = []  # (model, decoupled) of every BLS call, in order
+requested: list[tuple[str, list[str]]] = []  # (model, output names asked for) of every BLS call, in order
 
 
 # Models that are not engines: name -> callable(Request) -> InferenceResponse (e.g. the embedder model's
@@ -186,6 +187,7 @@ class InferenceRequest:
         from pyramid_triton.protocol import Limits, ServeError
 
         calls.append((self.model_name, decoupled))
+        requested.append((self.model_name, list(self.requested)))
         await asyncio.sleep(0)
         req = Request({t.name(): t.as_numpy() for t in self.inputs})
         if self.model_name in models:  # a model with its own tensors (e.g. the embedder)

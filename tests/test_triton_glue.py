@@ -284,8 +284,13 @@ def test_log_probs_are_requested_only_from_logprob_models(model):
 
     pb.engines.update({m: recording(m) for m in AGENTS})
     model.logprob_models = {"a"}
+    pb.requested.clear()
     run(model, request(text_input=Q_AGREE))
     assert seen == {"a": True, "b": False, "c": False}
+    # and only those engines are asked for the cum_log_probs output (a tensor more for everyone)
+    asked = dict(pb.requested)
+    assert "cum_log_probs" in asked["a"] and "cum_log_probs" not in asked["b"]
+    assert {"text_output", "output_tokens"} <= set(asked["b"])
 
 
 def _metric(name: str, **labels) -> pb.Metric:
