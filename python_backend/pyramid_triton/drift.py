@@ -83,6 +83,7 @@ class Figure:
     window: deque = field(default_factory=deque)
     hits: int = 0
     drifting: bool = False
+    _interval: tuple[float, float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.window = deque(maxlen=self.size)
@@ -92,12 +93,15 @@ class Figure:
         return self.hits / len(self.window) if self.window else None
 
     def interval(self) -> tuple[float, float] | None:
-        """The observed rates that are not drift, for a full window (None: nothing expected)."""
+        """The observed rates that are not drift, for a full window (None: nothing expected). Fixed for the
+        figure's lifetime (a new calibration makes new figures), so computed once: ``add`` runs per request."""
         if self.expected is None:
             return None
-        p_lo, p_hi = wilson(self.expected, self.n_expected, self.confidence)
-        n = self.size
-        return acceptance(n, p_lo, self.confidence)[0] / n, acceptance(n, p_hi, self.confidence)[1] / n
+        if self._interval is None:
+            p_lo, p_hi = wilson(self.expected, self.n_expected, self.confidence)
+            n = self.size
+            self._interval = acceptance(n, p_lo, self.confidence)[0] / n, acceptance(n, p_hi, self.confidence)[1] / n
+        return self._interval
 
     def add(self, hit: bool) -> str | None:
         """Add one outcome; a log line if the drift state changed."""
@@ -105,9 +109,10 @@ class Figure:
             self.hits -= self.window[0]
         self.window.append(1 if hit else 0)
         self.hits += 1 if hit else 0
-        iv = self.interval()
-        if iv is None or len(self.window) < self.size:
+        if self.expected is None or len(self.window) < self.size:
             return None
+        iv = self.interval()
+        assert iv is not None
         obs = self.hits / self.size
         now = not (iv[0] - 1e-12 <= obs <= iv[1] + 1e-12)
         if now == self.drifting:
