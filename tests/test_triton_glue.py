@@ -437,3 +437,28 @@ def test_a_batched_histogram_sends_its_classic_series_once_per_flush():
     with pytest.raises(ValueError, match=">= 0"):
         h.observe(-1.0)
     assert le_label(0.0025) == "0.0025" and le_label(60.0) == "60" and le_label(float("inf")) == "+Inf"
+
+
+def test_within_bounds_a_call_and_tells_its_timeout_from_the_requests_cancellation():
+    from pyramid_triton.routing import CallTimeout, within
+
+    async def answer(after_s: float, value: str = "ok") -> str:
+        await asyncio.sleep(after_s)
+        return value
+
+    async def go():
+        assert await within(answer(0.0), 5.0) == "ok"
+        assert await within(answer(0.0, "unbounded"), 0) == "unbounded"
+        with pytest.raises(CallTimeout, match="within 0.05 s"):
+            await within(answer(30.0), 0.05)
+        # the task that timed out is not left cancelled: it goes on awaiting normally
+        assert await asyncio.sleep(0.01, "still running") == "still running"
+
+        # the request's own cancellation is not a timeout: it goes on up as CancelledError
+        inner = asyncio.ensure_future(within(answer(30.0), 5.0))
+        await asyncio.sleep(0.01)
+        inner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await inner
+
+    asyncio.run(go())

@@ -45,14 +45,15 @@ from .remote import CallError, RemoteEngines, parse_remote_map
 from .request_log import RequestLog
 from .routing import (
     CallFailure,
+    CallTimeout,
     Routed,
     build_response,
     call_tokens,
-    discard_outcome,
     failed_output,
     relative_costs,
     route_async,
     to_agent_output,
+    within,
 )
 from .shadow import Shadow, artifact_version, build_record, redact, sources_of
 from .tasks import TaskRoute, load_task_routers
@@ -416,46 +417,30 @@ class PyramidModel:
     async def _call(
         self, agent: str, ereq: EngineRequest, failures: dict[str, CallFailure], route: TaskRoute | None = None
     ):
-        """One engine call, bounded by the per-call timeout; any failure is a failed output.
-
-        The timeout is enforced here (a BLS request's own ``timeout`` bounds only its queueing);
-        a call that overruns is left to finish in the background, since Triton 2.51 cannot
-        cancel a BLS child, and its result is discarded."""
+        """One engine call, bounded by the per-call timeout (``routing.within``; a BLS request's own
+        ``timeout`` bounds only its queueing); any failure is a failed output. A call that overruns, or
+        whose request was cancelled, is abandoned: a remote one is cancelled (its RPC really ends); a BLS
+        child, which Triton 2.51 cannot cancel, finishes in the background and its result is dropped."""
         timeout_s = (self.oracle_timeout_us if agent == self.oracle else self.agent_timeout_us) / 1e6
         now = time.monotonic()
         down = self._down_until.get(agent, 0.0) - now
         if down > 0:  # circuit open: fail fast instead of waiting on an engine that just failed
             failures[agent] = CallFailure(agent, f"skipped: it failed {self.breaker_s - down:.1f} s ago", UNAVAILABLE)
             return failed_output(agent)
-        task = asyncio.ensure_future(self._exec(agent, ereq, timeout_s, route))
         try:
-            done, _ = await asyncio.wait({task}, timeout=timeout_s if timeout_s > 0 else None)
-        except asyncio.CancelledError:  # the request was cancelled: the call finishes unobserved
-            self._abandon(agent, task)
-            raise
-        if not done:
-            self._abandon(agent, task)
-            failure = CallFailure(agent, f"no answer within {timeout_s:g} s", UNAVAILABLE)
-        else:
-            try:
-                out = task.result()
-                self._down_until.pop(agent, None)
-                return out
-            except CallError as exc:
-                failure = CallFailure(agent, exc.message, exc.code)
-            except Exception as exc:  # noqa: BLE001 - a failed call is a failed agent, not a failed request
-                failure = CallFailure(agent, f"{type(exc).__name__}: {exc}", INTERNAL)
+            out = await within(self._exec(agent, ereq, timeout_s, route), timeout_s)
+            self._down_until.pop(agent, None)
+            return out
+        except CallTimeout as exc:
+            failure = CallFailure(agent, str(exc), UNAVAILABLE)
+        except CallError as exc:
+            failure = CallFailure(agent, exc.message, exc.code)
+        except Exception as exc:  # noqa: BLE001 - a failed call is a failed agent, not a failed request
+            failure = CallFailure(agent, f"{type(exc).__name__}: {exc}", INTERNAL)
         failures[agent] = failure
         if self.breaker_s > 0 and failure.code in BREAKER_CODES:
             self._down_until[agent] = time.monotonic() + self.breaker_s
         return failed_output(agent)
-
-    def _abandon(self, agent: str, task: asyncio.Future) -> None:
-        """A call nobody waits for any more: a remote one is cancelled (its RPC really ends); a BLS
-        child cannot be cancelled in Triton 2.51, so it finishes and its outcome is discarded."""
-        task.add_done_callback(discard_outcome)
-        if agent in self.remote:
-            task.cancel()
 
     async def _exec(
         self, agent: str, ereq: EngineRequest, timeout_s: float = 0.0, route: TaskRoute | None = None

@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from pyramid_moa.cost import COST_MODELS, CostModel, estimate_tokens
 from pyramid_moa.features import AgentOutput
@@ -34,6 +35,7 @@ from pyramid_moa.router import Router, RouteResult
 from .protocol import NOT_FOUND, UNAVAILABLE, EngineResponse, PyramidResponse, ServeError
 
 AgentCall = Callable[[str], Awaitable[AgentOutput]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -148,6 +150,42 @@ async def route_async(
             names = steps.send(batch)
     except StopIteration as stop:
         return Routed(stop.value, got, latency_ms=latency)
+
+
+class CallTimeout(Exception):
+    """``within``'s bound passed before the awaited call answered."""
+
+
+async def within(aw: Awaitable[T], timeout_s: float) -> T:
+    """``await aw``, giving up after ``timeout_s`` seconds (<= 0: no bound) with ``CallTimeout``.
+
+    What ``asyncio.wait_for`` does, for the router's per-call bound, without a second task, a waiter
+    and done-callbacks per call (``asyncio.timeout`` is 3.11+; Triton's containers may run 3.10): a
+    timer cancels the awaiting task itself, and its cancellation is told apart from the client's by
+    who set it off. What ``aw`` waits for is cancelled: a remote gRPC call really ends; a BLS call,
+    which Triton 2.51 cannot cancel, finishes in its executor thread and its result is dropped."""
+    if timeout_s <= 0:
+        return await aw
+    task = asyncio.current_task()
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()  # type: ignore[union-attr]
+
+    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        if not fired:  # the request's own cancellation: it goes on up
+            raise
+        uncancel = getattr(task, "uncancel", None)  # 3.11+: this task is not being cancelled any more
+        if uncancel is not None:
+            uncancel()
+        raise CallTimeout(f"no answer within {timeout_s:g} s") from None
+    finally:
+        timer.cancel()
 
 
 def discard_outcome(task: asyncio.Future) -> None:
