@@ -440,7 +440,7 @@ def test_a_batched_histogram_sends_its_classic_series_once_per_flush():
 
 
 def test_within_bounds_a_call_and_tells_its_timeout_from_the_requests_cancellation():
-    from pyramid_triton.routing import CallTimeout, within
+    from pyramid_triton.routing import CallTimeout, ClientCancelled, within
 
     async def answer(after_s: float, value: str = "ok") -> str:
         await asyncio.sleep(after_s)
@@ -460,5 +460,14 @@ def test_within_bounds_a_call_and_tells_its_timeout_from_the_requests_cancellati
         inner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await inner
+
+        # a client's cancellation, polled: the awaited call is cancelled, ClientCancelled says why
+        client = {"cancelled": False}
+        polled = asyncio.ensure_future(within(answer(30.0), 5.0, cancelled=lambda: client["cancelled"], poll_s=0.01))
+        await asyncio.sleep(0.05)
+        assert not polled.done()
+        client["cancelled"] = True
+        with pytest.raises(ClientCancelled):
+            await polled
 
     asyncio.run(go())

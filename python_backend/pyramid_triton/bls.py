@@ -46,6 +46,7 @@ from .request_log import RequestLog
 from .routing import (
     CallFailure,
     CallTimeout,
+    ClientCancelled,
     Routed,
     build_response,
     call_tokens,
@@ -205,15 +206,12 @@ class PyramidModel:
             req = tensors.parse_pyramid_request(pb, request, self.limits, self.default_max_tokens)
             prompt = req.text_input
             ctx["outputs"] = wanted = tensors.requested_outputs(request)
-            work = asyncio.ensure_future(self._route(req, sender, failures, arrived, ctx))
-            if await _cancelled_before_done(work, request):
-                work.cancel()
-                rec.outcome = "cancelled"
-            else:
-                rec.response = work.result()
-                response = pb.InferenceResponse(
-                    output_tensors=tensors.pyramid_response_tensors(pb, rec.response, wanted)
-                )
+            rec.response = await within(
+                self._route(req, sender, failures, arrived, ctx), cancelled=request.is_cancelled
+            )
+            response = pb.InferenceResponse(output_tensors=tensors.pyramid_response_tensors(pb, rec.response, wanted))
+        except ClientCancelled:  # the route is abandoned: no further model is called
+            rec.outcome = "cancelled"
         except Exception as exc:  # noqa: BLE001 - answered as an error response, then FINAL
             if not isinstance(exc, ServeError):
                 pb.Logger.log_error(f"{self.name}: {traceback.format_exc()}")
@@ -500,20 +498,8 @@ class PyramidModel:
         return INTERNAL, message
 
 
-CANCEL_POLL_S = 0.05
 DRAIN_MAX_S = 300.0  # the most an unloaded router waits for its requests in flight
 BREAKER_CODES = {UNAVAILABLE, INTERNAL}
-
-
-async def _cancelled_before_done(work: asyncio.Future, request: Any) -> bool:
-    """Wait for ``work``; True if the client cancelled first. Polled (the Python backend has no
-    cancellation callback), only once a request has run ``CANCEL_POLL_S``: short ones never poll."""
-    while True:
-        done, _ = await asyncio.wait({work}, timeout=CANCEL_POLL_S)
-        if done:
-            return False
-        if request.is_cancelled():
-            return True
 
 
 def _request_id(request: Any) -> str:

@@ -153,39 +153,64 @@ async def route_async(
 
 
 class CallTimeout(Exception):
-    """``within``'s bound passed before the awaited call answered."""
+    """``within``'s time bound passed before the awaited call answered."""
 
 
-async def within(aw: Awaitable[T], timeout_s: float) -> T:
-    """``await aw``, giving up after ``timeout_s`` seconds (<= 0: no bound) with ``CallTimeout``.
+class ClientCancelled(Exception):
+    """The client cancelled the request while ``within`` waited (its ``cancelled`` poll said so)."""
 
-    What ``asyncio.wait_for`` does, for the router's per-call bound, without a second task, a waiter
-    and done-callbacks per call (``asyncio.timeout`` is 3.11+; Triton's containers may run 3.10): a
-    timer cancels the awaiting task itself, and its cancellation is told apart from the client's by
-    who set it off. What ``aw`` waits for is cancelled: a remote gRPC call really ends; a BLS call,
-    which Triton 2.51 cannot cancel, finishes in its executor thread and its result is dropped."""
-    if timeout_s <= 0:
+
+CANCEL_POLL_S = 0.05
+
+
+async def within(
+    aw: Awaitable[T], timeout_s: float = 0.0, cancelled: Callable[[], bool] | None = None, poll_s: float = CANCEL_POLL_S
+) -> T:
+    """``await aw``, giving up with ``CallTimeout`` after ``timeout_s`` seconds (<= 0: no bound), or with
+    ``ClientCancelled`` once ``cancelled()`` is true: polled every ``poll_s`` (the Python backend has no
+    cancellation callback), so a request shorter than that is never polled.
+
+    What ``asyncio.wait_for`` and a polling ``asyncio.wait`` would do, for the router's per-call bound
+    and per-request cancellation, without a second task, a waiter and done-callbacks each time
+    (``asyncio.timeout`` is 3.11+; Triton's containers may run 3.10): a timer cancels the awaiting task
+    itself, and that cancellation is told apart from any other by who set it off. What ``aw`` waits for
+    is cancelled: a remote gRPC call really ends; a BLS call, which Triton 2.51 cannot cancel, finishes
+    in its executor thread and its result is dropped."""
+    if timeout_s <= 0 and cancelled is None:
         return await aw
+    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    fired = False
+    why: list[Exception] = []
+    timers: dict[str, asyncio.TimerHandle] = {}
 
-    def expire() -> None:
-        nonlocal fired
-        fired = True
-        task.cancel()  # type: ignore[union-attr]
+    def stop(reason: Exception) -> None:
+        if not why:
+            why.append(reason)
+            task.cancel()  # type: ignore[union-attr]
 
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    if timeout_s > 0:
+        timers["timeout"] = loop.call_later(timeout_s, stop, CallTimeout(f"no answer within {timeout_s:g} s"))
+    if cancelled is not None:
+
+        def poll() -> None:
+            if cancelled():
+                stop(ClientCancelled("the client cancelled the request"))
+            else:
+                timers["poll"] = loop.call_later(poll_s, poll)
+
+        timers["poll"] = loop.call_later(poll_s, poll)
     try:
         return await aw
     except asyncio.CancelledError:
-        if not fired:  # the request's own cancellation: it goes on up
+        if not why:  # cancelled from elsewhere: it goes on up
             raise
         uncancel = getattr(task, "uncancel", None)  # 3.11+: this task is not being cancelled any more
         if uncancel is not None:
             uncancel()
-        raise CallTimeout(f"no answer within {timeout_s:g} s") from None
+        raise why[0] from None
     finally:
-        timer.cancel()
+        for timer in timers.values():
+            timer.cancel()
 
 
 def discard_outcome(task: asyncio.Future) -> None:
