@@ -14,7 +14,7 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf helm-check soak calibrate-replay perf-gateway
+.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf perf-cpu helm-check soak calibrate-replay perf-gateway
 # Deployment profile: deploy/$(PROFILE).yaml (replay: recorded outputs; llamacpp: Gemma 3 270M on llama.cpp).
 PROFILE ?= replay
 # replay (the default): the committed calibration and the committed, directly servable top-level
@@ -85,6 +85,11 @@ perf-gateway: setup-perf render  ## the OpenAI gateway vs the gRPC path: added l
 # Not part of make test (a benchmark, about 9 minutes). PERF_ARGS: e.g. --quick, --no-genai-perf, --rounds 7.
 perf: setup-perf $(REPLAY_CALIBRATION) perf-gateway  ## load test: perf_analyzer sweeps of pyramid vs one engine, GPU-like latency check, genai-perf (also against the OpenAI gateway)
 	$(PY) scripts/perf.py --calibration $(REPLAY_CALIBRATION) --out $(OUT)/perf $(PERF_ARGS)
+
+# Not part of make test (a benchmark, about 2 minutes): CPU per routed request, per process and per router thread,
+# against the bare-BLS floor (docs/CAPACITY.md).
+perf-cpu: setup-perf $(REPLAY_CALIBRATION)  ## CPU per routed request: router stub (per thread), tritonserver, engines; vs the floor
+	$(PY) scripts/cpu_per_request.py --calibration $(REPLAY_CALIBRATION) --out $(OUT)/cpu
 
 soak: $(STAMP) $(REPLAY_CALIBRATION)  ## 64 clients for 300 s against the replay profile: nothing lost, router RSS
 	$(PY) scripts/soak.py --clients 64 --seconds 300 --calibration $(REPLAY_CALIBRATION) --out $(OUT)/soak
