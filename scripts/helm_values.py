@@ -254,9 +254,6 @@ def make_values(
         "calibration": {"json": cal_json, "existingConfigMap": calibration_configmap},
         "tiers": tiers,
     }
-    if any(t.get("inferenceKey") for t in tiers.values()):
-        # The OpenAI gateway cannot send the router's inference key yet (the chart refuses both together).
-        values["gateway"] = {"enabled": False}
     return values
 
 

@@ -508,3 +508,18 @@ def test_a_silent_server_times_out_per_call(protocol):
             return aerr.value
 
         assert asyncio.run(run()).code == "DEADLINE_EXCEEDED"
+
+
+def test_a_restricted_apis_refusal_is_permission_denied_and_not_retried():
+    """tritonserver 2.51 refuses a call without the inference key with gRPC UNAVAILABLE (HTTP 403): the
+    client names it PERMISSION_DENIED, which its retry rule leaves alone."""
+    from pyramid_client.retry import client_failure
+    from pyramid_client.types import error_from_message
+
+    msg = "This protocol is restricted, expecting header 'triton-grpc-protocol-pyramid-inference-key'"
+    err = error_from_message(msg, "UNAVAILABLE")
+    assert err.code == "PERMISSION_DENIED"
+    assert error_from_message("This API is restricted, expecting header 'pyramid-inference-key'").code == err.code
+    assert client_failure(err, 1) == (err, False)  # not retried
+    gone = error_from_message("failed to connect to all addresses", "UNAVAILABLE")
+    assert client_failure(gone, 1) == (gone, True)

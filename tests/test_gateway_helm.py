@@ -78,20 +78,28 @@ def test_disabled_means_no_container_and_no_port(values):
     assert all(p["name"] != "openai" for p in by_kind(docs, "Service")[f"{FULL}-router"]["spec"]["ports"])
 
 
-def test_a_keyed_inference_leaves_the_gateway_out(values, tmp_path):
-    """The gateway cannot send the router's inference key yet: values from such a spec turn it off, and the
-    chart refuses both together rather than run a gateway whose every routed request Triton would refuse."""
+def test_a_keyed_inference_gives_the_gateway_the_key(values, tmp_path):
+    """Where the spec keys inference, the gateway container gets the inference key from the chart's Secret
+    (the same Secret key as its tritonserver), and sends it on every inference call; without, it has none."""
     spec = tmp_path / "replay.yaml"
     text = (ROOT / "deploy" / "replay.yaml").read_text(encoding="utf-8").replace("calibration: ../", "calibration: ")
     spec.write_text(text + "security:\n  inference_key: true\n", encoding="utf-8")
     cal = tmp_path / "cal.json"
     _artifact(_names(spec)).save(cal)
     keyed = make_values(spec, cal, image="registry.example/pyramid-moa:0.1.0")
-    assert keyed["gateway"] == {"enabled": False}
+    assert "gateway" not in keyed  # the chart's default: on
     pod = by_kind(render(keyed), "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]
-    assert [c["name"] for c in pod["containers"]] == ["tritonserver"]
-    with pytest.raises(Exception, match="cannot send the inference key"):
-        render({**keyed, "gateway": {"enabled": True}})
+    containers = {c["name"]: c for c in pod["containers"]}
+    assert list(containers) == ["tritonserver", "openai-gateway"]
+
+    def key_env(c: dict) -> dict:
+        return {
+            e["name"]: e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if e["name"] == "PYRAMID_INFERENCE_KEY"
+        }
+
+    assert key_env(containers["openai-gateway"]) == key_env(containers["tritonserver"]) != {}
+    open_pod = by_kind(render(values), "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]
+    assert all(not key_env(c) for c in open_pod["containers"])
 
 
 @pytest.mark.parametrize("gateway", [{"port": 8001}, {"enabled": "yes"}, {"apiKeys": {"secret": "x"}}, {"bogus": 1}])

@@ -318,13 +318,34 @@ def test_a_bug_is_a_500_in_openais_format_and_counted():
     assert "pyramid_gateway_in_flight 0" in metrics.splitlines()
 
 
-def test_make_serve_refuses_the_gateway_with_a_keyed_inference(tmp_path, monkeypatch, capsys):
-    """The gateway's router client sends no inference key yet: serving both would refuse every routed
-    request, so the launcher stops first and says what to change (before starting anything)."""
-    from pyramid_triton import access
-    from pyramid_triton.server import main
+def test_the_gateway_reads_the_inference_key_and_sends_it_with_every_inference_call(monkeypatch, tmp_path):
+    """$PYRAMID_INFERENCE_KEY[_FILE] (a server that keys inference): the router client and the direct
+    engine calls carry it as gRPC metadata under Triton's prefix; a key file others can read is refused."""
+    import asyncio
 
-    monkeypatch.setenv(access.INFERENCE_KEY_ENV, "k" * 32)  # the spec's key, as make serve would use it
-    monkeypatch.delenv(access.INFERENCE_KEY_FILE_ENV, raising=False)
-    assert main([str(tmp_path), "--openai-port", "9000"]) == 2
-    assert "OPENAI_PORT=0" in capsys.readouterr().err
+    from pyramid_client.keys import INFERENCE_KEY_ENV, INFERENCE_KEY_FILE_ENV
+    from pyramid_gateway.__main__ import config_from, parser
+    from pyramid_gateway.upstream import Upstream
+
+    monkeypatch.delenv(INFERENCE_KEY_FILE_ENV, raising=False)
+    monkeypatch.delenv(INFERENCE_KEY_ENV, raising=False)
+    assert config_from(parser().parse_args([])).inference_key is None
+    monkeypatch.setenv(INFERENCE_KEY_ENV, "k" * 32)
+    config = config_from(parser().parse_args([]))
+    assert config.inference_key == "k" * 32
+    want = {"triton-grpc-protocol-pyramid-inference-key": "k" * 32}
+
+    async def headers() -> tuple:
+        up = Upstream("127.0.0.1:1", inference_key=config.inference_key)  # its gRPC clients need a loop
+        try:
+            return up._inference_headers, up.router._transport.headers
+        finally:
+            await up.close()
+
+    assert asyncio.run(headers()) == (want, want)
+    loose = tmp_path / "key"
+    loose.write_text("k" * 32)
+    loose.chmod(0o644)
+    monkeypatch.setenv(INFERENCE_KEY_FILE_ENV, str(loose))
+    with pytest.raises(ValueError, match="readable by others"):
+        config_from(parser().parse_args([]))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .retry import Attempts, RetryHook, RetryPolicy
 from .types import PyramidError, PyramidResult, build_inputs, result_from_outputs
-from .wire import DEADLINE_EXCEEDED, INTERNAL, ROUTER_OUTPUTS
+from .wire import DEADLINE_EXCEEDED, INTERNAL, ROUTER_OUTPUTS, key_headers
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -80,16 +80,19 @@ def resolve_endpoint(url: str | None, protocol: str | None) -> tuple[str, str]:
     return proto, url
 
 
-def make_transport(protocol: str, url: str, model: str, asynchronous: bool) -> Any:
+def make_transport(
+    protocol: str, url: str, model: str, asynchronous: bool, headers: dict[str, str] | None = None
+) -> Any:
     """The transport of one model: ``stream(inputs, request_id, deadline, timeout_s)`` yields each
-    response as ``{output name: scalar}`` (an async iterator when ``asynchronous``)."""
+    response as ``{output name: scalar}`` (an async iterator when ``asynchronous``); ``headers`` go with
+    every request (HTTP headers, or gRPC metadata)."""
     if protocol == "http":
         from .http_transport import AsyncHttpTransport, HttpTransport
 
-        return (AsyncHttpTransport if asynchronous else HttpTransport)(url, model)
+        return (AsyncHttpTransport if asynchronous else HttpTransport)(url, model, headers)
     from .grpc_transport import AsyncGrpcTransport, GrpcTransport
 
-    return (AsyncGrpcTransport if asynchronous else GrpcTransport)(url, model)
+    return (AsyncGrpcTransport if asynchronous else GrpcTransport)(url, model, headers)
 
 
 def _final(last: PyramidResult | None) -> PyramidResult:
@@ -100,8 +103,10 @@ def _final(last: PyramidResult | None) -> PyramidResult:
 
 class _Base(RetryPolicy):
     """What both clients share: the endpoint (``url``, ``protocol``), the router ``model``, the call
-    timeout ``timeout_s`` and the retry policy (``retries``, ``backoff_s``, ``max_backoff_s``,
-    ``on_retry(attempt, error, wait)``: see ``retry``)."""
+    timeout ``timeout_s``, the retry policy (``retries``, ``backoff_s``, ``max_backoff_s``,
+    ``on_retry(attempt, error, wait)``: see ``retry``), and what goes with every request: ``headers``
+    (HTTP headers, or gRPC metadata, as given) and ``inference_key``, the key of a server that puts
+    inference behind one (sent as the protocol needs it: ``wire.key_headers``; docs/SECURITY.md)."""
 
     _asynchronous = False
 
@@ -116,13 +121,18 @@ class _Base(RetryPolicy):
         backoff_s: float = 0.25,
         max_backoff_s: float = 4.0,
         on_retry: RetryHook | None = None,
+        headers: dict[str, str] | None = None,
+        inference_key: str | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         super().__init__(retries, backoff_s, max_backoff_s)
         self.protocol, self.url = resolve_endpoint(url, protocol)
         self.model, self.timeout_s, self.on_retry = model, float(timeout_s), on_retry
-        self._transport = make_transport(self.protocol, self.url, model, self._asynchronous)
+        sent = dict(headers or {})
+        if inference_key:
+            sent.update(key_headers(self.protocol, inference_key))
+        self._transport = make_transport(self.protocol, self.url, model, self._asynchronous, sent)
         self._sleep: Any = asyncio.sleep if self._asynchronous else time.sleep
 
     def _prepare(self, question: str, options: AskOptions, stream: bool) -> tuple[dict[str, Any], str, float]:

@@ -90,11 +90,12 @@ def _from_rpc(exc: Any) -> PyramidError:
 class GrpcTransport:
     protocol = "grpc"
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, headers: dict[str, str] | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         self._mod = grpcclient
         self.url, self.model = url, model
+        self.headers = dict(headers) if headers else None  # gRPC metadata of every request
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -126,7 +127,7 @@ class GrpcTransport:
         got: queue.Queue = queue.Queue()
         ended = False  # the request is over at the server: no cancellation needed
         try:
-            c.start_stream(callback=lambda result, error: got.put((result, error)))
+            c.start_stream(callback=lambda result, error: got.put((result, error)), headers=self.headers)
         except BaseException:
             self._release(c, slot)
             raise
@@ -182,13 +183,14 @@ class GrpcTransport:
 class AsyncGrpcTransport:
     protocol = "grpc"
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, headers: dict[str, str] | None = None) -> None:
         import grpc
         import tritonclient.grpc as grpcclient
         import tritonclient.grpc.aio as aioclient
 
         self._grpc, self._mod = grpc, grpcclient
         self.url, self.model = url, model
+        self.headers = dict(headers) if headers else None  # gRPC metadata of every request
         self._client = aioclient.InferenceServerClient(url)
 
     async def close(self) -> None:
@@ -206,7 +208,7 @@ class AsyncGrpcTransport:
         async def requests():
             yield request
 
-        it = self._client.stream_infer(requests())
+        it = self._client.stream_infer(requests(), headers=self.headers)
         ended = False
         try:
             while True:

@@ -79,9 +79,10 @@ def _error_body(status: int, body: bytes) -> PyramidError:
 class HttpTransport:
     protocol = "http"
 
-    def __init__(self, url: str, model: str) -> None:
+    def __init__(self, url: str, model: str, headers: dict[str, str] | None = None) -> None:
         self.scheme, self.host, self.port, self.prefix = split_url(url)
         self.url, self.model = url, model
+        self.headers = dict(headers or {})  # sent with every request
 
     def close(self) -> None:
         pass
@@ -104,7 +105,7 @@ class HttpTransport:
         conn = self._connection(remaining)
         try:
             try:
-                conn.request("POST", path, body, {"Content-Type": "application/json", "Accept": "*/*"})
+                conn.request("POST", path, body, {**self.headers, "Content-Type": "application/json", "Accept": "*/*"})
                 resp = conn.getresponse()
             except TimeoutError:
                 raise timed_out(timeout_s) from None
@@ -169,8 +170,8 @@ class AsyncHttpTransport:
 
     protocol = "http"
 
-    def __init__(self, url: str, model: str, max_workers: int = 64) -> None:
-        self._sync = HttpTransport(url, model)
+    def __init__(self, url: str, model: str, headers: dict[str, str] | None = None, max_workers: int = 64) -> None:
+        self._sync = HttpTransport(url, model, headers)
         self.url, self.model = url, model
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="pyramid-http")
 

@@ -49,6 +49,8 @@ def error_from_message(message: str, code: str | None = None) -> PyramidError:
     prefixed, text = wire.split_code(message)
     if prefixed:
         return PyramidError(text, prefixed)
+    if wire.refused_by_key(message):  # not retried: a missing or wrong key stays so
+        return PyramidError(message, wire.PERMISSION_DENIED)
     if code:
         return PyramidError(message, wire.code_name(code))
     low = message.lower()

@@ -225,6 +225,20 @@ def _flag(v: Any) -> bool:
     return bool(v) if v is not None else False
 
 
+# --- access keys ----------------------------------------------------------------------------------
+# tritonserver puts API groups behind a header (``--http-restricted-api`` / ``--grpc-restricted-protocol``,
+# docs/SECURITY.md): the admin key guards model control, the inference key (where a spec asks for it)
+# inference. Over gRPC the header travels as metadata under Triton's prefix.
+ADMIN_HEADER = "pyramid-admin-key"
+INFERENCE_HEADER = "pyramid-inference-key"
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # tritonserver 2.51 expects gRPC metadata under this prefix
+
+
+def key_headers(protocol: str, value: str, header: str = INFERENCE_HEADER) -> dict[str, str]:
+    """The header (``http``) or gRPC metadata (``grpc``: Triton's prefix added) that carries a key."""
+    return {(GRPC_HEADER_PREFIX + header) if protocol == "grpc" else header: value}
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 UNKNOWN = "UNKNOWN"
@@ -239,6 +253,9 @@ CANCELLED = "CANCELLED"
 CODE_NAMES = (UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED)
 # The client's own: the call's timeout passed before the whole answer came.
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+# The client's own: a restricted API refused the call (its key is missing or wrong). Triton 2.51 answers
+# such a gRPC call with UNAVAILABLE, which would otherwise be retried; this is a configuration error.
+PERMISSION_DENIED = "PERMISSION_DENIED"
 # gRPC status names that Triton spells differently.
 GRPC_NAMES = {"INVALID_ARGUMENT": INVALID_ARG, "UNIMPLEMENTED": UNSUPPORTED}
 
@@ -257,6 +274,14 @@ def split_code(message: str) -> tuple[str | None, str]:
     if m is None:
         return None, message
     return code_name(m.group(1)), message[m.end() :]
+
+
+def refused_by_key(message: str) -> bool:
+    """Whether a Triton error is a restricted API's refusal (tritonserver 2.51: over HTTP 403 "This API is
+    restricted, expecting header '...'", over gRPC UNAVAILABLE "This protocol is restricted, expecting
+    header 'triton-grpc-protocol-...'")."""
+    low = message.lower()
+    return ("this api is restricted" in low or "this protocol is restricted" in low) and "expecting header" in low
 
 
 def code_name(name: str) -> str:

@@ -1,6 +1,9 @@
 """``python -m pyramid_gateway`` / ``pyramid-gateway``: serve the OpenAI-compatible API with uvicorn.
 
 pyramid-gateway --triton localhost:8001 --port 9000
+
+Where Triton puts inference behind a key (a spec's ``security.inference_key``), the gateway sends it from
+``$PYRAMID_INFERENCE_KEY_FILE`` (a file only its owner can read) or ``$PYRAMID_INFERENCE_KEY``.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from pyramid_client.keys import inference_key_from_env
 
 from .app import GatewayConfig, create_app
 from .auth import ENV_VAR, KeyAuth
@@ -51,7 +56,11 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
             raise ValueError("--committee and --oracle go together")
         committee = tuple(a.strip() for a in args.committee.split(",") if a.strip())
         deployment = Deployment(committee, args.oracle.strip(), args.default_max_tokens)
-    return GatewayConfig(args.triton, args.router, args.timeout_s, args.retries, args.retry_after_s, auth, deployment)
+    key = inference_key_from_env()  # $PYRAMID_INFERENCE_KEY_FILE / $PYRAMID_INFERENCE_KEY: a server that keys inference
+    return GatewayConfig(
+        args.triton, args.router, args.timeout_s, args.retries, args.retry_after_s, auth, deployment,
+        key.value if key is not None else None,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         config = config_from(args)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # AccessError (a bad key or key file) is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(

@@ -56,6 +56,7 @@ class GatewayConfig:
     retry_after_s: int = 1
     auth: KeyAuth | None = None
     deployment: Deployment | None = None  # None: read from the router's model config
+    inference_key: str | None = None  # the server's inference key, where it keys inference (security.inference_key)
 
 
 class ClientGone(Exception):
@@ -136,7 +137,9 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        up = upstream or Upstream(config.triton_url, config.router, config.timeout_s, config.retries, config.deployment)
+        up = upstream or Upstream(
+            config.triton_url, config.router, config.timeout_s, config.retries, config.deployment, config.inference_key
+        )
         state["gateway"] = Gateway(up, config.retry_after_s)
         with contextlib.suppress(Exception):  # Triton may start later: discovered on first use then
             await up.catalog()

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from pyramid_client import PyramidError
-from pyramid_client.wire import split_code
+from pyramid_client.wire import PERMISSION_DENIED, refused_by_key, split_code
 
 # HTTP status of a client that closed the connection before the answer (nginx's convention; nobody
 # receives it, but logs and metrics show it).
@@ -108,6 +108,8 @@ def from_triton_message(message: str, status: str | None = None) -> PyramidError
     prefixed, text = split_code(message)
     if prefixed:
         return PyramidError(text, prefixed)
+    if refused_by_key(message):  # the gateway's inference key is missing or wrong: a configuration error (502)
+        return PyramidError(message, PERMISSION_DENIED)
     if status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
         return PyramidError(message, status)
     low = message.lower()

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pyramid_client import AsyncPyramidClient, PyramidError
+from pyramid_client.wire import key_headers
 
 from .errors import from_triton_message
 
@@ -122,6 +123,7 @@ class Upstream:
         timeout_s: float = 300.0,
         retries: int = 1,
         deployment: Deployment | None = None,
+        inference_key: str | None = None,
     ) -> None:
         import grpc
         import tritonclient.grpc as grpcclient
@@ -129,7 +131,12 @@ class Upstream:
 
         self.url, self.router_name, self.timeout_s = url, router, timeout_s
         self._grpc, self._mod = grpc, grpcclient
-        self.router = AsyncPyramidClient(url, router, timeout_s=timeout_s, retries=retries, backoff_s=0.1)
+        # A server that keys inference (security.inference_key) needs it on every inference call: the router's
+        # and the direct engine calls'. Health and metadata stay open (docs/SECURITY.md).
+        self._inference_headers = key_headers("grpc", inference_key) if inference_key else None
+        self.router = AsyncPyramidClient(
+            url, router, timeout_s=timeout_s, retries=retries, backoff_s=0.1, inference_key=inference_key
+        )
         self._triton = aioclient.InferenceServerClient(url)
         self._catalog: Catalog | None = None
         self.deployment = deployment
@@ -220,7 +227,7 @@ class Upstream:
         async def requests():
             yield request
 
-        it = self._triton.stream_infer(requests(), stream_timeout=self.timeout_s)
+        it = self._triton.stream_infer(requests(), stream_timeout=self.timeout_s, headers=self._inference_headers)
         ended = False
         try:
             while True:

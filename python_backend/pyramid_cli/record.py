@@ -64,8 +64,9 @@ from pyramid_client import PyramidError
 from pyramid_client.cli import parse_args
 from pyramid_client.client import make_transport
 from pyramid_client.http_transport import split_url
+from pyramid_client.keys import inference_key_from_env
 from pyramid_client.retry import Attempts, RetryPolicy
-from pyramid_client.wire import INTERNAL, NOT_FOUND, UNAVAILABLE
+from pyramid_client.wire import INTERNAL, NOT_FOUND, UNAVAILABLE, key_headers
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import ArtifactError, load_artifact, write_text_atomic
 from pyramid_moa.cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
@@ -307,10 +308,12 @@ class Caller:
         self.protocol, self.url, self.timeout_s = protocol, url, timeout_s
         self.policy = RetryPolicy(retries)
         self._transports: dict[str, Any] = {}
+        key = inference_key_from_env()  # a server that keys inference (security.inference_key)
+        self.headers = key_headers(protocol, key.value) if key is not None else None
 
     def transport(self, model: str) -> Any:
         if model not in self._transports:
-            self._transports[model] = make_transport(self.protocol, self.url, model, asynchronous=True)
+            self._transports[model] = make_transport(self.protocol, self.url, model, True, self.headers)
         return self._transports[model]
 
     async def close(self) -> None:

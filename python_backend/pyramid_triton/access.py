@@ -20,83 +20,30 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
-from dataclasses import dataclass
 from pathlib import Path
 
-ADMIN_HEADER = "pyramid-admin-key"
-INFERENCE_HEADER = "pyramid-inference-key"
-GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # tritonserver 2.51 expects gRPC metadata under this prefix
+from pyramid_client.keys import (  # noqa: F401 - re-exported: the server's tools read keys through access
+    ADMIN_KEY_ENV,
+    ADMIN_KEY_FILE_ENV,
+    INFERENCE_KEY_ENV,
+    INFERENCE_KEY_FILE_ENV,
+    AccessError,
+    Key,
+    check,
+    from_env,
+    read_key_file,
+    redacted,
+)
+from pyramid_client.wire import ADMIN_HEADER, INFERENCE_HEADER, key_headers
+
 # Model control and everything that can change or inspect the server's internals; inference, health,
 # metadata and statistics stay open (metrics are on their own port).
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "logging", "trace")
-ADMIN_KEY_ENV = "PYRAMID_ADMIN_KEY"
-ADMIN_KEY_FILE_ENV = "PYRAMID_ADMIN_KEY_FILE"
-INFERENCE_KEY_ENV = "PYRAMID_INFERENCE_KEY"
-INFERENCE_KEY_FILE_ENV = "PYRAMID_INFERENCE_KEY_FILE"
-_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
-
-
-class AccessError(ValueError):
-    """A key could not be read or is unusable; the message names the source and what is wrong."""
-
-
-@dataclass(frozen=True)
-class Key:
-    """A secret header value and where it came from (``env``, ``file PATH`` or ``generated``)."""
-
-    value: str
-    source: str
-
-    def __repr__(self) -> str:  # never the value, even in a traceback or a debug print
-        return f"Key({redacted(self.value)}, from {self.source})"
-
-    __str__ = __repr__
-
-
-def redacted(value: str) -> str:
-    """What may be shown of a key: its first four characters."""
-    return value[:4] + "…" if len(value) > 8 else "…"
 
 
 def generate() -> Key:
     """A new random key (256 bits, URL-safe characters)."""
     return Key(secrets.token_urlsafe(32), "generated")
-
-
-def check(value: str, source: str) -> str:
-    """The key, stripped; AccessError if it cannot travel in a header or on the command line safely."""
-    v = value.strip()
-    if len(v) < 16:
-        raise AccessError(f"the key from {source} is shorter than 16 characters")
-    bad = sorted(set(v) - _ALLOWED)
-    if bad:
-        raise AccessError(f"the key from {source} has characters other than letters, digits and -_.~")
-    return v
-
-
-def read_key_file(path: Path) -> Key:
-    """A key from a file that only its owner can read (like ssh's private keys)."""
-    try:
-        st = path.stat()
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AccessError(f"cannot read the key file {path}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AccessError(f"the key file {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
-    return Key(check(text, f"file {path}"), f"file {path}")
-
-
-def from_env(
-    env: dict[str, str] | None = None, key_env: str = ADMIN_KEY_ENV, file_env: str = ADMIN_KEY_FILE_ENV
-) -> Key | None:
-    """The key named by ``$<file_env>`` (a file) or ``$<key_env>`` (the value); None if neither is set."""
-    env = dict(os.environ if env is None else env)
-    if env.get(file_env):
-        return read_key_file(Path(env[file_env]))
-    if env.get(key_env):
-        return Key(check(env[key_env], f"${key_env}"), f"${key_env}")
-    return None
 
 
 def write_key_file(key: Key, path: Path) -> None:
@@ -130,9 +77,9 @@ def restricted_args(admin: Key, inference: Key | None = None) -> list[str]:
 
 def http_headers(key: Key, header: str = ADMIN_HEADER) -> dict[str, str]:
     """Headers for tritonclient.http (or urllib) calls to a restricted API."""
-    return {header: key.value}
+    return key_headers("http", key.value, header)
 
 
 def grpc_headers(key: Key, header: str = ADMIN_HEADER) -> dict[str, str]:
     """Metadata for tritonclient.grpc calls to a restricted protocol (Triton's prefix added)."""
-    return {GRPC_HEADER_PREFIX + header: key.value}
+    return key_headers("grpc", key.value, header)

@@ -442,14 +442,6 @@ def main(argv: list[str] | None = None) -> int:
     except (access.AccessError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if inference is not None and args.openai_port:
-        # The gateway's router client sends no inference key yet: every routed request would be refused.
-        print(
-            "error: the spec keys inference (security.inference_key), which the OpenAI gateway cannot send yet; "
-            "serve without it (OPENAI_PORT=0) or without the inference key",
-            file=sys.stderr,
-        )
-        return 2
     server = TritonServer(
         Path(args.repository),
         args.http_port,
@@ -475,7 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         from pyramid_gateway.process import GatewayProcess
 
         route = ["--model-repository", str(args.repository)]  # the router's engines, from its rendered config
-        gateway = GatewayProcess(server.grpc_url, args.openai_port, args.host, extra_args=route, spawn=spawn_child)
+        env = dict(os.environ)
+        if inference is not None:  # the gateway sends it on every inference call (pyramid_gateway.__main__)
+            env.pop(access.INFERENCE_KEY_FILE_ENV, None)
+            env[access.INFERENCE_KEY_ENV] = inference.value
+        gateway = GatewayProcess(
+            server.grpc_url, args.openai_port, args.host, extra_args=route, env=env, spawn=spawn_child
+        )
         children.append(gateway)
 
     def ready() -> None:

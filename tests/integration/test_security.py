@@ -320,3 +320,40 @@ def test_the_request_log_file_is_private_and_holds_no_prompt(secured, traces):
     line = next(d for d in lines if d["request_id"] == "rl-1")
     assert line["event"] == "pyramid.request" and line["outcome"] == "ok"
     assert question not in log.read_text(encoding="utf-8") and "text_input" not in line
+
+
+def test_clients_and_the_gateway_send_the_inference_key(secured, traces, tmp_path):
+    """A server that keys inference: ``PyramidClient(inference_key=...)`` gets answers over gRPC and HTTP
+    (without the key, refused), and the OpenAI gateway, given the key in its environment, answers a chat
+    completion through the router and a direct engine call."""
+    from pyramid_client import PyramidClient, PyramidError
+    from pyramid_gateway.process import GatewayProcess
+    from pyramid_triton import access
+    from pyramid_triton.server import TritonServer, free_ports
+
+    key = access.generate()
+    q = traces.questions[0].question
+    with TritonServer(secured.model_repository, log_path=tmp_path / "keyed.log", inference_key=key) as keyed:
+        for url in (keyed.grpc_url, f"http://{keyed.http_url}"):
+            with PyramidClient(url, timeout_s=60, retries=0, inference_key=key.value) as c:
+                assert c.ask(q).answer is not None
+            # without it: refused, and not retried (a missing key stays missing) even with retries left
+            with PyramidClient(url, timeout_s=60, retries=3) as c, pytest.raises(PyramidError, match="restricted") as e:
+                c.ask(q)
+            assert e.value.code == "PERMISSION_DENIED", (url, e.value.code, e.value.message)
+        env = {**os.environ, access.INFERENCE_KEY_ENV: key.value}
+        env.pop(access.INFERENCE_KEY_FILE_ENV, None)
+        args = ["--model-repository", str(secured.model_repository)]
+        gw = GatewayProcess(keyed.grpc_url, free_ports(1)[0], log_path=tmp_path / "gw.log", extra_args=args, env=env)
+        with gw:
+            for path, body in (
+                ("/chat/completions", {"model": "pyramid", "messages": [{"role": "user", "content": q}]}),
+                ("/completions", {"model": COMMITTEE[0], "prompt": q}),  # a direct engine call
+            ):
+                req = urllib.request.Request(
+                    gw.url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+                )
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    out = json.loads(r.read())
+                choice = out["choices"][0]
+                assert (choice.get("message") or {}).get("content") or choice.get("text"), (path, out)
