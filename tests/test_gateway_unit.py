@@ -349,3 +349,19 @@ def test_the_gateway_reads_the_inference_key_and_sends_it_with_every_inference_c
     monkeypatch.setenv(INFERENCE_KEY_FILE_ENV, str(loose))
     with pytest.raises(ValueError, match="readable by others"):
         config_from(parser().parse_args([]))
+
+
+def test_make_serve_hands_the_inference_key_to_the_gateway(tmp_path, monkeypatch):
+    """``make serve`` with a keyed spec (here: the key in the environment) starts the gateway with the key in
+    its environment (as a value: a key file of the caller's is not passed on), so it can send it."""
+    import pyramid_triton.server as server
+    from pyramid_triton import access
+
+    monkeypatch.setenv(access.INFERENCE_KEY_ENV, "k" * 32)
+    monkeypatch.delenv(access.INFERENCE_KEY_FILE_ENV, raising=False)
+    started: list = []
+    monkeypatch.setattr(server, "run_foreground", lambda children, on_ready: started.extend(children) or 0)
+    assert server.main([str(tmp_path), "--openai-port", "9000"]) == 0
+    tritonserver, gateway = started
+    assert tritonserver.inference_key.value == "k" * 32
+    assert gateway.env[access.INFERENCE_KEY_ENV] == "k" * 32 and access.INFERENCE_KEY_FILE_ENV not in gateway.env
