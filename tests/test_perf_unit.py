@@ -408,3 +408,22 @@ def test_cpu_meter_counts_other_processes_and_not_its_own_children():
     s1 = meter.snapshot()
     assert s1["own"] - s0["own"] > 0.05
     assert meter.delta(s0, s1)["own_cores"] > 0
+
+
+def test_the_ab_script_overrides_router_parameters_and_instances_only_where_named():
+    """scripts/ab_floor.py: a parameter it is told to set changes in the rendered config and nowhere else;
+    an unknown one is an error naming it."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ab_floor import set_instances, set_param
+
+    cfg = (Path(__file__).resolve().parents[1] / "model_repository" / "pyramid" / "config.pbtxt").read_text()
+    out = set_param(cfg, "metrics", "false")
+    assert 'key: "metrics" value: { string_value: "false" }' in out
+    assert [a for a, b in zip(cfg.splitlines(), out.splitlines()) if a != b] == [
+        'parameters { key: "metrics" value: { string_value: "true" } }'
+    ]
+    assert "instance_group [ { count: 3 kind: KIND_CPU } ]" in set_instances(cfg, 3)
+    with pytest.raises(KeyError, match="no_such_parameter"):
+        set_param(cfg, "no_such_parameter", "1")
