@@ -523,3 +523,29 @@ def test_a_restricted_apis_refusal_is_permission_denied_and_not_retried():
     assert client_failure(err, 1) == (err, False)  # not retried
     gone = error_from_message("failed to connect to all addresses", "UNAVAILABLE")
     assert client_failure(gone, 1) == (gone, True)
+
+
+def test_pyramid_ask_sends_the_inference_key_from_the_environment(monkeypatch, tmp_path):
+    """``pyramid ask`` against a server that keys inference: the key from $PYRAMID_INFERENCE_KEY[_FILE] goes
+    to the client; a key file others can read is a usage error (exit 2) naming the file."""
+    import pyramid_client.cli as cli
+    from pyramid_client.keys import INFERENCE_KEY_ENV, INFERENCE_KEY_FILE_ENV
+
+    seen: dict = {}
+
+    class Recording:
+        def __init__(self, *args, **kwargs) -> None:
+            seen.update(kwargs)
+            raise cli.PyramidError("not connecting in this test", "UNAVAILABLE")
+
+    monkeypatch.setattr(cli, "PyramidClient", Recording)
+    monkeypatch.delenv(INFERENCE_KEY_FILE_ENV, raising=False)
+    monkeypatch.setenv(INFERENCE_KEY_ENV, "k" * 32)
+    assert cli.ask_main(["q"]) == 1 and seen["inference_key"] == "k" * 32
+    monkeypatch.delenv(INFERENCE_KEY_ENV)
+    assert cli.ask_main(["q"]) == 1 and seen["inference_key"] is None
+    loose = tmp_path / "key"
+    loose.write_text("k" * 32)
+    loose.chmod(0o644)
+    monkeypatch.setenv(INFERENCE_KEY_FILE_ENV, str(loose))
+    assert cli.ask_main(["q"]) == 2

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from .client import PyramidClient, resolve_endpoint
+from .keys import inference_key_from_env
 from .types import PyramidError, PyramidResult
 from .wire import INTERNAL, TIERS
 
@@ -65,6 +66,14 @@ def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> tuple[arg
         raise
 
 
+def env_inference_key() -> str | None:
+    """The inference key of a server that keys inference, from ``$PYRAMID_INFERENCE_KEY_FILE`` (a file only
+    its owner can read) or ``$PYRAMID_INFERENCE_KEY``; None if neither is set. A bad one: ``AccessError``
+    (a ValueError) naming its source."""
+    key = inference_key_from_env()
+    return key.value if key is not None else None
+
+
 def format_result(r: PyramidResult) -> str:
     flags = [f for f, on in (("provisional", r.provisional), ("degraded", r.degraded)) if on]
     costs = ", ".join(f"{v:.3f} ({k})" for k, v in r.costs.items() if v is not None)
@@ -85,7 +94,11 @@ def format_result(r: PyramidResult) -> str:
 def ask_main(argv: list[str] | None = None) -> int:
     """``pyramid ask "question" [--url HOST:PORT] [--protocol grpc|http] [--threshold T]
     [--force-tier TIER] [--deadline-ms MS] [--strict] [--stream] [--json]``."""
-    ap = argparse.ArgumentParser(prog="pyramid ask", description="Ask a Pyramid MoA Triton deployment one question")
+    ap = argparse.ArgumentParser(
+        prog="pyramid ask",
+        description="Ask a Pyramid MoA Triton deployment one question",
+        epilog="A server that keys inference: the key is read from $PYRAMID_INFERENCE_KEY_FILE or $PYRAMID_INFERENCE_KEY.",
+    )
     ap.add_argument("question")
     add_connection_args(ap)
     add_routing_args(ap)
@@ -93,7 +106,8 @@ def ask_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="the whole result as JSON (--stream: one JSON line each)")
     args, protocol, url = parse_args(ap, argv)
     try:
-        with PyramidClient(url, args.model, args.timeout, args.retries, protocol=protocol) as client:
+        key = env_inference_key()
+        with PyramidClient(url, args.model, args.timeout, args.retries, protocol=protocol, inference_key=key) as client:
             kwargs = routing_kwargs(args)
             if args.stream:
                 n = 0

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pyramid_client import AsyncPyramidClient, PyramidError, PyramidResult
-from pyramid_client.cli import add_connection_args, add_routing_args, parse_args, routing_kwargs
+from pyramid_client.cli import add_connection_args, add_routing_args, env_inference_key, parse_args, routing_kwargs
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import write_json_atomic
 from pyramid_moa.cost import COST_MODELS
@@ -389,7 +389,10 @@ def run_gsm8k_main(argv: list[str] | None = None) -> int:
     progress = Progress(len(chosen), sys.stderr, enabled=not args.quiet)
 
     async def run() -> list[Outcome]:
-        async with AsyncPyramidClient(url, args.model, args.timeout, args.retries, protocol=protocol) as client:
+        key = env_inference_key()  # a server that keys inference
+        async with AsyncPyramidClient(
+            url, args.model, args.timeout, args.retries, protocol=protocol, inference_key=key
+        ) as client:
             return await run_questions(
                 client, chosen, args.concurrency, on_done=lambda o: progress.update(o.error is None),
                 **routing_kwargs(args),
