@@ -14,8 +14,6 @@ Usage: python scripts/ab_floor.py [--python-backend DIR] [--param metrics=false]
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import re
 import statistics
 import sys
@@ -31,11 +29,9 @@ from pyramid_triton.perf import (  # noqa: E402
     FLOOR_MODEL,
     INSTALL_HINT,
     PerfAnalyzer,
-    add_floor,
     admin_headers,
     find_perf_analyzer,
-    input_data,
-    render_spec,
+    floor_deployment,
 )
 
 
@@ -66,13 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if pa_bin is None:
         print(f"error: perf_analyzer not found; {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from pyramid_moa.traces import TraceSet
     from pyramid_triton.server import TritonServer
 
-    traces = ROOT / "data" / "gsm8k"
     out = Path(tempfile.mkdtemp(prefix="ab-floor-"))
-    repo = render_spec(ROOT / "deploy" / "replay.yaml", traces, a.calibration, out / "repository", None)
-    add_floor(repo, a.calibration, traces)
+    repo = floor_deployment(ROOT / "deploy" / "replay.yaml", ROOT / "data" / "gsm8k", a.calibration, out)
     router_cfg = repo / "pyramid" / "config.pbtxt"
     config = router_cfg.read_text(encoding="utf-8")
     try:
@@ -91,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         floor_cfg = repo / FLOOR_MODEL / "config.pbtxt"
         floor_cfg.write_text(set_instances(floor_cfg.read_text(encoding="utf-8"), a.instances), encoding="utf-8")
     router_cfg.write_text(config, encoding="utf-8")
-    questions = [q.question for q in TraceSet.open(traces).questions.values()]
-    random.Random(0).shuffle(questions)
-    (out / "inputs.json").write_text(json.dumps(input_data(questions)), encoding="utf-8")
     targets = ["pyramid", FLOOR_MODEL]
     rps: dict[str, list[float]] = {t: [] for t in targets}
     with TritonServer(repo, log_path=out / "tritonserver.log") as server:

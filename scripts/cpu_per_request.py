@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -27,11 +26,9 @@ from pyramid_triton.perf import (  # noqa: E402
     FLOOR_MODEL,
     INSTALL_HINT,
     PerfAnalyzer,
-    add_floor,
     admin_headers,
     find_perf_analyzer,
-    input_data,
-    render_spec,
+    floor_deployment,
 )
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -100,16 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if pa_bin is None:
         print(f"error: perf_analyzer not found; {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from pyramid_moa.traces import TraceSet
     from pyramid_triton.server import TritonServer
 
-    traces = ROOT / "data" / "gsm8k"
-    a.out.mkdir(parents=True, exist_ok=True)
-    repo = render_spec(ROOT / "deploy" / "replay.yaml", traces, a.calibration, a.out / "repository", None)
-    add_floor(repo, a.calibration, traces)
-    questions = [q.question for q in TraceSet.open(traces).questions.values()]
-    random.Random(0).shuffle(questions)
-    (a.out / "inputs.json").write_text(json.dumps(input_data(questions)), encoding="utf-8")
+    repo = floor_deployment(ROOT / "deploy" / "replay.yaml", ROOT / "data" / "gsm8k", a.calibration, a.out)
     rows = []
     with TritonServer(repo, log_path=a.out / "tritonserver.log") as server:
         assert server.proc is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -574,6 +575,21 @@ def add_floor(repo: Path, calibration: str | Path, traces: Path, default_max_tok
     _write_model(TEMPLATES / "floor", dest, values | {"default_max_tokens": default_max_tokens}, "the floor")
     (dest / PLAN_FILE).write_text(json.dumps(plans), encoding="utf-8")
     return FLOOR_MODEL
+
+
+def floor_deployment(spec: Path, traces: Path, calibration: str | Path, out: Path, seed: int = 0) -> Path:
+    """What the quick router-vs-floor tools serve (``scripts/ab_floor.py``, ``scripts/cpu_per_request.py``):
+    ``spec`` rendered under ``out/repository`` with zero-latency engines on ``traces`` and the floor beside
+    the router, and ``out/inputs.json``: every question of ``traces``, shuffled by ``seed``. The repository."""
+    from pyramid_moa.traces import TraceSet
+
+    out.mkdir(parents=True, exist_ok=True)
+    repo = render_spec(spec, traces, str(calibration), out / "repository", None)
+    add_floor(repo, calibration, traces)
+    questions = [q.question for q in TraceSet.open(traces).questions.values()]
+    random.Random(seed).shuffle(questions)
+    (out / "inputs.json").write_text(json.dumps(input_data(questions)), encoding="utf-8")
+    return repo
 
 
 def zero_latency_phase(
