@@ -10,8 +10,10 @@
 #
 # usage: scripts/trtllm_container.sh [--ports] [--] COMMAND [ARGS...]
 # env:   TRITON_IMAGE (default below), GPUS, SHM_SIZE (8g), EXTRA_MOUNTS, HTTP_PORT/GRPC_PORT/METRICS_PORT
-#        (8000/8001/8002), DOCKER (docker); HF_TOKEN (gated checkpoints), TRTLLM_SRC, GPU_REPO, GPU_CALIBRATION
-#        and LOG_VERBOSE are passed through when set
+#        (8000/8001/8002), DOCKER (docker); HF_TOKEN (gated checkpoints), TRTLLM_SRC, GPU_REPO, GPU_CALIBRATION,
+#        ALLOW_UNUSED_ENGINES and LOG_VERBOSE are passed through when set
+# Interactive (docker run -it) only when started in the foreground of a terminal: a background job
+# (make serve-gpu ... &) runs without -i and -t, so the terminal does not stop it.
 set -euo pipefail
 
 TRITON_IMAGE=${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3}
@@ -22,6 +24,15 @@ GRPC_PORT=${GRPC_PORT:-8001}
 METRICS_PORT=${METRICS_PORT:-8002}
 DOCKER=${DOCKER:-docker}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Whether this script's process group is the foreground group of its terminal (/proc/PID/stat fields 5 and 8:
+# pgrp and tpgid); a job started with & from an interactive shell is in a group of its own, not the foreground.
+in_foreground() {
+  local stat fields
+  stat=$(</proc/$$/stat) || return 1
+  read -ra fields <<<"${stat##*) }"  # after the command name, which may hold spaces: state ppid pgrp session tty tpgid
+  [ "${#fields[@]}" -ge 6 ] && [ "${fields[2]}" = "${fields[5]}" ]
+}
 
 ports=0
 while [ $# -gt 0 ]; do
@@ -50,7 +61,7 @@ fi
 
 args=(run --rm --gpus "$GPUS" --shm-size "$SHM_SIZE" --ulimit memlock=-1 --ulimit stack=67108864
       -v "$ROOT:$ROOT" -w "$ROOT" -e PYTHONDONTWRITEBYTECODE=1)
-for v in HF_TOKEN TRTLLM_SRC GPU_REPO GPU_CALIBRATION LOG_VERBOSE; do  # passed through when set
+for v in HF_TOKEN TRTLLM_SRC GPU_REPO GPU_CALIBRATION ALLOW_UNUSED_ENGINES LOG_VERBOSE; do  # passed through when set
   if [ -n "${!v:-}" ]; then
     args+=(-e "$v")
   fi
@@ -62,7 +73,10 @@ if [ "$ports" = 1 ]; then
   args+=(-p "$HTTP_PORT:$HTTP_PORT" -p "$GRPC_PORT:$GRPC_PORT" -p "$METRICS_PORT:$METRICS_PORT"
          -e "HTTP_PORT=$HTTP_PORT" -e "GRPC_PORT=$GRPC_PORT" -e "METRICS_PORT=$METRICS_PORT")
 fi
-if [ -t 0 ] && [ -t 1 ]; then
+# -it only for a foreground job on a terminal: with -t, docker puts the terminal in raw mode, and a background
+# job that does (make serve-gpu ... &) is stopped by the kernel ("Stopped (tty output)", SIGTTOU); with -i a
+# background job reading the terminal is stopped too (SIGTTIN). A background job runs without either.
+if [ -t 0 ] && [ -t 1 ] && in_foreground; then
   args+=(-it)
 fi
 echo "+ $DOCKER ${args[*]} $TRITON_IMAGE $*" >&2
