@@ -5,6 +5,11 @@ serialize to plain JSON) and a registry, RouteLLM-style, so a new calibrator
 is one class. Fitting uses scikit-learn; *scoring* is pure Python/numpy from
 the JSON parameters, so the in-server router needs no scikit-learn and the
 offline and in-server numbers are computed by the same code.
+
+Labels may be soft (``--labels estimated``: the probability that each committee answer is right):
+the logistic and isotonic fits take them as targets directly (the log-loss and squared loss of
+an expectation), gradient boosting sees each row twice, once correct and once wrong, weighted by
+the probability of each.
 """
 
 from __future__ import annotations
@@ -158,7 +163,7 @@ class IsotonicCalibrator(Calibrator):
         y = np.asarray(y)
         _check_fit_data(X, y)
         oof = np.zeros(len(y))
-        for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(X, y):
+        for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(X, y >= 0.5):
             part = LogisticCalibrator(c=self.base.c).fit(X[tr], y[tr])
             oof[te] = [part.score(row) for row in X[te].tolist()]
         self.base.fit(X, y)
@@ -212,7 +217,14 @@ class GradientBoostingCalibrator(Calibrator):
         from sklearn.ensemble import GradientBoostingClassifier
 
         X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float)
         _check_fit_data(X, y)
+        # Soft labels: both copies of each row, weighted by the probability of each (hard labels as given).
+        X2, y2, w2 = X, y, None
+        if not np.all((y == 0) | (y == 1)):
+            w2 = np.r_[y, 1.0 - y]
+            keep = w2 > 0
+            X2, y2, w2 = np.r_[X, X][keep], np.r_[np.ones(len(y)), np.zeros(len(y))][keep], w2[keep]
         model = GradientBoostingClassifier(
             n_estimators=self.n_estimators,
             max_depth=self.max_depth,
@@ -220,7 +232,7 @@ class GradientBoostingCalibrator(Calibrator):
             subsample=0.8,
             min_samples_leaf=10,
             random_state=0,
-        ).fit(X, y)
+        ).fit(X2, y2, sample_weight=w2)
         p0 = float(np.clip(np.mean(y), 1e-6, 1 - 1e-6))
         self.init = math.log(p0 / (1 - p0))
         self.trees = []

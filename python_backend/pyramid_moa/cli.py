@@ -19,7 +19,7 @@ from .answers import task_names
 from .artifact import ArtifactError, load_artifact, load_calibrations, save_calibration_set, write_json_atomic
 from .calibration import calibrator_names
 from .cost import COST_MODELS
-from .dataset import LABELS, load_routing_data, parse_overrides
+from .dataset import LABELS, TRUTH_VOTERS, load_routing_data, parse_overrides
 from .features import feature_set_names
 from .fitting import MAX_DEPTH, Target, TargetUnreachable, fit_router
 from .registry import UnknownName
@@ -49,7 +49,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--max-accuracy-drop",
         type=float,
         metavar="E",
-        help="cheapest τ with gold accuracy >= oracle - E (the default under --labels gold: 0)",
+        help="cheapest τ with accuracy >= the oracle's - E: by gold under --labels gold, by the estimate under "
+        "--labels estimated (the default under both: 0)",
     )
     g.add_argument(
         "--max-disagreement",
@@ -61,8 +62,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--labels",
         choices=LABELS,
-        help="what a correct committee answer is: equal to gold, or to the oracle's answer (no gold read; "
-        "no arbiter); default gold when every question has a gold answer, else oracle",
+        help="what a correct committee answer is: equal to gold; equal to the oracle's answer (no gold read; "
+        "no arbiter); or estimated: the probability that it is right, estimated from every recorded model's "
+        "answer with the oracle one fallible voter (no gold read; no arbiter); default gold when every "
+        "question has a gold answer, else oracle",
+    )
+    p.add_argument(
+        "--truth-voters",
+        default="all",
+        metavar="all|routed|A,B",
+        help="--labels estimated: the models that vote on which answer is right besides the committee and "
+        f"the oracle: every other source of the traces (all, the default), none (routed), or a list ({TRUTH_VOTERS})",
     )
     p.add_argument("--cost", choices=COST_MODELS, default="flops", help="cost model the target and savings use")
     p.add_argument(
@@ -116,6 +126,7 @@ def _target(a: argparse.Namespace, labels: str) -> Target:
         target = Target("max_accuracy_drop", a.max_accuracy_drop)
     elif labels == "oracle":
         target = Target("max_disagreement", DEFAULT_MAX_DISAGREEMENT)
+    # under gold and estimated labels: accuracy (gold, or expected under the estimate) >= the oracle's
     else:
         target = Target("max_accuracy_drop", 0.0)
     target.check_labels(labels)
@@ -142,7 +153,10 @@ def _data(a: argparse.Namespace):
         parse_overrides(a.params, "--params"),
         parse_overrides(a.price, "--price"),
         labels=a.labels,
+        truth_voters=a.truth_voters,
     )
+    if a.truth_voters != "all" and data.labels != "estimated":
+        raise ValueError("--truth-voters applies to --labels estimated only")
     if semantic:
         prepare_semantic(data, a.embedding_cache, a.similarity_threshold, a.grade)
     return data
@@ -173,6 +187,14 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     if data.labels == "oracle":  # accuracy under oracle labels is agreement; the gap is the disagreement
         gap = fs["oracle_accuracy"] - fs["oof_accuracy"]
         quality = f"labels oracle: disagreement with the oracle {gap:.4f}, no arbiter"
+    elif data.labels == "estimated":
+        tr = fs["truth"]
+        quality = (
+            f"labels estimated ({len(tr['voters'])} voters): estimated accuracy {fs['oof_accuracy']:.4f} vs "
+            f"the oracle's {fs['oracle_accuracy']:.4f}, no arbiter"
+        )
+        if "error_vs_gold" in tr:
+            quality += f" (estimate's largest accuracy error by gold {tr['error_vs_gold']['max_abs_accuracy_error']:.4f})"
     else:
         quality = f"accuracy {fs['oof_accuracy']:.4f} vs oracle {fs['oracle_accuracy']:.4f}"
     print(

@@ -8,6 +8,10 @@ files and every number comes from the same aligned rows.
 ``correct``: ``gold`` compares with the gold answers; ``oracle`` with the oracle's own answer under
 the task's equality (no gold is read), so a router fitted on it reproduces the oracle at lower
 cost. Where the reference is missing (no gold, or the oracle gave no answer) nothing is correct.
+``estimated`` reads no gold either: ``correct`` is the estimated probability that an answer is the
+right one (a float per question, ``truth.py``), from every recorded model's answer (``voters``:
+models of the traces besides the committee and the oracle), the oracle one fallible voter among
+them; the estimate is fitted on ``truth_rows`` (``fitted_on``: a fold's fitting questions).
 ``with_labels`` gives the same rows under the other labels (caches shared), so the evaluator can
 score a policy by both.
 """
@@ -19,12 +23,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .answers import get_task
+from .answers import answer_key, get_task
 from .cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
 from .features import AgentOutput, make_feature_set
 from .traces import TraceError, TraceSet, sample_output
+from .truth import TruthEstimate, estimate_error, fit_truth, group_answers
 
-LABELS = ("gold", "oracle")
+LABELS = ("gold", "oracle", "estimated")
+# --labels estimated: which recorded models vote on the truth besides the committee and the oracle.
+TRUTH_VOTERS = ("all", "routed")  # every source of the traces / none (or a comma-separated list)
 
 
 @dataclass
@@ -45,6 +52,12 @@ class RoutingData:
     feature_options: dict = field(default_factory=dict)  # passed to make_feature_set (semantic: threshold)
     _cost_cache: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _feature_cache: dict[tuple, tuple[np.ndarray, list[str | None]]] = field(default_factory=dict)
+    # --labels estimated: further models' answers (None: no answer) and whether each has a record of
+    # the question; the questions the estimate is fitted on (None: all); the fit, once made.
+    voters: dict[str, list[str | None]] = field(default_factory=dict)
+    voters_present: dict[str, list[bool]] = field(default_factory=dict)
+    truth_rows: tuple[int, ...] | None = None
+    _truth: list = field(default_factory=list)  # [TruthEstimate, per-question {answer key: group}]
 
     @property
     def n(self) -> int:
@@ -60,8 +73,92 @@ class RoutingData:
         return all(g is not None for g in self.gold)
 
     def reference(self) -> list[str | None]:
-        """Per question, the answer ``correct`` compares with under ``labels``."""
+        """Per question, the answer ``correct`` compares with under ``labels`` (``estimated``: the likeliest)."""
+        if self.labels == "estimated":
+            est = self.truth()
+            best = est.posterior.argmax(1)
+            cols = [self._voter_answers(v) for v in est.voters]
+            out: list[str | None] = []
+            for i, g in enumerate(best):
+                j = np.flatnonzero(est.groups[i] == g)
+                out.append(cols[j[0]][i] if len(j) and est.posterior[i, g] > est.none[i] else None)
+            return out
         return list(self.gold) if self.labels == "gold" else self.answers(self.oracle)
+
+    # ---- --labels estimated ----------------------------------------------------------------------
+    def truth_voters(self) -> list[str]:
+        """The models whose answers the estimate reads: the committee, the oracle, then ``voters``
+        (answers compared by meaning, ``semantic``, use the committee and the oracle only: only
+        their outputs are embedded)."""
+        extra = list(self.voters) if get_task(self.task).keyed else []
+        return [*self.committee, self.oracle, *extra]
+
+    def _voter_answers(self, name: str) -> list[str | None]:
+        return self.answers(name) if name in self.outputs else self.voters[name]
+
+    def truth(self) -> TruthEstimate:
+        """The latent-truth estimate (``truth.fit_truth``) fitted on ``truth_rows``; made once."""
+        if not self._truth:
+            names = self.truth_voters()
+            answers = [self._voter_answers(v) for v in names]
+            present = [[True] * self.n if v in self.outputs else self.voters_present[v] for v in names]
+            task = get_task(self.task)
+            if task.keyed:
+                G = group_answers(answers, key=lambda a: answer_key(a, task.numeric), present=present)
+                keymaps = [
+                    {answer_key(a[i], task.numeric): int(G[i, j]) for j, a in enumerate(answers) if G[i, j] >= 0}
+                    for i in range(self.n)
+                ]
+            else:
+                G = group_answers(answers, equal=self.equal_answers, present=present)
+                keymaps = None
+            rows = None if self.truth_rows is None else np.array(self.truth_rows, int)
+            self._truth[:] = [fit_truth(G, names, rows), keymaps]
+        return self._truth[0]
+
+    def fitted_on(self, rows: np.ndarray) -> RoutingData:
+        """The same rows with the answer estimate fitted on ``rows`` only (other labels: ``self``)."""
+        rows_t = tuple(int(r) for r in np.sort(np.asarray(rows)))
+        if self.labels != "estimated" or rows_t == (self.truth_rows or tuple(range(self.n))):
+            return self
+        return replace(self, truth_rows=rows_t, _truth=[])
+
+    def truth_report(self, rows: np.ndarray | None = None) -> dict:
+        """The estimate's parameters, and where every question has gold, its own error: estimated vs
+        true accuracy of each voter and the calibration of the posteriors (over ``rows``, default
+        the fitted questions)."""
+        est = self.truth()
+        out = est.summary()
+        if self.has_gold:
+            eq = self.equal_gold
+            gold_ok = {
+                v: np.array([a is not None and eq(a, g) for a, g in zip(self._voter_answers(v), self.gold)])
+                for v in est.voters
+            }
+            out["error_vs_gold"] = estimate_error(est, gold_ok, rows)
+        return out
+
+    def _estimated(self, answers: list[str | None]) -> np.ndarray:
+        est = self.truth()
+        keymaps = self._truth[1]
+        out = np.zeros(self.n)
+        if keymaps is not None:
+            numeric = get_task(self.task).numeric
+            for i, a in enumerate(answers):
+                g = None if a is None else keymaps[i].get(answer_key(a, numeric))
+                if g is not None:
+                    out[i] = est.posterior[i, g]
+            return out
+        eq = self.equal_answers
+        cols = [self._voter_answers(v) for v in est.voters]
+        for i, a in enumerate(answers):
+            if a is None:
+                continue
+            for j, col in enumerate(cols):
+                if est.groups[i, j] >= 0 and eq(a, col[i]):
+                    out[i] = est.posterior[i, est.groups[i, j]]
+                    break
+        return out
 
     def with_labels(self, labels: str) -> RoutingData:
         """The same rows under other labels (feature and cost caches shared)."""
@@ -78,6 +175,10 @@ class RoutingData:
         return self.grade or self.equal_answers
 
     def correct(self, answers: list[str | None]) -> np.ndarray:
+        """Per question, whether each answer is correct under ``labels``: bool, or under ``estimated``
+        the estimated probability that it is (float)."""
+        if self.labels == "estimated":
+            return self._estimated(answers)
         eq = self.equal_gold if self.labels == "gold" else self.equal_answers
         return np.array([g is not None and eq(a, g) for a, g in zip(answers, self.reference())], dtype=bool)
 
@@ -149,11 +250,14 @@ def load_routing_data(
     params: dict[str, list[float]] | None = None,
     prices: dict[str, list[float]] | None = None,
     labels: str | None = None,
+    truth_voters: str = "all",
 ) -> RoutingData:
     """Align first samples of the committee and oracle on a common question set.
 
-    ``labels``: ``gold``, ``oracle``, or None for ``gold`` when every question has a gold answer
-    and ``oracle`` otherwise. ``gold`` on questions without gold is an error naming the file."""
+    ``labels``: ``gold``, ``oracle``, ``estimated``, or None for ``gold`` when every question has a
+    gold answer and ``oracle`` otherwise. ``gold`` on questions without gold is an error naming the
+    file. ``truth_voters`` (``estimated`` only): the further models whose answers vote on the
+    truth: ``all`` (every other source of the traces), ``routed`` (none), or a comma-separated list."""
     if labels is not None and labels not in LABELS:
         raise ValueError(f"unknown labels {labels!r}; use one of {LABELS}")
     if len(committee) < 2:
@@ -191,4 +295,24 @@ def load_routing_data(
             f"{ts.root / 'questions.jsonl'}: {len(missing)} of {len(idxs)} questions have no gold answer ({how}); "
             "--labels gold needs one for every question: use --labels oracle (agreement with the oracle)"
         )
-    return RoutingData(idxs, questions, gold, list(committee), oracle, outputs, CostModel(models), task, labels)
+    data = RoutingData(idxs, questions, gold, list(committee), oracle, outputs, CostModel(models), task, labels)
+    if labels == "estimated":
+        if truth_voters == "all":
+            extra = [v for v in ts.sources if v not in names]
+        elif truth_voters == "routed":
+            extra = []
+        else:
+            extra = [v.strip() for v in truth_voters.split(",") if v.strip() and v.strip() not in names]
+        for v in extra:
+            ts.source(v)  # an unknown name: TraceError
+            try:
+                rows = ts.samples(v)
+            except TraceError:
+                if truth_voters != "all":
+                    raise
+                continue  # "all": a source listed without a readable trace file adds nothing
+            if not any(i in rows for i in idxs):
+                continue  # recorded on other questions: no evidence here
+            data.voters[v] = [sample_output(v, rows[i][0]).answer if rows.get(i) else None for i in idxs]
+            data.voters_present[v] = [bool(rows.get(i)) for i in idxs]
+    return data

@@ -11,7 +11,9 @@ scored on the questions it was *not* fitted on.
 A policy's outcome is the answer it returns per question; every point is scored twice from it:
 ``accuracy`` against gold (None when some question has none) and ``fidelity`` against the oracle
 (1 - ``disagreement``: the share of all questions whose returned answer differs from the oracle's
-answer, where it gave one). What the fit learns from is the data's ``labels`` (gold or oracle).
+answer, where it gave one). What the fit learns from is the data's ``labels`` (gold, oracle, or
+estimated: then every fold's answer estimate is fitted on its fitting questions alone, and the
+result's ``truth`` holds the estimate on all questions with its error against gold, where there is gold).
 """
 
 from __future__ import annotations
@@ -326,7 +328,7 @@ def evaluate(
         for k, (fit, test) in enumerate(kf.split(np.arange(n))):
             say(f"fold {k + 1}/{folds}: fitting router on {len(fit)} questions")
             rf = RouterFit(
-                data, fit, cost_kind, feature_set, calibrator, adaptive, seed, arbiter,
+                data.fitted_on(fit), fit, cost_kind, feature_set, calibrator, adaptive, seed, arbiter,
                 max_depth=max_depth, weighted_vote=weighted_vote, target=target,
             )  # fmt: skip
             splits.append((fit, test, rf.artifact(target), rf))
@@ -342,7 +344,9 @@ def evaluate(
     for k, (fit, test, art, rf) in enumerate(splits):
         say(f"fold {k + 1}/{len(splits)}: routing {len(test)} held-out questions")
         ours.append((test, ev.route_artifact(art, test)))
-        prep = ev.sweep_prep(art, test)
+        fold_data = data.fitted_on(fit)  # estimated labels: the fold's own estimate (else data itself)
+        fev = ev if fold_data is data else Evaluator(fold_data, cost_kind)
+        prep = fev.sweep_prep(art, test)
         for t in taus:
             sweeps[t].append((test, ev.sweep_artifact(prep, test, float(t))))
         cal_p[test] = prep["probs"][-1]
@@ -351,7 +355,7 @@ def evaluate(
         for name, o in ev.fixed(test).items():
             baselines.setdefault(name, []).append((test, o))
         if len(fit) >= 40:
-            for name, o in _fitted_baselines(ev, data, fit, test, target, cost_kind, seed, rf if adaptive else None):
+            for name, o in _fitted_baselines(fev, fold_data, fit, test, target, cost_kind, seed, rf if adaptive else None):
                 baselines.setdefault(name, []).append((test, o))
 
     rows_all = np.concatenate([t for t, _ in ours])
@@ -381,7 +385,7 @@ def evaluate(
 
     score = "accuracy" if ev.gold is not None else "fidelity"  # APGR on gold where there is gold
     weak = sweep[0][score]
-    ok_rows = cal_y[rows_all].astype(bool)
+    ok_rows = cal_y[rows_all]  # soft under estimated labels: ECE and Brier against the probabilities
     result = {
         "protocol": protocol,
         "setup": {
@@ -406,10 +410,13 @@ def evaluate(
         "calibration": {
             "ece": ece(cal_p[rows_all], ok_rows),
             "brier": brier(cal_p[rows_all], ok_rows),
-            "auroc": auroc(cal_p[rows_all], ok_rows),
+            "auroc": auroc(cal_p[rows_all], ok_rows >= 0.5),
             "committee_accuracy": float(ok_rows.mean()),
             "reliability": reliability(cal_p[rows_all], ok_rows),
-            "of": f"held-out P(last stage's committee answer is correct), correct = equal to the {data.labels} answer",
+            "of": f"held-out P(last stage's committee answer is correct), correct = equal to the {data.labels} answer"
+            if data.labels != "estimated"
+            else "held-out P(last stage's committee answer is correct) vs the estimated probability that it is "
+            "(the fold's own estimate; AUROC against estimated > 0.5)",
         },
         "apgr": apgr(
             np.array([s["oracle_call_rate"] for s in sweep]),
@@ -425,6 +432,8 @@ def evaluate(
         ),
         "schedules": schedules,
     }
+    if data.labels == "estimated":
+        result["truth"] = data.truth_report()
     return result
 
 

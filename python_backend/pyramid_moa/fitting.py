@@ -18,8 +18,11 @@ by chance.
 
 What "correct" means is the data's ``labels`` (``RoutingData.correct``): against gold, or against
 the oracle's own answer (label-free: a router fitted so reproduces the oracle at lower cost, and
-its floor target is ``max_disagreement``). Nothing here branches on it; the arbiter, trained where
-exactly one of committee and oracle is right, finds no such case under oracle labels and is off.
+its floor target is ``max_disagreement``), or the estimated probability that the answer is right
+(label-free, ``truth.py``: a float, so accuracies are expected accuracies and the calibrators fit
+soft labels; the estimate is refitted on the fitting questions alone). Nothing else branches on it;
+the arbiter, trained where exactly one of committee and oracle is right, finds no such case under
+oracle labels and is off, and under estimated labels it is off too (no question is known to be one).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ TARGET_KINDS = ("oracle_rate", "cost", "max_accuracy_drop", "max_disagreement")
 # "accuracy" is the share of questions it answered, so the gap is the share of all questions whose
 # returned answer differs from the oracle's (a question the oracle gave no answer on counts for none).
 FLOOR_KINDS = ("max_accuracy_drop", "max_disagreement")
-TARGET_LABELS = {"max_accuracy_drop": "gold", "max_disagreement": "oracle"}
+# Under estimated labels accuracy is the expected accuracy under the estimate, the oracle's included, so
+# max_accuracy_drop means the same there: within E of the oracle's (estimated) accuracy.
+TARGET_LABELS = {"max_accuracy_drop": ("gold", "estimated"), "max_disagreement": ("oracle",)}
 INNER_FOLDS = 5
 MAX_GRID = 120  # last-stage threshold candidates
 MAX_DEPTH = 3  # stages below the oracle that the search considers by default
@@ -81,10 +86,10 @@ class Target:
     def check_labels(self, labels: str) -> None:
         """A floor target is stated in one kind of labels: refuse it under the other."""
         need = TARGET_LABELS.get(self.kind)
-        if need is not None and need != labels:
-            other = next(k for k, v in TARGET_LABELS.items() if v == labels)
+        if need is not None and labels not in need:
+            other = next(k for k, v in TARGET_LABELS.items() if labels in v)
             raise ValueError(
-                f"target {self.kind} needs {need} labels, and these are {labels} labels; "
+                f"target {self.kind} needs {' or '.join(need)} labels, and these are {labels} labels; "
                 f"use --{other.replace('_', '-')} (or --target-oracle-rate / --target-cost)"
             )
 
@@ -268,10 +273,12 @@ def choose(evs: list[Evaluated], target: Target, oracle_acc: float, n_questions:
 
 
 def _oof_and_fit(X: np.ndarray, y: np.ndarray, calibrator: str, seed: int) -> tuple[np.ndarray, object]:
+    """Out-of-fold probabilities and the calibrator fitted on all of ``X``; ``y`` may be soft (the
+    probability that each is correct, estimated labels): folds are stratified by y >= 0.5."""
     from sklearn.model_selection import StratifiedKFold
 
     oof = np.zeros(len(y))
-    for tr, te in StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(X, y):
+    for tr, te in StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed).split(X, np.asarray(y) >= 0.5):
         oof[te] = make_calibrator(calibrator).fit(X[tr], y[tr]).predict(X[te])
     return oof, make_calibrator(calibrator).fit(X, y)
 
@@ -353,6 +360,7 @@ class RouterFit:
         data.cost_model.require(cost_kind, [*data.committee, data.oracle])
         if target is not None:
             target.check_labels(data.labels)
+        data = data.fitted_on(rows)  # estimated labels: the estimate sees the fitting questions only
         t0 = time.perf_counter()
         self.data, self.rows, self.cost_kind = data, rows, cost_kind
         self.feature_set, self.calibrator, self.seed, self.traces = feature_set, calibrator, seed, traces
@@ -361,7 +369,7 @@ class RouterFit:
         # Vote weights and the arbiter are fitted by comparing answer keys; answers compared by
         # meaning (semantic) have none, so those stages keep a plain vote and the oracle's answer.
         keyed = get_task(data.task).keyed
-        self.use_arbiter, self.max_depth = arbiter and keyed, max_depth
+        self.use_arbiter, self.max_depth = arbiter and keyed and data.labels != "estimated", max_depth
         self.weighted_vote = weighted_vote and not symmetric and keyed
         self.numeric = get_task(data.task).numeric
         self.oracle_ok = data.correct(data.answers(data.oracle))[rows]
@@ -571,7 +579,9 @@ class RouterFit:
                 "mean_output_tokens": {
                     name: _mean_tokens([d.outputs[name][r] for r in self.rows]) for name in [*d.committee, d.oracle]
                 },
-            },
+            }
+            # Estimated labels: the estimate's parameters and, where there is gold, its own error.
+            | ({"truth": d.truth_report()} if d.labels == "estimated" else {}),
             arbiter=cand.arbiter,
         )
 
