@@ -128,12 +128,16 @@ $(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py script
 	  --note 'transfer: symmetric semantic features fitted on gpt-3.5/gpt-4 whole GSM8K outputs, oracle labels'
 	$(PY) scripts/calibration_set.py $@ $(OUT)/calibration/llamacpp-gsm8k.json $(OUT)/calibration/llamacpp-semantic.json
 
-render: $(STAMP) $(CALIBRATION)  ## render the model repository of deploy/$(PROFILE).yaml (PROFILE=replay|llamacpp)
-	$(PY) scripts/render_repository.py deploy/$(PROFILE).yaml --out $(SERVE_REPO) --calibration $(CALIBRATION) $(RENDER_FLAGS)
+# A calibration put live by `pyramid deploy-calibration` (deployed-calibration.json in the router's directory) is
+# kept and keeps serving across renders and restarts; RESET_CALIBRATION=1 drops it (the spec's serves again).
+render: $(STAMP) $(CALIBRATION)  ## render the model repository of deploy/$(PROFILE).yaml (PROFILE=replay|llamacpp; RESET_CALIBRATION=1)
+	$(PY) scripts/render_repository.py deploy/$(PROFILE).yaml --out $(SERVE_REPO) --calibration $(CALIBRATION) $(RENDER_FLAGS) \
+	  $(if $(RESET_CALIBRATION),--reset-calibration)
 
 # Loopback only unless HOST=0.0.0.0 (or another address); model control needs the admin key: ADMIN_KEY_FILE
-# (mode 0600), else $$PYRAMID_ADMIN_KEY, else one generated per start and written (0600) to $(OUT)/serve/admin-key
-# for tools (PYRAMID_ADMIN_KEY_FILE=...), removed at stop. docs/SECURITY.md. exec: SIGTERM to make reaches the server.
+# (mode 0600), else $$PYRAMID_ADMIN_KEY, else one generated per start and written (0600) to
+# $(OUT)/serve/admin-key-$(HTTP_PORT) for tools (PYRAMID_ADMIN_KEY_FILE=...): one file per run, named by its HTTP
+# port, removed at stop by the run that wrote it. docs/SECURITY.md. exec: SIGTERM to make reaches the server.
 HOST ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
@@ -143,8 +147,8 @@ OPENAI_PORT ?= 9000
 ADMIN_KEY_FILE ?=
 serve: render  ## real tritonserver + the OpenAI gateway in the foreground, deploy/$(PROFILE).yaml (SIGTERM or Ctrl-C stops both; HOST, *_PORT)
 	exec $(PY) -m pyramid_triton.server $(SERVE_REPO) --host $(HOST) --http-port $(HTTP_PORT) \
-	  --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --admin-key-out $(OUT)/serve/admin-key \
-	  --spec deploy/$(PROFILE).yaml --inference-key-out $(OUT)/serve/inference-key --openai-port $(OPENAI_PORT) \
+	  --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --admin-key-out $(OUT)/serve/admin-key-$(HTTP_PORT) \
+	  --spec deploy/$(PROFILE).yaml --inference-key-out $(OUT)/serve/inference-key-$(HTTP_PORT) --openai-port $(OPENAI_PORT) \
 	  $(if $(ADMIN_KEY_FILE),--admin-key-file $(ADMIN_KEY_FILE))
 
 # --- GPU deployment: TensorRT-LLM engines behind the router (README "GPU deployment", docs/GPU.md) -------------

@@ -394,6 +394,19 @@ def test_http_stream_parses_events(fake):
     assert [(r.provisional, r.tier) for r in got] == [(True, "committee"), (False, "oracle")]
 
 
+def test_ask_stream_ends_with_final_even_when_the_oracle_missed_the_deadline(fake, capsys):
+    """``pyramid ask --stream --deadline-ms 1``: the committee's answer streamed, then (the oracle late)
+    the same answer as the stream's last response: printed as the final one, saying why it is provisional."""
+    from pyramid_client.cli import ask_main
+
+    late = outputs(provisional=True, tier="committee")
+    fake.responses.append((200, "text/event-stream", sse(late, late), 0))
+    assert ask_main(["q", "--url", fake.url, "--stream", "--deadline-ms", "1"]) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert heads[0] == "[provisional]" and len(heads) == 2
+    assert heads[1].startswith("[final: ") and "deadline" in heads[1]
+
+
 def test_http_stream_error_mid_stream(fake):
     chunks = sse(outputs(provisional=True), {"error": "[NOT_FOUND] strict: the oracle failed"})
     fake.responses.append((200, "text/event-stream", chunks, 0))

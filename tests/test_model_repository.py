@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from approx import assert_tree_close
 
+from pyramid_triton.hot_reload import DEPLOYED_FILE
 from pyramid_triton.render import render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +22,11 @@ CALIBRATION = ROOT / "deploy" / "replay.calibration.json"
 
 
 def _files(root: Path) -> dict[str, bytes]:
+    """The rendered files; a calibration deployed into the repository is an operator's state (git-ignored)."""
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(DEPLOYED_FILE)
     }
 
 

@@ -81,10 +81,7 @@ def test_sources_carry_the_cost_facts_and_the_next_command_runs_with_them(tmp_pa
     assert all(r["gold_answers"] is False for r in rows.values())
     assert isinstance(costs, CostModel) and costs.available("usd", ["a", "b", "o"])
     cmd = next_command(tmp_path, dep, costs, True, "gsm8k")
-    assert (
-        cmd.startswith("next: pyramid calibrate --traces ")
-        and "--cost usd --labels oracle --out calibration.json" in cmd
-    )
+    assert cmd.startswith("next: pyramid calibrate --traces ") and "--cost usd --labels oracle --out calib.json" in cmd
     # No facts at all: says what to give.
     bare = CostModel({m: ModelCost() for m in ["a", "b", "o"]})
     cmd = next_command(tmp_path, Deployment(["a", "b"], "o"), bare, False, "gsm8k")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 
 import fake_pb_utils as pb  # tests/ is on sys.path (rootdir conftest)
@@ -245,6 +246,36 @@ def test_route_async_deadline_returns_provisional_committee_answer(model):
     assert ORACLE not in routed.outputs
 
 
+def test_a_streamed_provisional_answer_counts_the_oracle_call_that_follows_it(model):
+    """The committee's answer streamed before the oracle's is flagged as having the oracle call to pay
+    for (its cost counts it), unless the deadline has already passed and the oracle is not called."""
+    router = model.router
+    seen: list = []
+    called: list[str] = []
+
+    async def call(name):
+        called.append(name)
+        return AgentOutput(name, "", ANSWERS[name][Q_SPLIT], 10)
+
+    async def on_provisional(routed):
+        seen.append(routed)
+
+    async def go(deadline_offset):
+        loop = asyncio.get_running_loop()
+        deadline = None if deadline_offset is None else loop.time() + deadline_offset
+        return await route_async(router, Q_SPLIT, call, deadline=deadline, on_provisional=on_provisional,
+                                 clock=loop.time)  # fmt: skip
+
+    final = asyncio.run(go(None))
+    assert seen[0].provisional and seen[0].oracle_abandoned and ORACLE in called
+    assert not final.provisional and ORACLE in final.outputs
+    seen.clear()
+    called.clear()
+    final = asyncio.run(go(-1.0))  # past: the oracle is not called, so not counted
+    assert seen[0].provisional and not seen[0].oracle_abandoned and ORACLE not in called
+    assert final.provisional and not final.oracle_abandoned
+
+
 def test_relative_costs_count_every_call_and_an_abandoned_oracle():
     cm = CostModel({"a": ModelCost(7, 1.0, 2.0), ORACLE: ModelCost(70, 10.0, 20.0)})
     q = "x" * 40  # 10 prompt tokens
@@ -378,6 +409,19 @@ def test_not_found_does_not_open_the_circuit(model):
     for q in ("unknown question", Q_AGREE):
         run(model, request(text_input=q))
     assert [m for m, _ in pb.calls].count("c") == 2
+    # nor is it an engine failure on the dashboard: the question was unknown, the engine is fine
+    model.metrics.flush()
+    assert all(_metric("pyramid_model_failures_total", target=m).value == 0 for m in AGENTS)
+
+
+def test_gauges_are_set_at_load_before_any_request(model):
+    """A scrape right after a start must name the live calibration and the expected figures: an
+    alert on ``pyramid_calibration_info`` or ``pyramid_expected_*`` misfired until the first request."""
+    assert _metric("pyramid_calibration_info", id=model.calibration["id"]).value == 1
+    # the fixture's artifact states no expected rate: NaN (set), not the 0 of a gauge never set
+    assert math.isnan(_metric("pyramid_expected_escalation_rate").value)
+    assert _metric("pyramid_breaker_open", target="a").value == 0
+    assert not model.metrics.pending
 
 
 def test_metrics_are_flushed_by_the_router_after_a_burst(model):

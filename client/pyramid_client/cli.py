@@ -91,6 +91,19 @@ def format_result(r: PyramidResult) -> str:
     return "\n".join(lines)
 
 
+def stream_head(r: PyramidResult, n: int) -> str:
+    """The label of the ``n``-th streamed response. A stream's later response is its last (the router
+    sends at most the committee's provisional answer, then the final one); when the oracle missed the
+    deadline the final one is the committee's answer again, still provisional, and says so."""
+    if not r.provisional:
+        return "final"
+    if n == 1:
+        return "provisional"
+    return (
+        "final: the committee's answer, provisional (the oracle did not answer by --deadline-ms; its call is paid for)"
+    )
+
+
 def ask_main(argv: list[str] | None = None) -> int:
     """``pyramid ask "question" [--url HOST:PORT] [--protocol grpc|http] [--threshold T]
     [--force-tier TIER] [--deadline-ms MS] [--strict] [--stream] [--json]``."""
@@ -116,7 +129,7 @@ def ask_main(argv: list[str] | None = None) -> int:
                     if args.json:
                         print(json.dumps(r.to_dict()), flush=True)
                     else:
-                        head = "provisional" if r.provisional else "final"
+                        head = stream_head(r, n)
                         print(f"{'' if n == 1 else chr(10)}[{head}]\n{format_result(r)}", flush=True)
                 if n == 0:
                     raise PyramidError("the server ended the request without a response", INTERNAL)

@@ -9,23 +9,33 @@ refused and the old one keeps serving. This command is the safe way to change th
 1. The artifact is validated first, as the router will (format and version, feature names this code
    makes), against the router's config in the repository (``<repository>/<router>/config.pbtxt``):
    its committee and oracle must be the deployment's models. Nothing is written if it fails (exit 2).
-2. The router's calibration file is replaced atomically (a temporary file renamed over it; the old
-   one is kept as ``<file>.previous``). A calibration set (several tasks) gets the artifact's task
-   replaced and keeps the others.
-3. With ``--metrics HOST:PORT`` (Triton's metrics port), it waits until the router reports the new
+2. The result is checked as the router will check it at load, without the server: the calibration
+   set it makes (a set gets the artifact's task replaced and keeps the others) against the router's
+   ``task``, ``task_fallback`` and ``embedder`` parameters, so a set that would need ``router.task``
+   in the spec is refused here, naming the spec key, instead of by the server.
+3. It is written as ``deployed-calibration.json`` beside the rendered ``calibration.json``
+   (``hot_reload.DEPLOYED_FILE``), atomically; the deployed one before it becomes
+   ``deployed-calibration.json.1`` (history: the last ``hot_reload.HISTORY_KEEP``). The rendered file
+   is never touched, so nothing tracked changes, and ``make render`` / ``make serve`` keep the deployed
+   one (``make serve RESET_CALIBRATION=1`` drops it). ``--rollback`` puts the newest history entry
+   back; ``--reset`` removes the deployed one (the spec's calibration serves again).
+4. With ``--metrics HOST:PORT`` (Triton's metrics port), it waits until the router reports the new
    calibration live (``pyramid_calibration_info{id=...}``, the artifact's content hash) or refused
-   (``pyramid_calibration_reloads_total{outcome="refused"}``: then the previous file is put back, so a
-   restart serves what is serving now, and the exit code is 1).
+   (``pyramid_calibration_reloads_total{outcome="refused"}``: then what was live before is put back,
+   so a restart serves what is serving now, and the exit code is 1).
 
 It runs where the repository is (``make serve`` puts it in ``model_repository/`` for the replay profile,
 ``out/model_repository/<profile>`` otherwise). The Helm chart copies the calibration into each router
-pod's repository when the pod starts: there, ``helm upgrade`` with the new calibration rolls the pods.
+pod's repository when the pod starts: there the chart's calibration is the live one, and ``helm
+upgrade`` with a new calibration rolls the pods; a ``deploy-calibration`` into a pod lasts until the
+pod restarts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -35,12 +45,19 @@ from pathlib import Path
 
 from pyramid_moa.artifact import (
     ArtifactError,
+    calibration_set_text,
     load_artifact,
     load_calibrations,
-    save_calibration_set,
     write_text_atomic,
 )
-from pyramid_triton.hot_reload import WATCH_DEFAULT_S, artifact_id
+from pyramid_triton.hot_reload import (
+    HISTORY_KEEP,
+    WATCH_DEFAULT_S,
+    artifact_id,
+    deployed_path,
+    history,
+    live_path,
+)
 
 from .record import _csv
 
@@ -50,7 +67,9 @@ def parser() -> argparse.ArgumentParser:
         prog="pyramid deploy-calibration",
         description="Put a new calibration live: the router's calibration file, replaced atomically and watched",
     )
-    ap.add_argument("calibration", help="the calibration artifact (pyramid calibrate --out)")
+    ap.add_argument("calibration", nargs="?", help="the calibration artifact (pyramid calibrate --out)")
+    ap.add_argument("--rollback", action="store_true", help="put the previous deployed calibration back")
+    ap.add_argument("--reset", action="store_true", help="remove the deployed calibration: the spec's serves again")
     ap.add_argument("--repository", required=True, help="the model repository the server serves")
     ap.add_argument("--router", default="pyramid", help="the router model (default pyramid)")
     ap.add_argument(
@@ -98,41 +117,112 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
+def _check_like_the_router(cals: dict, p: dict[str, str], where: Path) -> None:
+    """The calibration set the router would load, checked as it checks it (``tasks.TaskRouters``)."""
+    from pyramid_triton.protocol import ROUTER_PARAMS
+    from pyramid_triton.tasks import TaskRouters
+
+    try:
+        TaskRouters(cals, p.get("task") or None, p.get("task_fallback") or ROUTER_PARAMS["task_fallback"],
+                    p.get("embedder", ""))  # fmt: skip
+    except ValueError as exc:
+        raise ArtifactError(
+            f"the router {where} would refuse it: {exc} (set it in the deployment spec and render again)"
+        ) from None
+
+
+def _rotate(deployed: Path) -> None:
+    """The live deployed file becomes history entry 1 (1 -> 2 ..., the oldest beyond HISTORY_KEEP dropped)."""
+    if not deployed.is_file():
+        return
+    entries = [deployed.with_name(f"{deployed.name}.{k}") for k in range(1, HISTORY_KEEP + 1)]
+    entries[-1].unlink(missing_ok=True)
+    for older, newer in zip(reversed(entries[1:]), reversed(entries[:-1])):
+        if newer.is_file():
+            os.replace(newer, older)
+    shutil.copyfile(deployed, entries[0])
+
+
+def _unrotate(deployed: Path, had_deployed: bool) -> None:
+    """Undo ``_rotate`` and the write after it: what was live before serves again."""
+    entries = [deployed.with_name(f"{deployed.name}.{k}") for k in range(1, HISTORY_KEEP + 1)]
+    if not had_deployed:
+        deployed.unlink(missing_ok=True)  # the rendered calibration serves again
+        return
+    os.replace(entries[0], deployed)
+    for newer, older in zip(entries[:-1], entries[1:]):
+        if older.is_file():
+            os.replace(older, newer)
+
+
+def _router_config(repository: str, router: str) -> tuple[Path, dict[str, str], list[str], Path]:
+    """(config path, its parameters, the deployment's models, the rendered calibration file)."""
+    config = Path(repository) / router / "config.pbtxt"
+    p = router_params(config)
+    if "agents" not in p or "oracle" not in p or not p.get("calibration"):
+        raise ArtifactError(f"{config}: model {router!r} is not a pyramid router")
+    rendered = Path(p["calibration"])
+    rendered = rendered if rendered.is_absolute() else config.parent / rendered
+    return config, p, [*_csv(p["agents"]), p["oracle"]], rendered
+
+
+def _new_set(a: argparse.Namespace, p: dict[str, str], models: list[str], rendered: Path) -> tuple[dict, str]:
+    """(the calibration set the router would serve after this command, what to write), validated."""
+    deployed = deployed_path(rendered)
+    if a.reset:
+        return load_calibrations(rendered, known_agents=models), ""
+    if a.rollback:
+        past = history(rendered)
+        if not past:
+            raise ArtifactError(f"nothing to roll back to: {deployed}.1 does not exist")
+        return load_calibrations(past[0], known_agents=models), past[0].read_text(encoding="utf-8")
+    path = Path(a.calibration)
+    art = load_artifact(path)
+    load_artifact(path, known_agents=models)
+    if art.oracle != p["oracle"]:
+        raise ArtifactError(f"{path}: fitted for oracle {art.oracle!r}; the router's oracle is {p['oracle']!r}")
+    live = live_path(rendered)
+    current = load_calibrations(live, known_agents=models) if live.is_file() else {}
+    if len(current) > 1 or (current and art.task not in current):  # a calibration set: replace one task
+        cals = {**current, art.task: art}
+        return cals, calibration_set_text(cals.values())
+    return {art.task: art}, json.dumps(art.to_dict(), indent=1) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
-    path = Path(a.calibration)
-    config = Path(a.repository) / a.router / "config.pbtxt"
+    if sum(bool(x) for x in (a.calibration, a.rollback, a.reset)) != 1:
+        return _fail("give one of: a calibration file, --rollback, --reset")
     try:
-        art = load_artifact(path)
-        p = router_params(config)
-        if "agents" not in p or "oracle" not in p or not p.get("calibration"):
-            raise ArtifactError(f"{config}: model {a.router!r} is not a pyramid router")
-        models = [*_csv(p["agents"]), p["oracle"]]
-        load_artifact(path, known_agents=models)
-        if art.oracle != p["oracle"]:
-            raise ArtifactError(f"{path}: fitted for oracle {art.oracle!r}; the router's oracle is {p['oracle']!r}")
-        target = Path(p["calibration"])
-        target = target if target.is_absolute() else config.parent / target
-        current = load_calibrations(target, known_agents=models) if target.is_file() else {}
+        config, p, models, rendered = _router_config(a.repository, a.router)
+        cals, text = _new_set(a, p, models, rendered)
+        _check_like_the_router(cals, p, config)
     except ArtifactError as exc:
         return _fail(f"{exc}; nothing was written")
-    new_id = artifact_id(art.to_dict())
-    old_ids = {t: artifact_id(c.to_dict()) for t, c in current.items()}
+    deployed = deployed_path(rendered)
+    live_before = live_path(rendered)
+    old_ids = {t: artifact_id(c.to_dict()) for t, c in
+               (load_calibrations(live_before, known_agents=models) if live_before.is_file() else {}).items()}  # fmt: skip
+    task = p.get("task") or next(iter(cals))
+    new_id = artifact_id(cals[task].to_dict()) if task in cals else artifact_id(next(iter(cals.values())).to_dict())
     metrics0 = None
     if a.metrics:
         try:
             metrics0 = scrape(a.metrics)
         except (OSError, urllib.error.URLError) as exc:
             return _fail(f"cannot read the metrics at {a.metrics}: {exc}; nothing was written")
-    previous = target.with_name(target.name + ".previous")
-    if target.is_file():
-        shutil.copyfile(target, previous)
-    if len(current) > 1 or (current and art.task not in current):  # a calibration set: replace one task
-        save_calibration_set(target, [art if t == art.task else c for t, c in current.items()] + (
-            [] if art.task in current else [art]))  # fmt: skip
+    had_deployed = deployed.is_file()
+    if a.rollback:  # history entry 1 becomes live; the rest move up one
+        _unrotate(deployed, True)
+    elif a.reset:
+        _rotate(deployed)
+        deployed.unlink(missing_ok=True)
     else:
-        write_text_atomic(target, json.dumps(art.to_dict(), indent=1) + "\n")
-    print(f"wrote {target} (calibration {new_id}, task {art.task}; was {old_ids.get(art.task, 'none')})")
+        _rotate(deployed)
+        write_text_atomic(deployed, text)
+    what = "the spec's calibration" if a.reset else f"calibration {new_id}"
+    print(f"{'removed ' + str(deployed) if a.reset else 'wrote ' + str(deployed)}: {what} serves "
+          f"(was {old_ids.get(task, 'none')}; earlier ones: {deployed.name}.1 .. .{HISTORY_KEEP})")  # fmt: skip
     if metrics0 is None:
         print("the router loads it within its calibration_watch_s (pass --metrics to wait for it)")
         return 0
@@ -146,15 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, urllib.error.URLError):
             continue
         if live:
-            print(f"live: {a.router} serves calibration {new_id} (labels {art.fitted_on.get('labels', 'gold')})")
+            labels = cals[task].fitted_on.get("labels", "gold") if task in cals else "?"
+            print(f"live: {a.router} serves calibration {new_id} (labels {labels})")
             return 0
         if refused > refused0:
-            if previous.is_file():
-                shutil.copyfile(previous, target.with_name(target.name + ".refused"))
-                write_text_atomic(target, previous.read_text(encoding="utf-8"))
+            if deployed.is_file():
+                shutil.copyfile(deployed, deployed.with_name(deployed.name + ".refused"))
+            if not (a.rollback or a.reset):
+                _unrotate(deployed, had_deployed)
             return _fail(
-                f"{a.router} refused {path} (the server log says why); the previous calibration keeps serving and "
-                f"{target} is back to it",
+                f"{a.router} refused it (its log in the server's log names the cause); what served before keeps "
+                f"serving and {deployed.name} is back to it",
                 1,
             )
     return _fail(f"{a.router} did not report calibration {new_id} within the timeout (is it serving {config}?)", 1)

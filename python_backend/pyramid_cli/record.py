@@ -3,7 +3,7 @@ write traces in the project's format (docs/TRACES.md), so ``pyramid calibrate`` 
 for the deployment's own models.
 
     pyramid record --url HOST:8001 --questions gsm8k-train.jsonl --out traces/mine
-    pyramid calibrate --traces traces/mine --committee A,B,C --oracle O --out calibration.json
+    pyramid calibrate --traces traces/mine --committee A,B,C --oracle O --out calib.json
 
 Every committee member and the oracle is asked every question directly (by its Triton model
 name, with the engine text API the router uses: ``text_input``, ``max_tokens``, and
@@ -66,7 +66,7 @@ from pyramid_client.client import make_transport
 from pyramid_client.http_transport import split_url
 from pyramid_client.keys import inference_key_from_env
 from pyramid_client.retry import Attempts, RetryPolicy
-from pyramid_client.wire import INTERNAL, NOT_FOUND, UNAVAILABLE, key_headers
+from pyramid_client.wire import INTERNAL, NOT_FOUND, PERMISSION_DENIED, UNAVAILABLE, key_headers, refused_by_key
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import ArtifactError, load_artifact, write_text_atomic
 from pyramid_moa.cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
@@ -109,6 +109,18 @@ def _admin_key() -> access.Key | None:
     return access.from_env()
 
 
+ADMIN_KEY_HINT = (
+    "model configs are behind the deployment's admin key (docs/SECURITY.md): set "
+    f"{access.ADMIN_KEY_FILE_ENV} to its file (make serve writes one under out/serve/ and prints its path)"
+)
+
+
+def _refused(model: str, msg: str, key: access.Key | None) -> PyramidError:
+    """A restricted API's refusal, with what to do about it."""
+    what = "the admin key given was not accepted" if key else ADMIN_KEY_HINT
+    return PyramidError(f"model {model!r}: the server refused to show its config ({what})", PERMISSION_DENIED)
+
+
 def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """A model's config as JSON (Triton's model-configuration endpoint); PyramidError if unavailable."""
     key = _admin_key()
@@ -120,6 +132,8 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
             with urllib.request.urlopen(req, timeout=timeout_s) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
+            if exc.code == 403:
+                raise _refused(model, str(exc), key) from None
             code = NOT_FOUND if exc.code in (400, 404) else UNAVAILABLE
             raise PyramidError(f"model {model!r}: HTTP {exc.code} from {full}", code) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -132,6 +146,8 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
         return client.get_model_config(model, headers=headers, as_json=True, client_timeout=timeout_s)["config"]
     except grpcclient.InferenceServerException as exc:
         msg = str(exc.message() if hasattr(exc, "message") else exc)
+        if refused_by_key(msg):
+            raise _refused(model, msg, key) from None
         code = NOT_FOUND if "unknown model" in msg.lower() or "not found" in msg.lower() else UNAVAILABLE
         raise PyramidError(f"model {model!r}: {msg}", code) from None
     finally:
@@ -471,6 +487,9 @@ def cost_facts_of(path: str) -> dict[str, Any]:
     return {"cost_model": art.target.get("cost_model"), "models": art.cost_model.to_dict()}
 
 
+NEXT_OUT = "calib.json"  # what the README's next step, pyramid deploy-calibration, deploys
+
+
 def next_command(out: Path, dep: Deployment, costs: CostModel, any_gold_missing: bool, task: str) -> str:
     """The ``pyramid calibrate`` command for these traces, with a cost model their facts allow."""
     wanted = (dep.cost_facts or {}).get("cost_model")
@@ -485,7 +504,7 @@ def next_command(out: Path, dep: Deployment, costs: CostModel, any_gold_missing:
         cmd += ["--labels", "oracle"]
     if task != "gsm8k":
         cmd += ["--task", task]
-    cmd += ["--out", "calibration.json"]
+    cmd += ["--out", NEXT_OUT]
     text = "next: " + " ".join(shlex.quote(c) for c in cmd)
     if kind is None:
         text += (
@@ -620,6 +639,14 @@ def main(argv: list[str] | None = None) -> int:
     no_gold = any(q.gold is None for q in chosen) or any(
         json.loads(ln).get("gold") is None for ln in (out / "questions.jsonl").read_text(encoding="utf-8").splitlines()
     )
+    recorded = sum(len(done[m]) for m in dep.models)
+    if not recorded:
+        print(
+            f"pyramid record: error: no call succeeded ({len(failures)} failed): nothing to calibrate on; fix the "
+            f"cause above and run again with --resume --out {out}",
+            file=sys.stderr,
+        )
+        return 1
     print(next_command(out, dep, costs, no_gold, a.task), file=sys.stderr)
     return 1 if failures else 0
 

@@ -198,10 +198,16 @@ def load_calibrations(path: str | Path, known_agents: Iterable[str] | None = Non
     return out
 
 
-def save_calibration_set(path: str | Path, arts: Iterable[CalibrationArtifact]) -> None:
-    """Write the artifacts as one calibration set (atomically); one per task."""
+def calibration_set_text(arts: Iterable[CalibrationArtifact]) -> str:
+    """The artifacts as one calibration set's JSON text; one per task."""
     arts = list(arts)
     tasks = [a.task for a in arts]
     if len(set(tasks)) != len(tasks):
         raise ArtifactError(f"a calibration set holds one calibration per task, got tasks {tasks}")
-    write_json_atomic(path, {"format": SET_FORMAT, "version": SET_VERSION, "calibrations": [a.to_dict() for a in arts]})
+    d = {"format": SET_FORMAT, "version": SET_VERSION, "calibrations": [a.to_dict() for a in arts]}
+    return json.dumps(d, indent=1) + "\n"
+
+
+def save_calibration_set(path: str | Path, arts: Iterable[CalibrationArtifact]) -> None:
+    """Write the artifacts as one calibration set (atomically); one per task."""
+    write_text_atomic(path, calibration_set_text(arts))

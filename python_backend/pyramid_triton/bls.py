@@ -108,6 +108,9 @@ class PyramidModel:
         self.drain_s = min(
             DRAIN_MAX_S, len(self.router.stages) * self.agent_timeout_us / 1e6 + self.oracle_timeout_us / 1e6
         )
+        # Every gauge right from the first scrape (the live calibration's id, the expected rates): a
+        # dashboard or an alert must not read 0 between a start and the first request.
+        self._flush_metrics()
         pb.Logger.log_info(
             f"{self.name}: calibration {self.calibration['id']} from {self.artifact_source} "
             f"(labels {self.calibration['labels']}); shadow rate {self.shadow.rate if self.shadow else 0}"
@@ -220,6 +223,7 @@ class PyramidModel:
         self._send(sender, response, final=True)  # None: FINAL alone (cancelled)
         rec.seconds = time.monotonic() - arrived
         rec.failed = sorted(failures)
+        rec.engine_failed = sorted(m for m, f in failures.items() if f.code in BREAKER_CODES)
         self._observe(rec, prompt)
         # Drift and shadow watch the default task's calibration: other tasks' requests are not its traffic.
         if rec.response is not None and req is not None and "routed" in ctx and not ctx["other_task"]:
@@ -499,6 +503,8 @@ class PyramidModel:
 
 
 DRAIN_MAX_S = 300.0  # the most an unloaded router waits for its requests in flight
+# An engine's own failure (timeout, crash): it opens the breaker and counts in pyramid_model_failures_total.
+# NOT_FOUND (a replay engine has no record of this question) and INVALID_ARG are the request's, not the engine's.
 BREAKER_CODES = {UNAVAILABLE, INTERNAL}
 
 

@@ -17,6 +17,12 @@ requests were lost, and in 7 the server log shows tritonserver itself crashing (
 ``TRITONBACKEND_RequestInput`` just after it unloaded the old instance); upstream reports the same for
 reloads under load (triton-inference-server/server#7723). Idle, it works, and the router still accepts an artifact inline as the ``calibration_json``
 parameter (``router_artifact``), but the hot path does not depend on it.
+
+Two files, so that a deployed calibration survives a restart: ``calibration.json`` is what the
+renderer wrote from the spec, and ``deployed-calibration.json`` beside it (``DEPLOYED_FILE``) is what an
+operator put live with ``pyramid deploy-calibration``. The deployed one wins whenever it exists; the
+renderer keeps it (and its history, ``deployed-calibration.json.1`` newest .. ``.N``) when it renders the
+repository again, so ``make serve`` after a ``deploy-calibration`` serves what was live before it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ from typing import Any
 from pyramid_moa.artifact import ArtifactError, CalibrationArtifact, load_artifact
 
 INLINE_PARAM = "calibration_json"  # the artifact itself, set by a config override
-COST_FACTS_PARAM = "cost_facts"
 
 
 def load_text(text: str, known_agents: Iterable[str] | None = None, where: str = INLINE_PARAM) -> CalibrationArtifact:
@@ -50,15 +55,37 @@ def load_text(text: str, known_agents: Iterable[str] | None = None, where: str =
             raise ArtifactError(str(exc).replace(str(path), where)) from None
 
 
+DEPLOYED_FILE = "deployed-calibration.json"  # beside the rendered calibration; wins when present
+HISTORY_KEEP = 5  # deployed calibrations kept before the live one: DEPLOYED_FILE.1 (newest) .. .5
+
+
+def deployed_path(calibration: Path) -> Path:
+    """Where ``pyramid deploy-calibration`` puts a calibration for a router whose rendered one is ``calibration``."""
+    return calibration.with_name(DEPLOYED_FILE)
+
+
+def live_path(calibration: Path) -> Path:
+    """The file a router with rendered calibration ``calibration`` serves: the deployed one if present."""
+    deployed = deployed_path(calibration)
+    return deployed if deployed.is_file() else calibration
+
+
+def history(calibration: Path) -> list[Path]:
+    """The deployed calibrations before the live one, newest first (those that exist)."""
+    deployed = deployed_path(calibration)
+    return [p for k in range(1, HISTORY_KEEP + 1) if (p := deployed.with_name(f"{deployed.name}.{k}")).is_file()]
+
+
 def router_artifact(params: Any, known_agents: Iterable[str]) -> tuple[CalibrationArtifact, str]:
     """(artifact, where it came from) of a router model: ``calibration_json`` if a config override set
-    it, else the ``calibration`` file."""
+    it, else the live calibration file (the deployed one, else the ``calibration`` parameter's)."""
     inline = params.get_str(INLINE_PARAM, "")
     if inline:
         return load_text(inline, known_agents), f"parameter {INLINE_PARAM}"
     path = params.get_path("calibration", None)
     if path is None:
         raise ValueError(f"model {params.name!r}: parameter 'calibration' is required")
+    path = live_path(path)
     return load_artifact(path, known_agents=known_agents), str(path)
 
 
@@ -76,29 +103,42 @@ def signature(path: Path) -> tuple[int, int, int] | None:
 
 @dataclass
 class Watch:
-    """Looks at the calibration file every ``interval_s`` (a daemon thread) and calls ``on_change``
-    once per change, with the file's path; a file that disappears is waited for, not reported."""
+    """Looks at the live calibration file every ``interval_s`` (a daemon thread) and calls ``on_change``
+    once per change, with the file's path; a file that disappears is waited for, not reported. With
+    ``deployed`` (``DEPLOYED_FILE``) that file is the live one while it exists, else ``path``: a deployed
+    file appearing, changing or being removed is a change."""
 
     path: Path | None
     interval_s: float
     seen: tuple[int, int, int] | None = None
+    deployed: Path | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     @classmethod
     def from_params(cls, params: Any) -> Watch:
         path = None if params.get_str(INLINE_PARAM, "") else params.get_path("calibration", None)
-        return cls(path, params.get_float("calibration_watch_s", WATCH_DEFAULT_S), signature(path) if path else None)
+        deployed = deployed_path(path) if path else None
+        watch = cls(path, params.get_float("calibration_watch_s", WATCH_DEFAULT_S), None, deployed)
+        live = watch.live()
+        watch.seen = signature(live) if live else None
+        return watch
 
-    def poll(self) -> bool:
-        """True if the file changed since the last look (it is then the one seen)."""
-        if self.path is None:
-            return False
-        sig = signature(self.path)
+    def live(self) -> Path | None:
+        if self.deployed is not None and self.deployed.is_file():
+            return self.deployed
+        return self.path
+
+    def poll(self) -> Path | None:
+        """The live file if it changed since the last look (it is then the one seen), else None."""
+        live = self.live()
+        if live is None:
+            return None
+        sig = signature(live)
         if sig is None or sig == self.seen:
-            return False
+            return None
         self.seen = sig
-        return True
+        return live
 
     def start(self, on_change: Callable[[Path], None]) -> Watch:
         if self.path is None or self.interval_s <= 0:
@@ -106,8 +146,9 @@ class Watch:
 
         def run() -> None:
             while not self._stop.wait(self.interval_s):
-                if self.poll():
-                    on_change(self.path)  # type: ignore[arg-type]
+                changed = self.poll()
+                if changed is not None:
+                    on_change(changed)
 
         self._thread = threading.Thread(target=run, name="pyramid-calibration-watch", daemon=True)
         self._thread.start()
@@ -121,14 +162,3 @@ def artifact_id(text_or_dict: str | dict[str, Any]) -> str:
     """The artifact's version as the router reports it: a hash of its content (key order aside)."""
     d = json.loads(text_or_dict) if isinstance(text_or_dict, str) else text_or_dict
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def override(config: dict[str, Any], art: CalibrationArtifact) -> dict[str, Any]:
-    """The router's model config (Triton's JSON form) with the artifact as ``calibration_json``."""
-    from .render import cost_facts_json
-
-    out = json.loads(json.dumps(config))
-    params = out.setdefault("parameters", {})
-    params[INLINE_PARAM] = {"string_value": json.dumps(art.to_dict(), separators=(",", ":"))}
-    params[COST_FACTS_PARAM] = {"string_value": cost_facts_json(art)}
-    return out

@@ -68,9 +68,10 @@ def failed_output(agent: str) -> AgentOutput:
 class Routed:
     """A route as driven in-server: the offline ``RouteResult`` plus what only serving has.
 
-    ``provisional``: the oracle had not answered by the request's deadline, so ``result``
-    carries the committee's answer; ``oracle_abandoned``: the oracle was called but its
-    answer not awaited (its cost is spent all the same); ``latency_ms``: wall time per step.
+    ``provisional``: the oracle had not answered by the request's deadline (or, streaming, has
+    not answered yet), so ``result`` carries the committee's answer; ``oracle_abandoned``: the
+    oracle was or is being called but its answer is not in this response (its cost is spent all
+    the same, so it is counted); ``latency_ms``: wall time per step.
     """
 
     result: RouteResult
@@ -124,10 +125,11 @@ async def route_async(
             anytime = deadline is not None or on_provisional is not None
             if is_oracle and anytime and any(not o.failed for o in got.values()):
                 fallback = committee_fallback(router, question, got, threshold, force_tier)
-                if on_provisional is not None:
-                    await on_provisional(Routed(fallback, dict(got), provisional=True))
+                will_call = deadline is None or deadline > clock()
+                if on_provisional is not None:  # the oracle call about to start is paid for: counted
+                    await on_provisional(Routed(fallback, dict(got), provisional=True, oracle_abandoned=will_call))
                 task = None
-                if deadline is None or deadline > clock():
+                if will_call:
                     task = asyncio.ensure_future(call(router.oracle))
                     if deadline is not None:
                         try:

@@ -19,7 +19,7 @@ from pyramid_moa.answers import AnswerTask, get_task, task_names
 from pyramid_moa.artifact import CalibrationArtifact, load_calibrations
 from pyramid_moa.router import Router
 
-from .hot_reload import INLINE_PARAM, router_artifact
+from .hot_reload import INLINE_PARAM, live_path, router_artifact
 from .protocol import ROUTER_PARAMS, InvalidArgument, ServeError
 
 FALLBACKS = ("error", "oracle")
@@ -105,6 +105,7 @@ def load_task_routers(params: Any, known_agents: Iterable[str]) -> tuple[TaskRou
     path = params.get_path("calibration", None)
     if path is None and not params.get_str(INLINE_PARAM, ""):
         raise ValueError(f"model {params.name!r}: parameter 'calibration' is required")
+    path = live_path(path) if path is not None else None  # a deployed calibration wins (hot_reload)
     cals = load_calibrations(path, known_agents=known) if path is not None else {}
     default = params.get_str("task", ROUTER_PARAMS["task"]) or None
     source = str(path)

@@ -66,7 +66,8 @@ def loop(tmp_path_factory):
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     # explicit model control and the supervisor, as make serve runs it
     with serve(spec_path, calibration, tmp / "repo", tmp / "tritonserver.log", supervise=True) as server:
-        yield {"server": server, "tmp": tmp, "calibration": calibration, "shadow": tmp / "shadow", "state": {}}
+        yield {"server": server, "tmp": tmp, "calibration": calibration, "shadow": tmp / "shadow", "state": {},
+               "spec": spec_path}  # fmt: skip
 
 
 def _questions(n: int, start: int = 0) -> list[tuple[int, str]]:
@@ -334,12 +335,15 @@ def traces_router_pair():
     return make
 
 
-def test_the_repository_holds_the_live_calibration_and_the_previous_one(loop):
-    """A restart serves what is serving now; the one before is kept beside it."""
-    repo_cal = loop["server"].model_repository / "pyramid" / "calibration.json"
-    assert json.loads(repo_cal.read_text()) == json.loads(loop["state"]["new"].read_text())
-    previous = repo_cal.with_name("calibration.json.previous")
-    assert json.loads(previous.read_text()) == json.loads(loop["calibration"].read_text())
+def test_the_repository_holds_the_deployed_calibration_beside_the_rendered_one(loop):
+    """deploy-calibration leaves the rendered file alone (tracked in the committed replay repository) and
+    writes the deployed one beside it; nothing was deployed before it, so there is no history yet."""
+    from pyramid_triton.hot_reload import DEPLOYED_FILE, history
+
+    rdir = loop["server"].model_repository / "pyramid"
+    assert json.loads((rdir / "calibration.json").read_text()) == json.loads(loop["calibration"].read_text())
+    assert json.loads((rdir / DEPLOYED_FILE).read_text()) == json.loads(loop["state"]["new"].read_text())
+    assert history(rdir / "calibration.json") == []
 
 
 def test_the_dashboard_names_only_metrics_this_server_exports(loop):
@@ -353,3 +357,28 @@ def test_the_dashboard_names_only_metrics_this_server_exports(loop):
     exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     used = set().union(*(metric_names(e) for _, e in queries(json.loads(DASHBOARD.read_text()))))
     assert used and not used - exported, sorted(used - exported)
+
+
+def test_a_deployed_calibration_survives_a_render_and_a_restart(loop):
+    """What make serve does on its next start (render the spec again, start tritonserver) serves the
+    calibration deployed before it, not the spec's; a rollback then puts the spec's back, live."""
+    from pyramid_triton.hot_reload import DEPLOYED_FILE, artifact_id
+    from pyramid_triton.render import render
+
+    server = loop["server"]
+    new_id = artifact_id(json.loads(loop["state"]["new"].read_text()))
+    old_id = artifact_id(json.loads(loop["calibration"].read_text()))
+    assert _live(server) == new_id
+    server.stop()
+    render(loop["spec"], server.model_repository, calibration=loop["calibration"])
+    rdir = server.model_repository / "pyramid"
+    assert json.loads((rdir / DEPLOYED_FILE).read_text()) == json.loads(loop["state"]["new"].read_text())
+    server.start(timeout_s=120)
+    assert _live(server) == new_id  # from the first scrape, before any request
+    r = _deploy(server, loop["calibration"])  # deployed again: the previous deployed one is history 1
+    assert r.returncode == 0, r.stderr
+    assert _live(server) == old_id
+    assert json.loads((rdir / f"{DEPLOYED_FILE}.1").read_text()) == json.loads(loop["state"]["new"].read_text())
+    r = _deploy(server, "--rollback")
+    assert r.returncode == 0, r.stderr
+    assert _live(server) == new_id and not (rdir / f"{DEPLOYED_FILE}.1").exists()
