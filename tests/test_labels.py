@@ -59,7 +59,7 @@ def test_targets_are_stated_in_their_labels(by_oracle, routing_data):
     rows = np.arange(routing_data.n)
     with pytest.raises(ValueError, match="max_disagreement needs oracle labels.*--max-accuracy-drop"):
         RouterFit(routing_data, rows, "usd", target=Target("max_disagreement", 0.02))
-    with pytest.raises(ValueError, match="max_accuracy_drop needs gold labels.*--max-disagreement"):
+    with pytest.raises(ValueError, match="max_accuracy_drop needs gold or estimated labels.*--max-disagreement"):
         RouterFit(by_oracle, rows, "usd", target=Target("max_accuracy_drop", 0.0))
     with pytest.raises(ValueError):
         Target("max_disagreement", 1.5)

@@ -194,7 +194,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             f"the oracle's {fs['oracle_accuracy']:.4f}, no arbiter"
         )
         if "error_vs_gold" in tr:
-            quality += f" (estimate's largest accuracy error by gold {tr['error_vs_gold']['max_abs_accuracy_error']:.4f})"
+            quality += (
+                f" (estimate's largest accuracy error by gold {tr['error_vs_gold']['max_abs_accuracy_error']:.4f})"
+            )
     else:
         quality = f"accuracy {fs['oof_accuracy']:.4f} vs oracle {fs['oracle_accuracy']:.4f}"
     print(

@@ -355,7 +355,9 @@ def evaluate(
         for name, o in ev.fixed(test).items():
             baselines.setdefault(name, []).append((test, o))
         if len(fit) >= 40:
-            for name, o in _fitted_baselines(fev, fold_data, fit, test, target, cost_kind, seed, rf if adaptive else None):
+            for name, o in _fitted_baselines(
+                fev, fold_data, fit, test, target, cost_kind, seed, rf if adaptive else None
+            ):
                 baselines.setdefault(name, []).append((test, o))
 
     rows_all = np.concatenate([t for t, _ in ours])

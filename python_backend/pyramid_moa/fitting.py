@@ -22,7 +22,8 @@ its floor target is ``max_disagreement``), or the estimated probability that the
 (label-free, ``truth.py``: a float, so accuracies are expected accuracies and the calibrators fit
 soft labels; the estimate is refitted on the fitting questions alone). Nothing else branches on it;
 the arbiter, trained where exactly one of committee and oracle is right, finds no such case under
-oracle labels and is off, and under estimated labels it is off too (no question is known to be one).
+oracle labels and is off; under estimated labels it is fitted on the probability that the oracle's
+answer, rather than the committee's, is the right one of the two.
 """
 
 from __future__ import annotations
@@ -369,7 +370,7 @@ class RouterFit:
         # Vote weights and the arbiter are fitted by comparing answer keys; answers compared by
         # meaning (semantic) have none, so those stages keep a plain vote and the oracle's answer.
         keyed = get_task(data.task).keyed
-        self.use_arbiter, self.max_depth = arbiter and keyed and data.labels != "estimated", max_depth
+        self.use_arbiter, self.max_depth = arbiter and keyed, max_depth
         self.weighted_vote = weighted_vote and not symmetric and keyed
         self.numeric = get_task(data.task).numeric
         self.oracle_ok = data.correct(data.answers(data.oracle))[rows]
@@ -490,9 +491,14 @@ class RouterFit:
             feats.append(arbiter_features(d.questions[r], outs, vote, o, float(stage_oof[j]), self.numeric))
         F = np.array(feats, float)
         differ = np.array(differ)
-        train = differ & (com_ok != orc_ok)
-        z = orc_ok[train]
-        if z.sum() < 10 or (~z).sum() < 10:
+        if d.labels == "estimated":  # soft: P(the oracle's is the right one of the two), where one likely is
+            both = com_ok + orc_ok
+            train = differ & (both > 0.5)
+            z = orc_ok[train] / both[train]
+        else:
+            train = differ & (com_ok != orc_ok)
+            z = orc_ok[train].astype(float)
+        if z.sum() < 10 or (1 - z).sum() < 10:
             return None, None
         oof = np.ones(len(rows))
         oof_train, cal = _oof_and_fit(F[train], z, "logistic", self.seed)

@@ -73,24 +73,25 @@ def group_answers(
                     G[i, j] = ids.setdefault(k, len(ids))
             continue
         parent = list(range(m))
-
-        def find(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
         valid = [j for j, a in enumerate(row) if a is not None]
         for x, a in enumerate(valid):
             for b in valid[x + 1 :]:
-                if find(a) != find(b) and equal is not None and equal(row[a], row[b]):
-                    parent[find(b)] = find(a)
+                ra, rb = _root(parent, a), _root(parent, b)
+                if ra != rb and equal is not None and equal(row[a], row[b]):
+                    parent[rb] = ra
         ids2: dict[int, int] = {}
         for j in valid:
-            G[i, j] = ids2.setdefault(find(j), len(ids2))
+            G[i, j] = ids2.setdefault(_root(parent, j), len(ids2))
     if present is not None:
         G[~np.asarray(present, bool).T] = ABSENT
     return G
+
+
+def _root(parent: list[int], x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
 
 
 @dataclass
@@ -203,7 +204,7 @@ def fit_truth(
         np.add.at(P, (cols[said[:, j]], at[said[:, j], j]), 1.0)
     P[P.sum(1) == 0, m] = 1.0
     P /= P.sum(1, keepdims=True)
-    acc, alpha, it = np.full(m, 0.5), 1.0, 0
+    acc, alpha, done_at = np.full(m, 0.5), 1.0, max_iter
     kr, nr, sr = k[rows], nn[rows], s[rows]
     for it in range(1, max_iter + 1):
         Pr = P[rows]
@@ -216,8 +217,9 @@ def fit_truth(
         done = np.max(np.abs(new_acc - acc)) < tol and new_alpha == alpha
         acc, alpha = new_acc, new_alpha
         if done:
+            done_at = it
             break
-    return TruthEstimate(list(voters), G, P[:, :m].copy(), P[:, m].copy(), acc, alpha, it, rows)
+    return TruthEstimate(list(voters), G, P[:, :m].copy(), P[:, m].copy(), acc, alpha, done_at, rows)
 
 
 def estimate_error(est: TruthEstimate, gold_ok: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict:
