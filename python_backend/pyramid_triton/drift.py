@@ -16,6 +16,11 @@ proportion over ``n`` fitting questions: the interval is taken from the low end 
 interval to the high end, at the same confidence). Each transition (on or off) gives one log line
 naming the figure, the expected and the observed values. Nothing here touches Triton:
 ``metrics.RouterMetrics`` exports the state and ``bls`` writes the lines.
+
+Hysteresis (issue 27 item 7): an alarm turns on as soon as its figure leaves the interval, but clears only
+once the figure has stayed back inside it for ``clear_after`` observations in a row (default: one whole
+window). Without it a figure sitting at the edge of its interval (skewed traffic) turned the alarm on and
+off with nearly every request; with it an alarm turns on at most once per ``clear_after`` + 1 observations.
 """
 
 from __future__ import annotations
@@ -83,10 +88,16 @@ class Figure:
     window: deque = field(default_factory=deque)
     hits: int = 0
     drifting: bool = False
+    clear_after: int | None = None  # observations back inside before the alarm clears (None: the window size)
+    _inside: int = field(default=0, repr=False)  # observations in a row inside the interval while drifting
     _interval: tuple[float, float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.window = deque(maxlen=self.size)
+        if self.clear_after is None:
+            self.clear_after = self.size
+        if self.clear_after < 1:
+            raise ValueError(f"drift clear_after must be at least 1, got {self.clear_after}")
 
     @property
     def observed(self) -> float | None:
@@ -114,11 +125,22 @@ class Figure:
         iv = self.interval()
         assert iv is not None
         obs = self.hits / self.size
-        now = not (iv[0] - 1e-12 <= obs <= iv[1] + 1e-12)
-        if now == self.drifting:
-            return None
-        self.drifting = now
-        what = "left" if now else "is back within"
+        outside = not (iv[0] - 1e-12 <= obs <= iv[1] + 1e-12)
+        if outside:
+            self._inside = 0
+            if self.drifting:
+                return None
+            self.drifting = True
+            what = "left"
+        else:
+            if not self.drifting:
+                return None
+            self._inside += 1
+            if self._inside < (self.clear_after or 1):
+                return None  # hysteresis: back inside, not for long enough yet
+            self.drifting = False
+            self._inside = 0
+            what = f"is back within (for its last {self.clear_after} observations)"
         return (
             f"drift: {self.name} {what} its {self.confidence:.0%} binomial interval: expected "
             f"{self.expected:.4f} (interval {iv[0]:.4f}..{iv[1]:.4f} over {self.size}), observed {obs:.4f} "
@@ -135,7 +157,10 @@ class DriftMonitor:
         window: int = DEFAULTS["drift_window"],
         fidelity_window: int = DEFAULTS["drift_fidelity_window"],
         confidence: float = DEFAULTS["drift_confidence"],
+        clear_after: int | None = None,
     ) -> None:
+        """``clear_after``: observations in a row a drifting figure must stay back inside its interval before
+        its alarm clears (None: each figure's own window size)."""
         if window < 1 or fidelity_window < 1:
             raise ValueError(f"drift windows must be at least 1, got {window} and {fidelity_window}")
         if not 0.5 <= confidence < 1.0:
@@ -143,10 +168,12 @@ class DriftMonitor:
         e = expected or {}
         n = int(e.get("n_questions") or 0)
         self.figures = {
-            "escalation_rate": Figure("escalation_rate", e.get("oracle_call_rate"), n, window, confidence),
+            "escalation_rate": Figure(
+                "escalation_rate", e.get("oracle_call_rate"), n, window, confidence, clear_after=clear_after
+            ),
             "fidelity": Figure(
                 "fidelity", e.get("accepted_fidelity"), int(e.get("n_accepted_with_oracle") or 0), fidelity_window,
-                confidence,
+                confidence, clear_after=clear_after,
             ),
         }  # fmt: skip
 
