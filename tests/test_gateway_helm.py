@@ -1,6 +1,7 @@
 """The OpenAI gateway in the Helm chart: a second container of the router pods only, in front of that pod's
-tritonserver, on the router Service's port "openai"; API keys from a Secret; off when disabled. Rendered by
-Helm's own template engine and validated against the Kubernetes schemas (as tests/test_helm.py)."""
+tritonserver, on the router Service's port "openai"; API keys always (a Secret of the user's, else one the chart
+makes), none only with gateway.insecureNoKeys; off when disabled. Rendered by Helm's own template engine and
+validated against the Kubernetes schemas (as tests/test_helm.py)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def test_the_router_pods_run_the_gateway_beside_tritonserver(values):
     assert cmd[cmd.index("--triton") + 1] == "127.0.0.1:8001"  # its own pod's server, no network hop
     assert cmd[cmd.index("--port") + 1] == "9000" and cmd[cmd.index("--host") + 1] == "0.0.0.0"
     assert cmd[cmd.index("--model-repository") + 1] == "/repository"  # the router's engines, rendered in the pod
-    assert "--api-keys-file" not in cmd
+    # keys by default (issue 26 item 2): the chart's own random key, mounted as the keys file
+    assert cmd[cmd.index("--api-keys-file") + 1] == "/config/api-keys/api-keys" and "--insecure-no-keys" not in cmd
+    assert {"name": "api-keys", "mountPath": "/config/api-keys", "readOnly": True} in gw["volumeMounts"]
+    assert {"name": "api-keys", "secret": {"secretName": f"{FULL}-openai-keys"}} in router["volumes"]
     assert gw["ports"] == [{"name": "openai", "containerPort": 9000, "protocol": "TCP"}]
     assert gw["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "openai"}
     assert gw["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "openai"}
@@ -55,6 +59,66 @@ def test_the_router_pods_run_the_gateway_beside_tritonserver(values):
     ]["ports"]
     assert all(p["name"] != "openai" for p in svcs[f"{FULL}-agents"]["spec"]["ports"])
     assert helm_check.validate(docs, versions=("1.33.0",)) == []
+
+
+def test_the_chart_makes_a_random_api_key_unless_told_to_run_without(values):
+    """Issue 26 item 2: the chart enabled the gateway, on the pod's address, with no keys. Now it makes a Secret
+    with one random key (48 characters; a new one per render, since helm template cannot look the old one up),
+    and runs without keys only with gateway.insecureNoKeys, which passes --insecure-no-keys (the gateway refuses
+    a non-loopback address without keys otherwise)."""
+    import base64
+
+    secrets = by_kind(render(values), "Secret")
+    key = base64.b64decode(secrets[f"{FULL}-openai-keys"]["data"]["api-keys"]).decode()
+    assert len(key) == 48 and key.isalnum()
+    again = base64.b64decode(by_kind(render(values), "Secret")[f"{FULL}-openai-keys"]["data"]["api-keys"]).decode()
+    assert again != key
+    assert key not in str(by_kind(render(values), "Deployment"))  # only the Secret holds it
+
+    docs = render({**values, "gateway": {"insecureNoKeys": True}})
+    pod = by_kind(docs, "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]
+    cmd = pod["containers"][1]["command"]
+    assert "--insecure-no-keys" in cmd and "--api-keys-file" not in cmd
+    assert all(v["name"] != "api-keys" for v in pod["volumes"])
+    assert f"{FULL}-openai-keys" not in by_kind(docs, "Secret")
+    assert helm_check.validate(docs, versions=("1.33.0",)) == []
+    # a Secret of the user's wins over insecureNoKeys; the chart makes none then
+    docs = render({**values, "gateway": {"insecureNoKeys": True, "apiKeys": {"existingSecret": "mine"}}})
+    cmd = by_kind(docs, "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]["containers"][1]["command"]
+    assert "--insecure-no-keys" not in cmd and "--api-keys-file" in cmd
+    assert f"{FULL}-openai-keys" not in by_kind(docs, "Secret")
+    # the gateway disabled: no key to make
+    assert f"{FULL}-openai-keys" not in by_kind(render({**values, "gateway": {"enabled": False}}), "Secret")
+
+
+def test_the_rendered_gateway_command_passes_the_gateways_own_check(values, tmp_path, monkeypatch):
+    """The rendered command as pyramid-gateway reads it: --host 0.0.0.0 with the keys file starts; with
+    insecureNoKeys it starts without keys; the same command without --insecure-no-keys would be refused."""
+    sys.path.insert(0, str(ROOT / "gateway"))
+    from pyramid_gateway.__main__ import config_from, parser
+    from pyramid_gateway.auth import ENV_VAR
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    keys = tmp_path / "keys"
+    keys.write_text("k" * 48 + "\n")
+
+    def args_of(v: dict) -> list[str]:
+        pod = by_kind(render(v), "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]
+        cmd = pod["containers"][1]["command"]
+        args = list(cmd[3:])  # after python3 -m pyramid_gateway
+        if "--api-keys-file" in args:
+            args[args.index("--api-keys-file") + 1] = str(keys)  # the mounted file, here
+        i = args.index("--model-repository")
+        del args[i : i + 2]  # /repository exists only in the pod
+        return args
+
+    keyed = config_from(parser().parse_args(args_of(values)))
+    assert keyed.auth is not None and parser().parse_args(args_of(values)).host == "0.0.0.0"
+    insecure = args_of({**values, "gateway": {"insecureNoKeys": True}})
+    assert config_from(parser().parse_args(insecure)).auth is None
+    insecure.remove("--insecure-no-keys")
+    with pytest.raises(ValueError, match="--insecure-no-keys"):
+        config_from(parser().parse_args(insecure))
 
 
 def test_api_keys_from_a_secret_and_extra_flags(values):
@@ -102,7 +166,10 @@ def test_a_keyed_inference_gives_the_gateway_the_key(values, tmp_path):
     assert all(not key_env(c) for c in open_pod["containers"])
 
 
-@pytest.mark.parametrize("gateway", [{"port": 8001}, {"enabled": "yes"}, {"apiKeys": {"secret": "x"}}, {"bogus": 1}])
+@pytest.mark.parametrize(
+    "gateway",
+    [{"port": 8001}, {"enabled": "yes"}, {"apiKeys": {"secret": "x"}}, {"bogus": 1}, {"insecureNoKeys": "yes"}],
+)
 def test_the_values_schema_refuses_bad_gateway_settings(values, gateway):
     with pytest.raises(Exception, match="schema"):
         render({**values, "gateway": gateway})

@@ -239,10 +239,11 @@ def test_admin_key_secret_restricts_model_control_on_the_router(rendered):
             f"--http-restricted-api={apis}:pyramid-admin-key=$(PYRAMID_ADMIN_KEY)",
             f"--grpc-restricted-protocol={apis}:pyramid-admin-key=$(PYRAMID_ADMIN_KEY)",
         ]
-    # a Secret of the user's instead: the chart makes none and points the pods at it
+    # a Secret of the user's instead: the chart makes none and points the pods at it (the one Secret left is the
+    # OpenAI gateway's API key: tests/test_gateway_helm.py)
     own = {**values, "security": {"adminKey": {"existingSecret": "my-key", "secretKey": "k"}}}
     docs = helm_check.manifests(helm_check.render_chart(own, RELEASE, NAMESPACE))
-    assert by_kind(docs, "Secret") == {}
+    assert set(by_kind(docs, "Secret")) == {f"{FULL}-openai-keys"}
     c = by_kind(docs, "Deployment")[f"{FULL}-router"]["spec"]["template"]["spec"]["containers"][0]
     assert c["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "my-key", "key": "k"}
     assert helm_check.validate(docs, versions=("1.33.0",)) == []

@@ -14,7 +14,11 @@ carries every request with no thread hand-offs.
 
 Client disconnect: a non-streaming request races its route against the client's ``http.disconnect``;
 a streaming one is cancelled by the response when the client goes away. Either way the route's task is
-cancelled, which cancels its gRPC call, so Triton sees the request cancelled (logged as 499).
+cancelled, which cancels its gRPC call, so Triton sees the request cancelled (logged as 499, one line).
+
+Hostile clients (docs/SECURITY.md): the body is bounded in size and time (``limits``); the JSON in depth, and
+a string that cannot be UTF-8 (a lone surrogate) is a 400 naming its field (``protocol.check_json``);
+metrics are labelled with known model names only (``Gateway.model_label``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,19 +40,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import responses as R
 from .auth import KeyAuth, Lease
 from .conversation import question_from_messages
-from .errors import CLIENT_CLOSED, ApiError, invalid, unavailable
-from .metrics import Metrics
-from .protocol import ChatCompletionRequest, CompletionRequest, parse_request, prompt_text
+from .errors import CLIENT_CLOSED, ApiError, clip, invalid, unavailable
+from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, ClientGone, read_body
+from .metrics import NO_MODEL, Metrics
+from .protocol import ChatCompletionRequest, CompletionRequest, check_json, parse_request, prompt_text, too_deep
 from .serving import Gateway, new_request_id
 from .upstream import Deployment, Target, Upstream
 
 OWNER = "pyramid-moa"
+# uvicorn's own log (configured by uvicorn.run): one line per request a client abandoned or sent too slowly
+log = logging.getLogger("uvicorn.error")
 
 
 @dataclass
 class GatewayConfig:
     """``triton_url``: Triton's gRPC ``host:port``; ``timeout_s``: bound on one request's route;
-    ``retries``: UNAVAILABLE retries before answering 503; ``retry_after_s``: the 503's Retry-After."""
+    ``retries``: UNAVAILABLE retries before answering 503; ``retry_after_s``: the 503's Retry-After;
+    ``max_body_bytes`` / ``body_timeout_s``: a request body's bounds (``limits``: 413 / 408)."""
 
     triton_url: str = "localhost:8001"
     router: str = "pyramid"
@@ -57,10 +66,8 @@ class GatewayConfig:
     auth: KeyAuth | None = None
     deployment: Deployment | None = None  # None: read from the router's model config
     inference_key: str | None = None  # the server's inference key, where it keys inference (security.inference_key)
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the answer."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
 
 async def _disconnected(request: Request) -> None:
@@ -121,12 +128,22 @@ def _error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-async def _read_json(request: Request) -> Any:
-    body = await request.body()
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _read_json(request: Request, config: GatewayConfig) -> Any:
+    """The body, bounded (``limits.read_body``: 413 / 408 / ClientGone), decoded, and checked for depth and
+    strings that are not text (``protocol.check_json``); a 400 otherwise, never a 500."""
+    body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid(f"the request body is not valid JSON: {exc}", None) from None
+        value = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise too_deep(body) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN / Infinity, an integer of 4,300+ digits
+        raise invalid(f"the request body is not valid JSON: {clip(str(exc), 200)}", None) from None
+    check_json(value)
+    return value
 
 
 def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastAPI:
@@ -162,7 +179,7 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else None
-        message = f"{request.method} {request.url.path}: {exc.detail}"
+        message = f"{clip(request.method, 16)} {clip(request.url.path)}: {exc.detail}"
         return _error_response(ApiError(exc.status_code, message, code=code))
 
     def gateway() -> Gateway:
@@ -221,16 +238,17 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
     async def _serve(request: Request, kind: str) -> Response:
         endpoint = f"/v1/{'chat/completions' if kind == 'chat' else 'completions'}"
         t0 = time.perf_counter()
-        model = "?"
+        model = NO_MODEL  # the metrics' label: a model name this gateway serves, never what the client wrote
         metrics.in_flight += 1
         streaming = False
         status = 200
         lease = Lease()
         try:
             lease = admit(request)
-            req = parse_request(kind, await _read_json(request))  # type: ignore[arg-type]
-            model = req.model
+            req = parse_request(kind, await _read_json(request, config))  # type: ignore[arg-type]
+            model = gateway().model_label(req.model)
             cat, target = await gateway().resolve(req.model)
+            model = target.name
             if isinstance(req, ChatCompletionRequest):
                 question = question_from_messages(req.messages)
             else:
@@ -264,11 +282,15 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
                 _done(endpoint, model, t0, lease, status)
 
     def _done(endpoint: str, model: str, t0: float, lease: Lease, status: int) -> None:
+        seconds = time.perf_counter() - t0
         if status == CLIENT_CLOSED:
             metrics.disconnects += 1
+            log.info("%d POST %s model=%s: the client went away after %.2f s", status, endpoint, model, seconds)
+        elif status == 408:
+            log.info("%d POST %s: the request body did not arrive in time", status, endpoint)
         lease.release()
         metrics.in_flight -= 1
-        metrics.observe(endpoint, model, status, time.perf_counter() - t0)
+        metrics.observe(endpoint, model, status, seconds)
 
     async def _sse_body(
         req: ChatCompletionRequest | CompletionRequest,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import invalid
+from .errors import clip, clip_names, invalid
 
 ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 # Keys an SDK puts on an assistant message it hands back; accepted only when empty.
@@ -38,14 +38,14 @@ def _text(content: Any, where: str) -> str:
             kind = part.get("type")
             if kind != "text":
                 raise invalid(
-                    f"{where}[{j}].type is {kind!r}: only text content can be routed "
+                    f"{where}[{j}].type is {clip(kind)!r}: only text content can be routed "
                     "(the engines take text; images, audio and files are not supported)",
                     f"{where}[{j}].type",
                     code="unsupported_content",
                 )
             unknown = sorted(set(part) - {"type", "text"})
             if unknown:
-                raise invalid(f"{where}[{j}] has unknown key(s): {', '.join(unknown)}", f"{where}[{j}]")
+                raise invalid(f"{where}[{j}] has unknown key(s): {clip_names(unknown)}", f"{where}[{j}]")
             if not isinstance(part.get("text"), str):
                 raise invalid(f"{where}[{j}].text must be a string", f"{where}[{j}].text")
             parts.append(part["text"])
@@ -63,13 +63,15 @@ def question_from_messages(messages: list[Any]) -> str:
         if not isinstance(m, dict):
             raise invalid(f"{where} must be an object with 'role' and 'content'", where)
         role = m.get("role")
+        if not isinstance(role, str):
+            raise invalid(f"{where}.role must be one of {', '.join(ROLES)}", f"{where}.role")
         if role in ("tool", "function"):
             raise invalid(f"{where}.role is {role!r}: tools / function calling are not supported", f"{where}.role")
         if role not in ROLES:
-            raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role")
+            raise invalid(f"{where}.role must be one of {', '.join(ROLES)}, got {clip(role)!r}", f"{where}.role")
         unknown = sorted(k for k in m if k not in ("role", "content", "name", *_EMPTY_OK))
         if unknown:
-            raise invalid(f"{where} has unknown key(s): {', '.join(unknown)}", f"{where}.{unknown[0]}")
+            raise invalid(f"{where} has unknown key(s): {clip_names(unknown)}", f"{where}.{clip(unknown[0])}")
         for k in _EMPTY_OK:
             if m.get(k):
                 raise invalid(f"{where}.{k} is not supported (tools / audio are not)", f"{where}.{k}")

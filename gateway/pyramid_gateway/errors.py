@@ -3,10 +3,17 @@ mapping from the router's error codes to HTTP statuses.
 
 Why one module: every path (validation, the router, a direct engine call, Triton being down, a
 client that went away) ends in ``ApiError``, so status, type and headers are decided in one place.
+
+What an error body may say (docs/SECURITY.md, "Hostile clients"): ``ApiError`` passes every message through
+``safe_message`` (server paths replaced by ``<path>``, lone surrogates escaped, at most ``MAX_MESSAGE_CHARS``) and
+every ``param`` through ``clip``; where a message quotes a client's value, it quotes ``clip(value)`` (at most
+``CLIP_CHARS`` characters and "..."), so an error never echoes a megabyte the client sent, nor where the
+server keeps its files (a replay engine's "not found in traces /srv/..." passed through from Triton).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -31,6 +38,45 @@ _ROUTER_FIELDS = {
 }
 _INPUT_NAME = re.compile(r"invalid input '([a-z_]+)'")
 
+CLIP_CHARS = 64  # how much of a client's value an error message quotes
+MAX_MESSAGE_CHARS = 1024  # an error message's bound, whatever it quotes
+# An absolute path whose first component is a directory at this machine's root (or a usual one): a server
+# path. "/v1/models" (a URL path a client sent) is not one.
+_ROOTS = frozenset(
+    {"bin", "boot", "config", "data", "dev", "etc", "home", "lib", "lib64", "media", "mnt", "models", "opt",
+     "proc", "repository", "root", "run", "sbin", "srv", "sys", "tmp", "usr", "var", "work", "workspace"}
+)  # fmt: skip
+try:
+    _ROOTS = _ROOTS | frozenset(e for e in os.listdir("/") if os.path.isdir(os.path.join("/", e)))
+except OSError:  # pragma: no cover - no readable root: the usual names only
+    pass
+_PATH = re.compile(r"(?<![\w.:/~-])/([\w.+@-]+)(?:/[\w.+@~=,-]*)*")
+
+
+def clip(value: Any, limit: int = CLIP_CHARS) -> str:
+    """A client's value as an error message may quote it: its text (a non-string: its repr), at most
+    ``limit`` characters, then "..." when there was more."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def clip_names(names: list[str], most: int = 5) -> str:
+    """Names a client chose (unknown fields, keys) as a message lists them: the first ``most``, each clipped."""
+    shown = ", ".join(clip(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute server path replaced by ``<path>``."""
+    return _PATH.sub(lambda m: "<path>" if m.group(1) in _ROOTS else m.group(0), text)
+
+
+def safe_message(text: str) -> str:
+    """What an error body may say: no server path, no lone surrogate (a client's ``"\\ud800"`` quoted back
+    would not encode as UTF-8), at most ``MAX_MESSAGE_CHARS`` characters."""
+    text = scrub_paths(str(text)).encode("utf-8", "backslashreplace").decode("utf-8")
+    return clip(text, MAX_MESSAGE_CHARS)
+
 
 class ApiError(Exception):
     """An error answered to the client; ``param`` names the request field at fault."""
@@ -45,7 +91,9 @@ class ApiError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = safe_message(message)
         super().__init__(message)
+        param = safe_message(clip(param)) if param is not None else None
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = dict(headers or {})
 
@@ -72,7 +120,7 @@ def deadline_exceeded(message: str) -> ApiError:
 def model_not_found(model: str, known: list[str]) -> ApiError:
     return ApiError(
         404,
-        f"The model '{model}' does not exist; this server has: {', '.join(known)}",
+        f"The model '{clip(model)}' does not exist; this server has: {', '.join(known)}",
         param="model",
         code="model_not_found",
     )

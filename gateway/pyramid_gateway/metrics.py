@@ -4,6 +4,12 @@ The router's decisions (tiers, escalations, cost) are on Triton's ``/metrics`` (
 gateway adds only what happens at the HTTP edge: requests by model, endpoint and status, their
 latency, requests in flight, client disconnects, tokens billed. Hand-written (a few counters and one
 histogram) rather than a dependency; everything runs on the event loop, so no locks.
+
+Label values are the gateway's own, never a client's text: ``endpoint`` is one of its routes, ``status`` an
+HTTP status it answered, ``model`` a model name it serves (``Gateway.model_label``), ``unknown`` for a name it
+does not serve, ``?`` for a request refused before its model was read. So the label sets are bounded, and
+nobody can add lines to the scrape (issue 27: a model name with a newline in it once could). Every value is
+escaped anyway (``escape_label``: backslash, double quote and newline, as the exposition format says).
 """
 
 from __future__ import annotations
@@ -12,13 +18,18 @@ from collections import defaultdict
 
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PREFIX = "pyramid_gateway_"
+UNKNOWN_MODEL = "unknown"  # a model name this gateway does not serve
+NO_MODEL = "?"  # refused before the request's model was read (bad JSON, no key, too large)
 
 
-def _labels(**kv: str) -> str:
-    inner = ",".join(
-        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in kv.items()
-    )
-    return "{" + inner + "}"
+def escape_label(value: object) -> str:
+    """A label value as the text exposition format writes it: ``\\`` -> ``\\\\``, ``"`` -> ``\\"``,
+    newline -> ``\\n``."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**kv: object) -> str:
+    return "{" + ",".join(f'{k}="{escape_label(v)}"' for k, v in kv.items()) + "}"
 
 
 class Metrics:

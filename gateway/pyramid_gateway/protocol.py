@@ -14,33 +14,41 @@ Rules (README "OpenAI-compatible API"):
   unknown keys are a 400 naming them.
 
 Why pydantic: FastAPI's own validation layer, so a wrong type or an unknown field is reported
-with its location, which becomes the error's ``param``.
+with its location, which becomes the error's ``param``. Strict types: ``max_tokens: true`` or
+``stream: "yes"`` is a 400, not coerced to 1 / True (an int is still accepted for a float field).
+
+Before validation, ``check_json`` refuses (400, naming the field) JSON nested deeper than ``MAX_DEPTH`` and a
+string that is not text: a lone surrogate (``"\\ud800"``) is valid JSON but cannot be encoded as UTF-8 for
+Triton.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pyramid_client.wire import NOOP_SAMPLING
 
-from .errors import ApiError, invalid
+from .errors import ApiError, clip, clip_names, invalid
 
 PYRAMID_KEYS = ("escalation_threshold", "deadline_ms", "strict", "task")
 MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_DEPTH = 32  # JSON nesting: an OpenAI request needs 5 (messages[i].content[j].text)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
 
 
 class PyramidOptions(BaseModel):
     """Per-request routing (``extra_body={"pyramid": {...}}``): the router's inputs of the same name."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     escalation_threshold: float | None = Field(None, ge=0.0, le=1.0)
     deadline_ms: int | None = Field(None, ge=0, lt=2**31)
     strict: bool | None = None
@@ -50,7 +58,7 @@ class PyramidOptions(BaseModel):
 class _Common(BaseModel):
     """Fields shared by both endpoints."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str
     max_tokens: int | None = Field(None, gt=0, lt=2**31)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -140,21 +148,73 @@ def _unsupported(req: _Common) -> None:
         v = getattr(req, name)
         if v is None or v == noop or (name == "logprobs" and v in (0, False)):
             continue
-        raise invalid(f"'{name}'={json.dumps(v)} cannot be honoured: {why}", name, code="unsupported_parameter")
+        raise invalid(f"'{name}'={clip(json.dumps(v))} cannot be honoured: {why}", name, code="unsupported_parameter")
     if req.logit_bias:
         raise invalid("'logit_bias' cannot be honoured: the engines' text API has no logit bias", "logit_bias")
     fmt = getattr(req, "response_format", None)
     if fmt is not None and fmt.get("type") != "text":
         raise invalid(
-            f"response_format {json.dumps(fmt)} cannot be honoured: only {{'type': 'text'}}", "response_format"
+            f"response_format {clip(json.dumps(fmt))} cannot be honoured: only {{'type': 'text'}}", "response_format"
         )
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{clip(part)}" if out else clip(part))
     return out
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def too_deep(raw: bytes) -> ApiError:
+    """The 400 for a body too deep for the JSON decoder itself (``RecursionError``), naming the top-level field
+    that nests too deep: found by a scan of its brackets outside strings, which stops at ``MAX_DEPTH``."""
+    depth, key, last = 0, None, None
+    for m in _TOKEN.finditer(raw):
+        t = m.group()
+        if t in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                break
+        elif t in (b"]", b"}"):
+            depth -= 1
+        elif t == b":":
+            key = last if depth == 1 else key
+        else:
+            last = t
+    field = None
+    if key is not None:
+        try:
+            field = clip(json.loads(key))
+        except ValueError:
+            field = None
+    return invalid(f"the request body is nested more than {MAX_DEPTH} levels deep", field)
+
+
+def check_json(body: Any) -> None:
+    """400 naming the place for JSON nested deeper than ``MAX_DEPTH`` or a string (value or key) holding a
+    lone surrogate; iterative, so no depth can overflow the stack."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(body, ())]
+    while stack:
+        value, loc = stack.pop()
+        if len(loc) > MAX_DEPTH:
+            field = _loc(loc[:1]) if isinstance(loc[0], str) else None
+            raise invalid(f"the request body is nested more than {MAX_DEPTH} levels deep", field)
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                where = _loc(loc) or None
+                raise invalid(f"'{where}' is not valid text: it holds a lone UTF-16 surrogate", where)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if _SURROGATE.search(k):
+                    raise invalid(
+                        "a key in the request is not valid text: it holds a lone UTF-16 surrogate", _loc(loc) or None
+                    )
+                stack.append((v, (*loc, k)))
+        elif isinstance(value, list):
+            stack.extend((v, (*loc, i)) for i, v in enumerate(value))
 
 
 def _from_validation(exc: ValidationError) -> ApiError:
@@ -166,19 +226,19 @@ def _from_validation(exc: ValidationError) -> ApiError:
         nested = [e for e in extra if len(e["loc"]) > 1]
         if top:
             return invalid(
-                f"Unrecognized request argument(s) supplied: {', '.join(top)}", top[0], code="unknown_parameter"
+                f"Unrecognized request argument(s) supplied: {clip_names(top)}", top[0], code="unknown_parameter"
             )
         parent = _loc(nested[0]["loc"][:-1])
         names = [str(e["loc"][-1]) for e in nested if _loc(e["loc"][:-1]) == parent]
         known = PYRAMID_KEYS if parent == "pyramid" else ()
         hint = f"; known: {', '.join(known)}" if known else ""
-        return invalid(f"unknown key(s) in '{parent}': {', '.join(names)}{hint}", parent, code="unknown_parameter")
+        return invalid(f"unknown key(s) in '{parent}': {clip_names(names)}{hint}", parent, code="unknown_parameter")
     e = errors[0]
     where = _loc(e["loc"])
     if e["type"] == "missing":
         return invalid(f"'{where}' is required", where, code="missing_required_parameter")
     got = e.get("input")
-    shown = json.dumps(got) if isinstance(got, (int, float, str, bool, type(None))) else type(got).__name__
+    shown = clip(json.dumps(got)) if isinstance(got, (int, float, str, bool, type(None))) else type(got).__name__
     return invalid(f"invalid '{where}' ({shown}): {e['msg']}", where)
 
 

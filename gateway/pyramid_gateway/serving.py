@@ -28,9 +28,10 @@ from pyramid_client import PyramidError, PyramidResult
 from pyramid_client.wire import cut_at_stop
 
 from .errors import ApiError, deadline_exceeded, from_pyramid, invalid, model_not_found
+from .metrics import UNKNOWN_MODEL
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .responses import Answer, router_metadata
-from .upstream import Catalog, Target, Upstream
+from .upstream import TIERS, Catalog, Target, Upstream
 
 Request = ChatCompletionRequest | CompletionRequest
 Event = tuple[str, Any]
@@ -60,6 +61,20 @@ class Gateway:
             return await self.upstream.catalog()
         except PyramidError as exc:
             raise from_pyramid(exc, self.retry_after_s) from None
+
+    def model_label(self, model: str) -> str:
+        """``model`` if this gateway serves it (its catalog, or the deployment it was given while the catalog
+        is not discovered yet), else ``unknown``: the metrics' label, from a bounded set."""
+        up = self.upstream
+        cat = getattr(up, "_catalog", None)
+        if cat is not None:
+            return model if model in cat.targets else UNKNOWN_MODEL
+        router = getattr(up, "router_name", None)
+        d = getattr(up, "deployment", None)
+        names = {router, *(f"{router}-{t}" for t in TIERS)} if router else set()
+        if d is not None:
+            names |= {*d.committee, d.oracle}
+        return model if model in names else UNKNOWN_MODEL
 
     async def resolve(self, model: str) -> tuple[Catalog, Target]:
         cat = await self.catalog()

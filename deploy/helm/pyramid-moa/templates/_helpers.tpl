@@ -39,6 +39,16 @@ app.kubernetes.io/component: {{ .tier }}
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret holding the gateway's API keys file: the user's, the one this chart makes, or none
+     (gateway.insecureNoKeys). */}}
+{{- define "pyramid-moa.gatewayKeysSecret" -}}
+{{- if .Values.gateway.apiKeys.existingSecret -}}
+{{- .Values.gateway.apiKeys.existingSecret -}}
+{{- else if not .Values.gateway.insecureNoKeys -}}
+{{- printf "%s-openai-keys" (include "pyramid-moa.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Secret holding the admin key (model control): the user's, or the one this chart makes. */}}
 {{- define "pyramid-moa.adminKeySecret" -}}
 {{- if .Values.security.adminKey.existingSecret -}}
