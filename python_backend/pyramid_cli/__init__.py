@@ -29,7 +29,12 @@ DEPLOYMENT_COMMANDS = {
     "deploy-calibration": (
         "pyramid_cli.deploy_calibration",
         "main",
-        "put a new calibration live in a running router: its watched file, replaced atomically (--help)",
+        "put a new calibration live in a running router, kept across restarts; --rollback, --reset (--help)",
+    ),
+    "inspect": (
+        "pyramid_cli.inspect_cmd",
+        "main",
+        "what a trace directory or a calibration holds: sources and cost facts; schedule, thresholds (--help)",
     ),
 }
 

@@ -50,6 +50,7 @@ from pyramid_moa.artifact import (
     load_calibrations,
     write_text_atomic,
 )
+from pyramid_moa.cli import DefaultsFormatter
 from pyramid_triton.hot_reload import (
     HISTORY_KEEP,
     WATCH_DEFAULT_S,
@@ -64,6 +65,7 @@ from .record import _csv
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
+        formatter_class=DefaultsFormatter,
         prog="pyramid deploy-calibration",
         description="Put a new calibration live: the router's calibration file, replaced atomically and watched",
     )

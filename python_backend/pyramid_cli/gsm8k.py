@@ -38,6 +38,7 @@ from pyramid_client import AsyncPyramidClient, PyramidError, PyramidResult
 from pyramid_client.cli import add_connection_args, add_routing_args, env_inference_key, parse_args, routing_kwargs
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import write_json_atomic
+from pyramid_moa.cli import DefaultsFormatter
 from pyramid_moa.cost import COST_MODELS
 from pyramid_triton.perf import percentile
 
@@ -360,6 +361,7 @@ def choose(args: argparse.Namespace, questions: Sequence[Question], exclude: Ite
 
 def gsm8k_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
+        formatter_class=DefaultsFormatter,
         prog="pyramid run-gsm8k",
         description="Send GSM8K questions through a Pyramid MoA deployment; print accuracy, oracle-call rate, "
         "cost relative to always-oracle and latency",

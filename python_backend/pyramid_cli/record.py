@@ -69,6 +69,7 @@ from pyramid_client.retry import Attempts, RetryPolicy
 from pyramid_client.wire import INTERNAL, NOT_FOUND, PERMISSION_DENIED, UNAVAILABLE, key_headers, refused_by_key
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import ArtifactError, load_artifact, write_text_atomic
+from pyramid_moa.cli import DefaultsFormatter
 from pyramid_moa.cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
 from pyramid_triton import access
 
@@ -532,6 +533,7 @@ def _overrides(items: list[str] | None, flag: str, n: int, names: Sequence[str])
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
+        formatter_class=DefaultsFormatter,
         prog="pyramid record",
         description="Record the committee's and the oracle's answers of a live deployment as traces for "
         "pyramid calibrate",

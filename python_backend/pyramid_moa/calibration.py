@@ -67,7 +67,8 @@ def _check_fit_data(X: np.ndarray, y: np.ndarray, min_per_class: int = 5) -> Non
     if pos < min_per_class or neg < min_per_class:
         raise ValueError(
             f"too few examples to calibrate: {pos} correct and {neg} wrong committee answers "
-            f"(need at least {min_per_class} of each)"
+            f"(need at least {min_per_class} of each): record more questions (pyramid record --n), or fit a "
+            "shallower schedule (--max-depth 1)"
         )
 
 

@@ -21,7 +21,7 @@ from .calibration import calibrator_names
 from .cost import COST_MODELS
 from .dataset import LABELS, TRUTH_VOTERS, load_routing_data, parse_overrides
 from .features import feature_set_names
-from .fitting import MAX_DEPTH, Target, TargetUnreachable, fit_router
+from .fitting import MAX_DEPTH, RECOMMENDED_QUESTIONS, Target, TargetUnreachable, fit_router
 from .registry import UnknownName
 from .semantic import DEFAULT_EMBEDDING_CACHE
 from .semantic import FEATURE_SETS as SEMANTIC_FEATURE_SETS
@@ -74,11 +74,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="--labels estimated: the models that vote on which answer is right besides the committee and "
         f"the oracle: every other source of the traces (all, the default), none (routed), or a list ({TRUTH_VOTERS})",
     )
-    p.add_argument("--cost", choices=COST_MODELS, default="flops", help="cost model the target and savings use")
+    p.add_argument(
+        "--cost",
+        choices=COST_MODELS,
+        help="cost model the target and savings use (default: the first of flops, usd that the traces can price "
+        "for every model; --params / --price fill in what they lack)",
+    )
     p.add_argument(
         "--features", choices=feature_set_names(), help="feature set (default: full; semantic for --task semantic)"
     )
-    p.add_argument("--calibrator", choices=calibrator_names(), default="logistic")
+    p.add_argument("--calibrator", choices=calibrator_names(), default="logistic", help="each stage's calibrator")
     p.add_argument("--no-adaptive", action="store_true", help="one stage: always ask the whole committee")
     p.add_argument(
         "--max-depth",
@@ -111,7 +116,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="NPZ",
         help="--task semantic: embeddings of recorded outputs kept here across runs (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="folds, fit fraction and fitting randomness")
 
 
 def _target(a: argparse.Namespace, labels: str) -> Target:
@@ -155,6 +160,14 @@ def _data(a: argparse.Namespace):
         labels=a.labels,
         truth_voters=a.truth_voters,
     )
+    if a.cost is None:  # what these traces can price (sources.json and the overrides)
+        kinds = data.cost_kinds()
+        if not kinds:
+            raise ValueError(
+                f"no cost model can price every model of {a.traces}: give each model's size (--params NAME=B) "
+                "or prices (--price NAME=IN,OUT)"
+            )
+        a.cost = kinds[0]
     if a.truth_voters != "all" and data.labels != "estimated":
         raise ValueError("--truth-voters applies to --labels estimated only")
     if semantic:
@@ -171,6 +184,13 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     if a.fit_fraction < 1:
         rng = np.random.default_rng(a.seed)
         rows = np.sort(rng.permutation(data.n)[: int(round(a.fit_fraction * data.n))])
+    if len(rows) < RECOMMENDED_QUESTIONS:
+        print(
+            f"pyramid calibrate: warning: fitting on {len(rows)} questions; with fewer than {RECOMMENDED_QUESTIONS} "
+            "each stage's calibrator and threshold, and the rates the drift alarms watch, are noisy: record more "
+            "(pyramid record --n)",
+            file=sys.stderr,
+        )
     art = fit_router(
         data, rows, target, a.cost, a.features, a.calibrator, not a.no_adaptive, a.seed, str(a.traces),
         not a.no_arbiter, max_depth=a.max_depth, weighted_vote=not a.plurality_vote,
@@ -274,11 +294,28 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` states each option's default where it has one and its help text does not already say it
+    (the ``pyramid`` commands' parsers use it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser(others: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """``others``: more subcommands' help, listed by ``--help`` (their arguments are parsed elsewhere)."""
-    p = argparse.ArgumentParser(prog="pyramid", description="Pyramid MoA: calibrate and evaluate escalation routers")
+    p = argparse.ArgumentParser(
+        prog="pyramid",
+        description="Pyramid MoA: calibrate and evaluate escalation routers",
+        formatter_class=DefaultsFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("calibrate", help="fit calibrators and thresholds; write the artifact")
+    c = sub.add_parser(
+        "calibrate", help="fit calibrators and thresholds; write the artifact", formatter_class=DefaultsFormatter
+    )
     _add_common(c)
     c.add_argument("--out", required=True, help="calibration JSON to write")
     c.add_argument("--fit-fraction", type=float, default=1.0, help="fit on this random fraction of the questions")
@@ -289,10 +326,12 @@ def build_parser(others: dict[str, str] | None = None) -> argparse.ArgumentParse
         "request by its task), replacing the task's previous one",
     )
     c.set_defaults(fn=cmd_calibrate)
-    e = sub.add_parser("evaluate", help="cross-fitted evaluation with sweep and baselines")
+    e = sub.add_parser(
+        "evaluate", help="cross-fitted evaluation with sweep and baselines", formatter_class=DefaultsFormatter
+    )
     _add_common(e)
     e.add_argument("--calibration", help="score this artifact on the questions it was not fitted on")
-    e.add_argument("--folds", type=int, default=5)
+    e.add_argument("--folds", type=int, default=5, help="cross-fitting folds: each is scored by a fit on the others")
     e.add_argument("--json", required=True, help="result JSON to write")
     e.add_argument("--plot", help="PNG: Pareto plot and reliability diagram")
     e.add_argument("--report", help="markdown report")

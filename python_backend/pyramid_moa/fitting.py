@@ -288,6 +288,9 @@ WEIGHT_STEPS = (0.0, 0.25, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0)
 # Weights replace a plain plurality only when they raise the vote's accuracy on the fitting questions
 # by at least this much: a smaller in-sample gain is within noise and did not carry over (setup A).
 MIN_WEIGHT_GAIN = 0.005
+# Below this many fitting questions calibrate warns: each stage's calibrator and threshold are fitted
+# out-of-fold, so with fewer the schedule and the rates it expects (what the drift alarms watch) are noisy.
+RECOMMENDED_QUESTIONS = 200
 
 
 def fit_vote_weights(keys: list[list[str | None]], correct: np.ndarray, passes: int = 3) -> list[float]:
@@ -357,7 +360,10 @@ class RouterFit:
     ) -> None:
         rows = np.asarray(rows)
         if len(rows) < 40:
-            raise ValueError(f"too few questions to calibrate: {len(rows)} (need at least 40)")
+            raise ValueError(
+                f"too few questions to calibrate: {len(rows)} (need at least 40, and {RECOMMENDED_QUESTIONS} for "
+                "thresholds worth trusting): record more (pyramid record --n)"
+            )
         data.cost_model.require(cost_kind, [*data.committee, data.oracle])
         if target is not None:
             target.check_labels(data.labels)
