@@ -2,10 +2,11 @@
 """Build the TensorRT-LLM engines of deployment specs: see python_backend/pyramid_triton/engine_build.py.
 
 usage: python3 scripts/build_engines.py deploy/gpu-8x80gb.yaml [--dry-run] [--only NAME,...] \
-           [--trtllm-src TensorRT-LLM] [--download] [--force]
+           [--trtllm-src DIR] [--download | --download-only] [--force] [--clean-checkpoints]
 
 Runs where tensorrt_llm and trtllm-build are installed (NVIDIA's Triton TRT-LLM container: make engines);
---dry-run prints the exact commands anywhere. Needs PyYAML and numpy (the container has both).
+--dry-run prints the exact commands anywhere, and --download-only fetches the specs' missing Hugging Face
+checkpoints anywhere (docs/GPU.md step 1). Needs PyYAML and numpy (the container has both).
 """
 
 import sys

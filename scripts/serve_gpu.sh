@@ -10,7 +10,9 @@
 #        scripts/serve_gpu.sh REPOSITORY   serve an already rendered repository
 #        Further arguments go to tritonserver as they are (the Helm chart passes its restricted-API flags, whose
 #        key is shown masked in the command line this script prints; docs/SECURITY.md).
-# env:   GPU_REPO (out/model_repository/<profile>), GPU_CALIBRATION, HTTP_PORT/GRPC_PORT/METRICS_PORT
+#        The renderer refuses a TensorRT-LLM engine that no stage of the calibration asks (it would hold its GPUs
+#        for nothing); ALLOW_UNUSED_ENGINES=1 serves it anyway (e.g. under a transferred calibration).
+# env:   GPU_REPO (out/model_repository/<profile>), GPU_CALIBRATION, ALLOW_UNUSED_ENGINES, HTTP_PORT/GRPC_PORT/METRICS_PORT
 #        (8000/8001/8002), LOG_VERBOSE (0), PYTHON (python3), TRITONSERVER (/opt/tritonserver/bin/tritonserver),
 #        MPIRUN (mpirun)
 set -euo pipefail
@@ -46,6 +48,9 @@ case "$target" in
       echo "      Record traces (pyramid record --committee ... --oracle ...), fit them (pyramid calibrate)," >&2
       echo "      then: make serve-gpu GPU_SPEC=$spec GPU_CALIBRATION=<that file>   (docs/GPU.md)" >&2
       render+=(--engines-only)
+    fi
+    if [ -n "${ALLOW_UNUSED_ENGINES:-}" ] && [ "$ALLOW_UNUSED_ENGINES" != 0 ]; then
+      render+=(--allow-unused-engines)
     fi
     "${render[@]}"
     ;;

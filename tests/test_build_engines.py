@@ -8,6 +8,7 @@ real build driver runs end to end without a GPU.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -227,7 +228,7 @@ def test_without_a_checkout_unquantized_models_convert_with_the_api(env, capsys)
     env.doc["engine"]["quantization"] = "fp8"
     env.spec.write_text(yaml.safe_dump(env.doc, sort_keys=False))
     (p8,) = plan_builds(load_trtllm_models(env.spec)[0], None, "python3", "trtllm-build", "0.20.0")
-    with pytest.raises(BuildError, match="quantize.py not found: clone TensorRT-LLM"):
+    with pytest.raises(BuildError, match="quantize.py not found: NVIDIA's Triton TRT-LLM container has TensorRT-LLM's"):
         engine_build.preflight([p8], None, str(env.build))
 
 
@@ -254,7 +255,7 @@ def _fp8(env, **engine):
 def test_dry_run_states_the_fp8_prerequisites_of_the_70b(capsys):
     assert engine_build.main(["deploy/gpu-4x80gb-fp8.yaml", "--dry-run", "--only", "llama-3.1-70b-instruct-fp8"]) == 0
     out = capsys.readouterr().out
-    assert "a TensorRT-LLM source checkout at the container's version" in out
+    assert "TensorRT-LLM's examples at the container's version: NVIDIA's container has them at /app/examples" in out
     assert "downloads 'cnn_dailymail' from the Hugging Face hub; an offline node needs a local copy" in out
     assert "more than 210 GB for a 70B model" in out and "about 212 GB" in out
     assert "4 x 80 GB = 320 GB: enough" in out
@@ -298,3 +299,73 @@ def test_a_checkout_at_another_version_is_refused(env, monkeypatch):
     with pytest.raises(BuildError, match=r"checkout at .* is version 0.19.0, the installed tensorrt_llm 0.20.0"):
         engine_build.preflight([p], env.src, str(env.build))
     assert "WARNING: the checkout at" in engine_build.describe([p], "0.20.0", env.src)
+
+
+# --- where the examples come from; fetching the checkpoints -------------------------------------------------
+
+
+def test_the_containers_examples_come_first(env, tmp_path, monkeypatch):
+    """NVIDIA's container has TensorRT-LLM's examples at /app/examples (upstream's Dockerfile copies them there
+    from the clone its wheel is built from): used before a ./TensorRT-LLM clone, after an explicit TRTLLM_SRC;
+    with them, FP8 needs no clone."""
+    app = tmp_path / "app"
+    for rel in ("examples/models/core/llama/convert_checkpoint.py", "examples/quantization/quantize.py"):
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_text(FAKE_TOOL)
+    monkeypatch.chdir(tmp_path)  # where the fixture's fake checkout is, as ./TensorRT-LLM
+    monkeypatch.delenv("TRTLLM_SRC", raising=False)
+    monkeypatch.setattr(engine_build, "CONTAINER_EXAMPLES_ROOT", app)
+    assert engine_build.default_trtllm_src() == app
+    monkeypatch.setenv("TRTLLM_SRC", str(env.src))
+    assert engine_build.default_trtllm_src() == env.src
+    monkeypatch.delenv("TRTLLM_SRC")
+    monkeypatch.setattr(engine_build, "CONTAINER_EXAMPLES_ROOT", tmp_path / "no-app")
+    assert engine_build.default_trtllm_src() == Path("TensorRT-LLM")
+
+    monkeypatch.setattr(engine_build, "visible_gpu_memory_gb", lambda: None)
+    (p,) = _fp8(env, calib_dataset=str(env.tmp))
+    (p,) = plan_builds([p.model], app, sys.executable, str(env.build), "0.20.0")
+    assert p.steps[0].argv[1] == str(app / "examples" / "quantization" / "quantize.py")
+    engine_build.preflight([p], app, str(env.build))  # the container's quantize.py: nothing to clone
+    _run([p])
+    assert [c[0] for c in env.calls()] == ["quantize.py", "trtllm-build"]
+
+
+FAKE_HF = """#!/usr/bin/env bash
+printf '%s\\n' "$(basename "$0") $*" >> "$FAKE_HF_LOG"
+"""
+
+
+def fake_hf(tmp_path: Path, monkeypatch) -> Path:
+    """``hf`` and ``huggingface-cli`` first on PATH, appending their command lines to the returned file."""
+    bin_dir = tmp_path / "hf-bin"
+    bin_dir.mkdir()
+    for name in ("hf", "huggingface-cli"):
+        (bin_dir / name).write_text(FAKE_HF)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "hf.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_HF_LOG", str(log))
+    return log
+
+
+def test_download_only_fetches_each_missing_checkpoint_of_the_specs_once(tmp_path, monkeypatch, capsys):
+    """The two 80 GB specs share their agents' and the 70B's checkpoints: each is fetched once, into the
+    directory the spec reads it from, without TensorRT-LLM; one already there is not fetched."""
+    log = fake_hf(tmp_path, monkeypatch)
+    specs = []
+    for name in ("gpu-8x80gb.yaml", "gpu-4x80gb-fp8.yaml"):
+        d = yaml.safe_load((ROOT / "deploy" / name).read_text())
+        d["engine"].update(checkpoint_root=str(tmp_path / "models"), engine_root=str(tmp_path / "engines"))
+        specs.append(tmp_path / name)
+        specs[-1].write_text(yaml.safe_dump(d, sort_keys=False))
+    models = [m for s in specs for m in load_trtllm_models(s)[0]]
+    present = models[0].checkpoint
+    present.mkdir(parents=True)
+    (present / "config.json").write_text("{}")
+    assert engine_build.main([*map(str, specs), "--download-only"]) == 0
+    fetched = [line.split() for line in log.read_text().splitlines()]
+    assert all(f[:2] == ["hf", "download"] and f[3] == "--local-dir" for f in fetched), fetched
+    want = {(m.hf_model, str(m.checkpoint)) for m in models if m.checkpoint != present}
+    assert sorted((f[2], f[4]) for f in fetched) == sorted(want)  # each once, none already there
+    assert f"{len(want)} checkpoint(s) downloaded, 1 already there" in capsys.readouterr().out

@@ -188,7 +188,9 @@ def _params(cfg) -> dict[str, str]:
 
 @pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda p: p.stem)
 def test_gpu_spec_renders_a_consistent_repository(spec, tmp_path, calibration_for):
-    r = render(spec, tmp_path / "repo", calibration=calibration_for(spec))
+    # the transfer asks three agents; gpu-8x80gb's 32B middle tier is then unused (refused without the
+    # override: test_an_engine_no_stage_of_the_calibration_asks_is_refused)
+    r = render(spec, tmp_path / "repo", calibration=calibration_for(spec), allow_unused_engines=True)
     for f in r.out.rglob("*"):
         if f.is_file() and f.suffix in (".pbtxt", ".json"):
             assert "${" not in f.read_text(), f"{f}: unfilled placeholder"
@@ -386,3 +388,40 @@ def test_the_shipped_smoke_calibration_is_the_documented_transfer(symmetric_cali
     assert shipped["fitted_on"]["idx"] == again["fitted_on"]["idx"]
     spec = yaml.safe_load((ROOT / "deploy" / "gpu-1gpu-smoke.yaml").read_text())
     assert spec["calibration"] == "gpu-1gpu-smoke.calibration.json"
+
+
+# --- engines the calibration never asks ---------------------------------------------------------------
+
+
+def test_an_engine_no_stage_of_the_calibration_asks_is_refused(tmp_path, calibration_for, capsys):
+    """A calibration whose stages never ask gpu-8x80gb's 32B middle tier (the three-agent transfer) would leave
+    a 61 GiB engine on GPU 3 that the router never calls: refused before anything is written, naming the
+    engine, its GPU and the fixes; served with the explicit override."""
+    from test_remote import _artifact  # the unit tests' one-stage calibration over the names given
+
+    spec = ROOT / "deploy" / "gpu-8x80gb.yaml"
+    models, _ = load_trtllm_models(spec)
+    names = [m.name for m in models]  # agents, then the oracle
+    transfer = calibration_for(spec)
+    refused = r"qwen2\.5-32b-instruct \(GPU 3, 6\d GiB of weights per GPU\).*--allow-unused-engines"
+    with pytest.raises(SpecError, match=refused) as err:
+        render(spec, tmp_path / "repo", calibration=transfer)
+    assert "llama-3.1-8b-instruct (" not in str(err.value) and "--committee " + ",".join(names[:-1]) in str(err.value)
+    assert not (tmp_path / "repo").exists()
+    r = render(spec, tmp_path / "repo", calibration=transfer, allow_unused_engines=True)
+    assert "qwen2.5-32b-instruct" in r.agents
+
+    # the command line: refused (exit 2, the reason on stderr), then rendered with --allow-unused-engines
+    argv = [str(spec), "--out", str(tmp_path / "cli"), "--calibration", str(transfer)]
+    assert render_mod.main(argv) == 2 and "qwen2.5-32b-instruct (GPU 3" in capsys.readouterr().err
+    assert render_mod.main([*argv, "--allow-unused-engines"]) == 0
+
+    # the 32B in the committee but asked at no stage (what the schedule search may decide): still refused
+    art = _artifact([n for n in names if n != "qwen2.5-32b-instruct"])
+    art.committee = names[:-1]
+    art.save(tmp_path / "no-32b-stage.json")
+    with pytest.raises(SpecError, match=refused):
+        render(spec, tmp_path / "repo", calibration=tmp_path / "no-32b-stage.json")
+    # every engine asked at some stage: rendered as it is
+    _artifact(names).save(tmp_path / "all.json")
+    assert render(spec, tmp_path / "repo", calibration=tmp_path / "all.json").agents == names[:-1]

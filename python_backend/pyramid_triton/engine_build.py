@@ -3,7 +3,9 @@ checkpoint -> engine (``scripts/build_engines.py``, ``make engines``).
 
 Per engine directory (several spec models may share one engine, e.g. the single-GPU smoke spec):
 
-1. (``--download`` only, needs network) ``huggingface-cli download REPO --local-dir CHECKPOINT``;
+1. (``--download`` only, needs network) ``huggingface-cli download REPO --local-dir CHECKPOINT``
+   (``--download-only`` fetches the spec's missing checkpoints and stops: it needs no TensorRT-LLM, so it
+   runs on the host too);
 2. convert: ``examples/models/core/<llama|qwen>/convert_checkpoint.py`` (BF16/FP16, ``--tp_size``,
    ``--pp_size``), or for ``quantization: fp8`` ``examples/quantization/quantize.py --qformat fp8
    --kv_cache_dtype fp8`` (ModelOpt; calibrates on ``calib_dataset``), into ``ENGINE.ckpt``;
@@ -12,12 +14,17 @@ Per engine directory (several spec models may share one engine, e.g. the single-
    limits) into ``ENGINE``. ``--clean-checkpoints`` removes ``ENGINE.ckpt`` once the engine is built
    (a 70B BF16 checkpoint is another ~140 GB); the engine stays current without it.
 
-The example scripts come from a TensorRT-LLM source checkout (``--trtllm-src``, ``$TRTLLM_SRC``,
-or ``./TensorRT-LLM``) at the tag of the installed ``tensorrt_llm`` (NVIDIA's Triton TRT-LLM container
-ships the package and ``trtllm-build``, not the examples). Without a checkout, unquantized models
-convert with the ``tensorrt_llm`` API (``trtllm_convert``: ``from_hugging_face`` + ``save_checkpoint``
-per rank); FP8 needs the checkout's ``quantize.py``. Engines are specific to the TensorRT-LLM version
-and GPU: build them in the container that serves them.
+The example scripts come from TensorRT-LLM's ``examples/`` at the version of the installed
+``tensorrt_llm``: ``--trtllm-src``, else ``$TRTLLM_SRC``, else ``/app`` where ``/app/examples`` exists,
+else a checkout at ``./TensorRT-LLM`` (``default_trtllm_src``). ``/app`` first because NVIDIA's Triton
+TRT-LLM container is built by upstream's ``dockerfile/Dockerfile.triton.trt_llm_backend``, which
+builds the ``tensorrt_llm`` wheel from one clone of TensorRT-LLM and copies that clone's ``examples``
+to ``/app/examples`` (triton-inference-server/tensorrtllm_backend r25.06, lines 138, 232-233, 237,
+242; r25.05 lines 229, 234): the examples then match the installed package by construction, and FP8
+needs no clone. Not seen in a pulled image here. Without examples, unquantized models convert with
+the ``tensorrt_llm`` API (``trtllm_convert``: ``from_hugging_face`` + ``save_checkpoint`` per rank);
+FP8 needs ``quantize.py``. Engines are specific to the TensorRT-LLM version and GPU: build them in
+the container that serves them.
 
 Idempotent: each step writes into ``DIR.partial`` and renames it to ``DIR`` only after it
 succeeded, with a stamp ``DIR/pyramid-build.json`` holding a fingerprint of its inputs (the exact
@@ -27,7 +34,7 @@ rebuilt. ``tensorrt_llm`` is never imported (its version is read from the packag
 ``--dry-run`` works anywhere.
 
 FP8 has prerequisites a multi-hour job should not discover late (``fp8_prerequisites``; the dry run
-lists them, ``preflight`` refuses to start without them): a checkout at the installed version, a local
+lists them, ``preflight`` refuses to start without them): the examples at the installed version, a local
 calibration set on an offline node, and GPU memory for calibration (NVIDIA states more than 210 GB for
 a 70B model).
 """
@@ -123,7 +130,8 @@ def fp8_prerequisites(m: TrtllmModel, version: str | None, src: Path | None, nod
     lines = [
         f"FP8 quantization of {m.name} ({m.hf_model or m.checkpoint}) runs the checkout's examples/quantization/"
         "quantize.py (NVIDIA ModelOpt) and needs, before it starts:",
-        f"  - a TensorRT-LLM source checkout at the container's version: "
+        f"  - TensorRT-LLM's examples at the container's version: NVIDIA's container has them at "
+        f"{CONTAINER_EXAMPLES_ROOT / 'examples'} (used by default); elsewhere "
         f"git clone -b v{version or '<installed version>'} https://github.com/NVIDIA/TensorRT-LLM, then "
         f"--trtllm-src DIR or TRTLLM_SRC (now: {src or 'none'}" + (f", version {have}" if have else "") + ")",
         f"  - a calibration data set: {m.calib_dataset!r} (calib_dataset)"
@@ -145,14 +153,31 @@ def fp8_prerequisites(m: TrtllmModel, version: str | None, src: Path | None, nod
 
 
 def hf_cli() -> list[str]:
-    """Hugging Face's command line: ``hf`` (huggingface_hub 1.x), else ``huggingface-cli`` (0.x)."""
-    return ["hf"] if shutil.which("hf") else ["huggingface-cli"]
+    """Hugging Face's command line: ``hf`` (huggingface_hub 1.x), else ``huggingface-cli`` (0.x), on PATH,
+    else beside this interpreter (``.venv/bin/pip install huggingface_hub`` without activating the venv)."""
+    names = ("hf", "huggingface-cli")
+    for name in names:
+        if shutil.which(name):
+            return [name]
+    for name in names:
+        if (Path(sys.executable).parent / name).is_file():
+            return [str(Path(sys.executable).parent / name)]
+    return ["huggingface-cli"]
+
+
+# Where NVIDIA's Triton TRT-LLM container keeps TensorRT-LLM's examples: upstream's Dockerfile copies the
+# examples of the clone its tensorrt_llm wheel is built from to /app/examples (module docstring).
+CONTAINER_EXAMPLES_ROOT = Path("/app")
 
 
 def default_trtllm_src() -> Path | None:
-    """``$TRTLLM_SRC``, else ``./TensorRT-LLM`` if it is there, else None (the API converter)."""
+    """Where TensorRT-LLM's examples are when ``--trtllm-src`` is not given: ``$TRTLLM_SRC``, else the
+    container's ``/app`` (its ``examples/`` match the installed package), else ``./TensorRT-LLM`` if it is
+    there, else None (the API converter; no FP8)."""
     if os.environ.get("TRTLLM_SRC"):
         return Path(os.environ["TRTLLM_SRC"])
+    if (CONTAINER_EXAMPLES_ROOT / "examples").is_dir():
+        return CONTAINER_EXAMPLES_ROOT
     return Path("TensorRT-LLM") if Path("TensorRT-LLM").is_dir() else None
 
 
@@ -165,7 +190,7 @@ def example_script(src: Path, *candidates: str) -> Path:
 
 
 API_CONVERTER = Path(__file__).resolve().parent / "trtllm_convert.py"
-NO_SRC = Path("<no TensorRT-LLM checkout: pass --trtllm-src>")
+NO_SRC = Path("<no TensorRT-LLM examples: pass --trtllm-src>")
 
 
 def convert_script(src: Path | None, m: TrtllmModel) -> Path:
@@ -457,9 +482,10 @@ def preflight(plans: Sequence[EnginePlan], trtllm_src: Path | None, trtllm_build
     for s in todo:
         if s.kind == "convert" and not Path(s.argv[1]).is_file():
             raise BuildError(
-                f"{s.argv[1]} not found: clone TensorRT-LLM at the installed version's tag "
-                f"(git clone -b v<version> https://github.com/NVIDIA/TensorRT-LLM) and pass --trtllm-src "
-                f"(now {trtllm_src}) or set TRTLLM_SRC"
+                f"{s.argv[1]} not found: NVIDIA's Triton TRT-LLM container has TensorRT-LLM's examples at "
+                f"{CONTAINER_EXAMPLES_ROOT / 'examples'} (used when present); elsewhere clone TensorRT-LLM at the "
+                f"installed version's tag (git clone -b v<version> https://github.com/NVIDIA/TensorRT-LLM) and pass "
+                f"--trtllm-src (now {trtllm_src}) or set TRTLLM_SRC"
             )
     version = trtllm_version()
     have = checkout_version(trtllm_src)
@@ -498,6 +524,21 @@ def preflight(plans: Sequence[EnginePlan], trtllm_src: Path | None, trtllm_build
             )
 
 
+def download_checkpoints(plans: Sequence[EnginePlan], runner: Runner = _default_runner) -> int:
+    """Fetch each missing checkpoint the plans need, once (engines may share one, e.g. the BF16 and FP8
+    oracles): what ``--download-only`` does, so that the checkpoints fetched are exactly the spec's."""
+    steps = list({s.output: s for p in plans for s in p.steps if s.kind == "download"}.values())
+    if steps and shutil.which(steps[0].argv[0]) is None:
+        raise BuildError(
+            f"{steps[0].argv[0]} not found: pip install -U huggingface_hub (it has the hf / huggingface-cli command)"
+        )
+    for s in steps:
+        _run(s, runner, print)
+    have = len({p.model.checkpoint for p in plans}) - len(steps)
+    print(f"{len(steps)} checkpoint(s) downloaded, {have} already there")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="build_engines.py",
@@ -510,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable or "python3", help="interpreter for the example scripts")
     ap.add_argument("--trtllm-build", default="trtllm-build", help="the trtllm-build command")
     ap.add_argument("--download", action="store_true", help="fetch missing checkpoints with huggingface-cli")
+    ap.add_argument(
+        "--download-only",
+        action="store_true",
+        help="fetch the missing Hugging Face checkpoints of every engine the specs deploy, then stop "
+        "(needs no TensorRT-LLM: runs on the host; HF_TOKEN for gated models)",
+    )
     ap.add_argument("--force", action="store_true", help="rebuild even when an engine is up to date")
     ap.add_argument("--clean-checkpoints", action="store_true", help="remove ENGINE.ckpt after the engine is built")
     a = ap.parse_args(argv)
@@ -533,7 +580,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise BuildError(f"--only: no trtllm model named {', '.join(sorted(unknown))}")
             models = [m for m in models if m.name in want]
         version = trtllm_version()
-        plans = plan_builds(models, src, a.python, a.trtllm_build, version, a.download, a.force)
+        plans = plan_builds(models, src, a.python, a.trtllm_build, version, a.download or a.download_only, a.force)
+        if a.download_only and not a.dry_run:
+            return download_checkpoints(plans)
         if a.dry_run:
             print(describe(plans, version, src, nodes))
             return 0

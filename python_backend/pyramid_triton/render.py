@@ -29,7 +29,8 @@ router calls (decoupled), ``NAME_preprocessing``, ``NAME_tensorrt_llm`` and ``NA
 Their GPU placement is checked across the spec (``trtllm_spec.check_placement``) against the
 optional top-level ``node: {gpus, gpu_memory_gb, gpu}``. ``engines_only`` renders the engines
 without the router (no calibration needed): what ``pyramid record`` needs to record traces of
-new models before there is a calibration for them.
+new models before there is a calibration for them. With the router, a TensorRT-LLM engine that no
+stage of the calibration asks is refused (``unused_engines``; ``allow_unused_engines`` serves it anyway).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import os
 import re
 import shutil
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,13 +228,15 @@ def render(
     templates: Path = TEMPLATES,
     engines_only: bool = False,
     relative: bool = False,
+    allow_unused_engines: bool = False,
 ) -> Rendered:
     """Render ``spec_path`` into the directory ``out`` (replaced if it holds an earlier rendering).
 
     ``engines_only``: the engines without the router, and no calibration needed. ``relative``: every
     path a model reads (its code, traces, weights) is written relative to the model's own directory,
     which the models resolve it from, so the repository can be committed and served from any
-    checkout (the top-level ``model_repository/``)."""
+    checkout (the top-level ``model_repository/``). ``allow_unused_engines``: render even when a
+    TensorRT-LLM engine is asked by no stage of the calibration (``unused_engines``)."""
     spec_path = Path(spec_path).resolve()
     base = spec_path.parent
     spec = load_spec(spec_path)
@@ -333,6 +337,10 @@ def render(
         trtllm_spec.check_placement(trtllm_models, node, str(spec_path))
     except ValueError as exc:
         raise SpecError(str(exc)) from None
+    if not engines_only and not allow_unused_engines:
+        unused = unused_engines(trtllm_models, tasks.calibrations.values())
+        if unused:
+            raise SpecError(_unused_engines_message(spec_path, cal_path, unused, names))
     if embedder is not None and not engines_only:
         planned.append(
             trtllm_spec.PlannedModel(
@@ -405,6 +413,35 @@ def render(
     shutil.copyfile(cal_path, rdir / CALIBRATION_FILE)
     (out / MARKER).write_text(f"rendered from {source}\n", encoding="utf-8")
     return Rendered(out, router["model_name"], names[:-1], oracle["name"], written, remote)
+
+
+def unused_engines(
+    engines: list[trtllm_spec.TrtllmModel], calibrations: Iterable[CalibrationArtifact]
+) -> list[trtllm_spec.TrtllmModel]:
+    """The TensorRT-LLM engines that no stage of any calibration asks: the router never calls them, yet each
+    holds its GPUs (the 8-GPU spec's 32B middle tier is a 61 GiB engine on a GPU of its own, hours to build).
+    Only TensorRT-LLM engines: an unused replay or llama.cpp engine costs little."""
+    asked = {a for art in calibrations for st in art.stages for a in st["agents"]} | {
+        art.oracle for art in calibrations
+    }
+    return [m for m in engines if m.name not in asked]
+
+
+def _unused_engines_message(
+    spec_path: Path, cal_path: Path | None, unused: list[trtllm_spec.TrtllmModel], names: list[str]
+) -> str:
+    what = "; ".join(
+        f"{m.name} (GPU {','.join(map(str, m.gpu_device_ids))}, {m.weights_gb_per_gpu():.0f} GiB of weights per GPU)"
+        for m in unused
+    )
+    return (
+        f"{spec_path}: no stage of the calibration {cal_path} asks TensorRT-LLM engine(s) {what}: the router would "
+        "never call them, and they would hold their GPUs for nothing. Calibrate with them (pyramid record and "
+        f"pyramid calibrate --committee {','.join(names[:-1])}: the schedule search decides where they are asked), "
+        "or delete them from the spec to free their GPUs, or serve them anyway with --allow-unused-engines "
+        "(make serve-gpu: ALLOW_UNUSED_ENGINES=1), e.g. under a transferred calibration while their traces are "
+        "recorded (docs/GPU.md)"
+    )
 
 
 def _check_trtllm_rendering(
@@ -662,9 +699,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="write paths relative to each model's directory (a repository that can be committed and moved)",
     )
+    ap.add_argument(
+        "--allow-unused-engines",
+        action="store_true",
+        help="render even when no stage of the calibration asks a TensorRT-LLM engine (it holds its GPUs for nothing)",
+    )
     args = ap.parse_args(argv)
     try:
-        r = render(args.spec, args.out, args.calibration, engines_only=args.engines_only, relative=args.relative)
+        r = render(
+            args.spec,
+            args.out,
+            args.calibration,
+            engines_only=args.engines_only,
+            relative=args.relative,
+            allow_unused_engines=args.allow_unused_engines,
+        )
     except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
