@@ -50,6 +50,7 @@ import yaml
 from pyramid_moa.artifact import ArtifactError, CalibrationArtifact, load_calibrations
 
 from . import trtllm_facts, trtllm_spec
+from .hot_reload import deployed_path, history
 from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
 from .protocol import DRIFT_PARAMS, REQUEST_LOG_PARAMS, ROUTER_PARAMS, SHADOW_PARAMS
 from .remote import RemoteModel, remote_map_json
@@ -229,6 +230,7 @@ def render(
     engines_only: bool = False,
     relative: bool = False,
     allow_unused_engines: bool = False,
+    reset_calibration: bool = False,
 ) -> Rendered:
     """Render ``spec_path`` into the directory ``out`` (replaced if it holds an earlier rendering).
 
@@ -236,7 +238,10 @@ def render(
     path a model reads (its code, traces, weights) is written relative to the model's own directory,
     which the models resolve it from, so the repository can be committed and served from any
     checkout (the top-level ``model_repository/``). ``allow_unused_engines``: render even when a
-    TensorRT-LLM engine is asked by no stage of the calibration (``unused_engines``)."""
+    TensorRT-LLM engine is asked by no stage of the calibration (``unused_engines``). A calibration
+    deployed into an earlier rendering (``pyramid deploy-calibration``: ``hot_reload.DEPLOYED_FILE`` and
+    its history) is kept, and keeps winning over the spec's, unless ``reset_calibration``; one that no
+    longer fits the spec is an error naming it."""
     spec_path = Path(spec_path).resolve()
     base = spec_path.parent
     spec = load_spec(spec_path)
@@ -355,6 +360,7 @@ def render(
                 },
             )
         )
+    deployed: dict[str, bytes] = {}  # the deployed calibration and its history, kept across renderings
     written = [pm.name for pm in planned] + ([] if engines_only else [router["model_name"]])
     clashes = sorted({n for n in written if written.count(n) > 1})
     if clashes:
@@ -365,6 +371,8 @@ def render(
     if out.exists():
         if not (out / MARKER).is_file() and any(out.iterdir()):
             raise SpecError(f"{out} exists and was not rendered by this tool; refusing to overwrite it")
+        if not engines_only and not reset_calibration:  # a deployed calibration outlives this rendering
+            deployed = _kept_deployed(out / router["model_name"], names, router, embedder, spec_path)
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for pm in planned:
@@ -411,8 +419,39 @@ def render(
     )
     assert cal_path is not None
     shutil.copyfile(cal_path, rdir / CALIBRATION_FILE)
+    for filename, data in deployed.items():
+        fd = os.open(rdir / filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
     (out / MARKER).write_text(f"rendered from {source}\n", encoding="utf-8")
     return Rendered(out, router["model_name"], names[:-1], oracle["name"], written, remote)
+
+
+def _kept_deployed(
+    rdir: Path, names: list[str], router: dict[str, Any], embedder: dict[str, Any] | None, spec_path: Path
+) -> dict[str, bytes]:
+    """The deployed calibration files of an earlier rendering's router (name -> content), checked
+    against this spec as the router will check them at load: a restart must not fail on them later."""
+    live = deployed_path(rdir / CALIBRATION_FILE)
+    if not live.is_file():
+        return {}
+    try:
+        tasks = TaskRouters(
+            load_calibrations(live, known_agents=names),
+            router["task"] or None,
+            router["task_fallback"],
+            embedder["model_name"] if embedder else "",
+        )
+        oracle = tasks.calibrations[tasks.default].oracle
+        if oracle != names[-1]:
+            raise ValueError(f"it was fitted for oracle {oracle!r}, the spec's oracle is {names[-1]!r}")
+    except (ArtifactError, ValueError) as exc:
+        raise SpecError(
+            f"{spec_path}: the calibration deployed into this repository ({live}) does not fit the spec: {exc}. "
+            "Deploy one fitted for it after the server starts, or render with --reset-calibration "
+            "(make serve RESET_CALIBRATION=1) to drop it and serve the spec's"
+        ) from None
+    return {p.name: p.read_bytes() for p in [live, *history(rdir / CALIBRATION_FILE)]}
 
 
 def unused_engines(
@@ -704,6 +743,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="render even when no stage of the calibration asks a TensorRT-LLM engine (it holds its GPUs for nothing)",
     )
+    ap.add_argument(
+        "--reset-calibration",
+        action="store_true",
+        help="drop a calibration deployed into the repository (pyramid deploy-calibration) and serve the spec's",
+    )
     args = ap.parse_args(argv)
     try:
         r = render(
@@ -713,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             engines_only=args.engines_only,
             relative=args.relative,
             allow_unused_engines=args.allow_unused_engines,
+            reset_calibration=args.reset_calibration,
         )
     except (SpecError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
