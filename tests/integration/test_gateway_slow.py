@@ -138,6 +138,8 @@ def test_api_keys_401_and_429_with_retry_after(gateway, router, traces, offline_
     finally:
         resp.close()
         client.close()
+    log = gateway.log_path.read_text(encoding="utf-8", errors="replace")
+    assert KEY not in log and OTHER not in log and "sk-wrong" not in log  # the gateway logs no key (docs/SECURITY.md)
     with openai.OpenAI(base_url=gateway.url, api_key=KEY, max_retries=0) as c:  # the slot is free again
         assert c.chat.completions.create(model="pyramid-committee", messages=[{"role": "user", "content": q}])
 

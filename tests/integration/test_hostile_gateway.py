@@ -222,6 +222,7 @@ def test_a_bounded_hostile_run_gets_no_500_leaves_clean_metrics_and_the_gateway_
     log = gateway.log_path.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in log and "Exception in ASGI application" not in log
     assert sum(" 499 " in f" {line} " for line in log.splitlines()) == N_GONE
+    assert "laden swallow" not in log and "31337" not in log and "uuuu" not in log  # no prompt, no client's text
 
     # Afterwards the gateway answers exactly as the gRPC client does.
     from pyramid_client import PyramidClient
