@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyramid_client.keys import (  # noqa: F401 - re-exported: the server's tools read keys through access
@@ -83,3 +84,47 @@ def http_headers(key: Key, header: str = ADMIN_HEADER) -> dict[str, str]:
 def grpc_headers(key: Key, header: str = ADMIN_HEADER) -> dict[str, str]:
     """Metadata for tritonclient.grpc calls to a restricted protocol (Triton's prefix added)."""
     return key_headers("grpc", key.value, header)
+
+
+@dataclass(frozen=True)
+class RunKeyFile:
+    """A key file one server run wrote: removed by ``remove_run_key_file`` only while it is still that file
+    (same inode, same key), so a run never deletes another run's key (issue 27 item 6)."""
+
+    path: Path
+    dev: int
+    ino: int
+    value: str = field(repr=False)
+
+
+def write_run_key_file(key: Key, path: Path, replace: bool = False) -> RunKeyFile:
+    """Write ``key`` to ``path`` (mode 0600 from the start) for this run. FileExistsError if ``path`` exists,
+    unless ``replace`` (a file left by a run that is gone)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(key.value + "\n")
+        st = os.stat(tmp)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and fails if the path exists: never overwrites another run's key
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return RunKeyFile(path, st.st_dev, st.st_ino, key.value)
+
+
+def remove_run_key_file(written: RunKeyFile) -> bool:
+    """Remove the key file this run wrote, if ``path`` still is that file; whether it was removed."""
+    try:
+        st = os.stat(written.path)
+        same = (st.st_dev, st.st_ino) == (written.dev, written.ino)
+        if not same or written.path.read_text(encoding="utf-8").strip() != written.value:
+            return False
+        written.path.unlink()
+        return True
+    except OSError:
+        return False

@@ -26,6 +26,9 @@ endpoint next to Triton's (``nv_inference_*``) metrics, labelled with the router
   sliding windows; NaN before the first observation), ``pyramid_expected_escalation_rate`` and
   ``pyramid_expected_fidelity`` (the calibration's, NaN if it states none), ``pyramid_drift{figure}``
   (1 while the figure is outside its binomial interval), set at each flush.
+* ``pyramid_server_restarts_total{reason="fd_limit"}``: how often the supervisor drained and restarted
+  tritonserver past its descriptor bound (supervisor.py); the new server's router starts from the count
+  the supervisor hands it (``$PYRAMID_SERVER_RESTARTS``), so the count survives the restarts it counts.
 
 Updates are batched: ``RouterMetrics.observe`` records a request locally, and the router flushes
 the totals to Triton at most ``FLUSH_S`` after the first pending update (``flush``). Every metric call
@@ -49,6 +52,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .protocol import TIERS, PyramidResponse
+
+SERVER_RESTARTS_ENV = "PYRAMID_SERVER_RESTARTS"  # set by TritonServer.restart for the new server's router
 
 FLUSH_S = 0.5
 UNIT_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
@@ -163,6 +168,16 @@ class BatchedHistogram:
             count.increment(n)
 
 
+def server_restarts_from_env() -> int:
+    """The supervisor's restarts of this server so far (``$PYRAMID_SERVER_RESTARTS``; 0 if unset or bad)."""
+    import os
+
+    try:
+        return max(0, int(os.environ.get(SERVER_RESTARTS_ENV, "0")))
+    except ValueError:
+        return 0
+
+
 class RouterMetrics:
     def __init__(self, pb: Any, model: str, targets: list[str]) -> None:
         mf = pb.MetricFamily
@@ -242,6 +257,14 @@ class RouterMetrics:
         self.drift = {f: drift.Metric(labels={**base, "figure": f}) for f in DRIFT_FIGURES}
         self._gauge_values: dict[int, tuple[Any, float]] = {}
         self._counts: dict[int, tuple[Any, float]] = {}  # id(metric) -> (metric, pending increment)
+        restarts = family(
+            "pyramid_server_restarts_total",
+            "tritonserver restarts by the supervisor, by reason (fd_limit: past its open-descriptor bound)",
+            mf.COUNTER,
+        )
+        self.server_restarts = restarts.Metric(labels={**base, "reason": "fd_limit"})
+        if server_restarts_from_env() > 0:
+            self._add(self.server_restarts, float(server_restarts_from_env()))
 
     def observe(self, rec: RequestRecord) -> None:
         """Record one request locally; ``flush`` hands the totals to Triton. Every metric update is

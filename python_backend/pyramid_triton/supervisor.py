@@ -20,6 +20,14 @@ or killed by name; only children of the server's own PID are looked at.
 
 ``check`` is the same test without state, for a liveness probe where no supervisor runs (the Helm
 chart, scripts/liveness.py): every instance of every ready Python-backend model must have its stub.
+
+Descriptor bound (issue 27 item 1): tritonserver 2.51 keeps, for good, one socket descriptor and about
+41 KB for every gRPC stream whose request it rejected (wrong datatype, unknown model, missing input, a
+missing inference key) and whose client then cancelled the stream; a model holding such leftovers no
+longer unloads. Any client that reaches the gRPC port can do it, so with ``fd_limit`` set the watchdog
+also counts the server's open descriptors (``/proc/PID/fd``) every round and, past the bound, has the
+server drained and restarted (``restart_server``: ``TritonServer.restart``), logs it, and counts it in
+``fd_restarts`` (exported by the router as ``pyramid_server_restarts_total{reason="fd_limit"}``).
 """
 
 from __future__ import annotations
@@ -31,12 +39,32 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import access
 
 SUPERVISED_ARGS = ["--model-control-mode=explicit", "--load-model=*"]
+
+
+def fd_count(pid: int) -> int | None:
+    """How many file descriptors process ``pid`` holds open (None: no such process, or not ours to read)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of process ``pid`` in bytes (None: unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def stub_processes(server_pid: int) -> dict[str, tuple[str, int]]:
@@ -65,7 +93,8 @@ def stub_processes(server_pid: int) -> dict[str, tuple[str, int]]:
 
 @dataclass
 class Supervisor:
-    """Watchdog thread; ``restarts`` lists (time, model) of every reload it made."""
+    """Watchdog thread; ``restarts`` lists (time, model) of every reload it made, ``fd_restarts`` (time,
+    descriptors seen) of every server restart past ``fd_limit``."""
 
     server_pid: int
     http_url: str
@@ -73,6 +102,11 @@ class Supervisor:
     interval_s: float = 0.5
     log: object = sys.stderr
     restarts: list[tuple[float, str]] = field(default_factory=list)
+    # More open descriptors than this in tritonserver: drain and restart it with ``restart_server`` (which
+    # returns the new server's PID). None (or no restart_server): descriptors are not watched.
+    fd_limit: int | None = None
+    restart_server: Callable[[], int] | None = None
+    fd_restarts: list[tuple[float, int]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -91,6 +125,9 @@ class Supervisor:
         suspects: set[str] = set()
         failed: set[str] = set()
         while not self._stop.wait(self.interval_s):
+            if self._fd_bound_restart():  # a new server: its stubs are the ones to watch from now on
+                known, suspects, failed = stub_processes(self.server_pid), set(), set()
+                continue
             now = stub_processes(self.server_pid)
             gone = {model for inst, (model, _) in known.items() if inst not in now}
             # Dead: a stub gone while its model still reports ready, twice in a row (an unload in progress
@@ -115,6 +152,29 @@ class Supervisor:
                 now = stub_processes(self.server_pid)  # the reloaded models' new stubs
             # a suspect, or a model whose reload failed, keeps its old (dead) entries: looked at again next round
             known = {**now, **{i: v for i, v in known.items() if v[0] in failed | suspects}}
+
+    def _fd_bound_restart(self) -> bool:
+        """Restart the server if it holds more than ``fd_limit`` descriptors; whether it was restarted."""
+        if self.fd_limit is None or self.restart_server is None or self._stop.is_set():
+            return False
+        n = fd_count(self.server_pid)
+        if n is None or n <= self.fd_limit:
+            return False
+        self._say(
+            f"tritonserver (pid {self.server_pid}) holds {n} open file descriptors, past the bound of "
+            f"{self.fd_limit} (leftovers of cancelled gRPC streams, docs/SECURITY.md); draining and restarting it"
+        )
+        try:
+            self.server_pid = self.restart_server()
+        except Exception as exc:  # noqa: BLE001 - the watchdog must outlive a failed restart; told, retried
+            self._say(f"restarting tritonserver failed ({exc}); will retry")
+            return False
+        self.fd_restarts.append((time.monotonic(), n))
+        self._say(
+            f"tritonserver restarted (pid {self.server_pid}, {fd_count(self.server_pid)} open file descriptors); "
+            f"restarts past the descriptor bound so far: {len(self.fd_restarts)}"
+        )
+        return True
 
     def reload(self, model: str, timeout_s: float = 60.0) -> None:
         """Unload, wait until it is gone, load again: a new stub process."""

@@ -95,10 +95,12 @@ class MakeServe:
         shutil.copy(calibration, out / "calibration" / "replay.json")
         self.out = out
         self.vars = make_vars
-        self.log = out / "make-serve.log"
+        self.log = out / f"make-serve-{make_vars.get('HTTP_PORT', '')}.log"
+        self.key_file = out / "serve" / f"admin-key-{make_vars.get('HTTP_PORT', '8000')}"  # one per run
         # -o the venv stamp: never rebuild the venv from a test, even if a project file is newer than it
         args = " ".join(f"{k}={v}" for k, v in {"OUT": str(out), **make_vars}.items())
-        script = f"make -s -o .venv/.installed serve {args} & echo $! > {out}/make.pid; wait"
+        self.pid_file = out / f"make-{make_vars.get('HTTP_PORT', '')}.pid"
+        script = f"make -s -o .venv/.installed serve {args} & echo $! > {self.pid_file}; wait"
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
         with open(self.log, "wb") as fh:
             self.shell = subprocess.Popen([*(launcher or []), "bash", "-c", script], cwd=ROOT, stdout=fh,
@@ -115,7 +117,7 @@ class MakeServe:
             assert self.shell.poll() is None, f"make serve exited ({self.shell.returncode}):\n{self.text()[-3000:]}"
             assert time.monotonic() < deadline, f"make serve not ready after {READY_S:.0f} s:\n{self.text()[-3000:]}"
             time.sleep(0.5)
-        self.make_pid = int((self.out / "make.pid").read_text())
+        self.make_pid = int(self.pid_file.read_text())
         self.procs = descendants(self.make_pid)
 
     def wrapper_pid(self) -> int:
@@ -151,16 +153,16 @@ class MakeServe:
 def make_serve(deployment, tmp_path):
     started: list[MakeServe] = []
 
-    def start(launcher=None, **make_vars) -> MakeServe:
+    def start(launcher=None, out=None, **make_vars) -> MakeServe:
         from pyramid_triton.server import free_ports
 
         ports = dict(
             zip(("HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "OPENAI_PORT"), map(str, free_ports(4)), strict=True)
         )
-        out = tmp_path / f"run{len(started)}"
+        out = out or tmp_path / f"run{len(started)}"  # given: a second run in the same OUT (one checkout)
         # the repository and calibration under OUT: the committed top-level model_repository/ stays untouched
-        where = {"SERVE_REPO": str(out / "model_repository"), "CALIBRATION": str(out / "calibration" / "replay.json"),
-                 "RENDER_FLAGS": ""}  # fmt: skip
+        where = {"SERVE_REPO": str(out / f"model_repository{len(started)}"),
+                 "CALIBRATION": str(out / "calibration" / "replay.json"), "RENDER_FLAGS": ""}  # fmt: skip
         ms = MakeServe(out, deployment.calibration, launcher, **{**ports, **where, **make_vars})
         started.append(ms)
         ms.wait_ready()
@@ -184,7 +186,7 @@ def _signal_and_check(ms: MakeServe, pid: int, sig: signal.Signals) -> None:
             time.sleep(0.2)
     else:
         assert f"{sig.name}: stopping" in ms.text()
-        assert not (ms.out / "serve" / "admin-key").exists()  # the per-run key ends with the run
+        assert not ms.key_file.exists()  # the per-run key ends with the run
     assert alive(ms.procs) == [], f"left running: {alive(ms.procs)}"
     assert not [r for r in regions if Path(r).exists()], f"shm regions left: {regions}"
 
@@ -196,11 +198,48 @@ def test_sigterm_to_make_serve_stops_everything(make_serve):
     assert len(stubs) == 5  # the router and four engines
     assert _sig_ignored(ms.make_pid, signal.SIGINT)  # a background job, as a shell starts it
     # the per-run admin key: in a private file for tools, shown only redacted
-    key_file = ms.out / "serve" / "admin-key"
+    key_file = ms.key_file
     key = key_file.read_text().strip()
     assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key) >= 32
     assert key not in ms.text() and f"'pyramid-admin-key': key {key[:4]}…" in ms.text()
     _signal_and_check(ms, ms.make_pid, signal.SIGTERM)
+
+
+def test_two_runs_in_one_checkout_keep_their_own_admin_keys(make_serve):
+    """Issue 27 item 6: two ``make serve`` runs with one OUT write one key file each (named by the run's HTTP
+    port), each works on its own server only, and stopping one leaves the other's file (and server) alone."""
+    from pyramid_triton import access
+    from pyramid_triton.supervisor import admin_request
+
+    first = make_serve()
+    second = make_serve(out=first.out)
+    assert first.key_file != second.key_file and first.key_file.parent == second.key_file.parent
+    keys = [access.read_key_file(ms.key_file) for ms in (first, second)]  # 0600, else refused
+    assert keys[0].value != keys[1].value
+    for ms, key in zip((first, second), keys, strict=True):
+        assert admin_request(f"127.0.0.1:{ms.vars['HTTP_PORT']}", "/v2/repository/index", key, {}) is not None
+    other = urllib_status(f"http://127.0.0.1:{first.vars['HTTP_PORT']}/v2/repository/index", keys[1])
+    assert other == 403  # the second run's key is not the first server's
+    _signal_and_check(second, second.make_pid, signal.SIGTERM)
+    assert not second.key_file.exists()
+    assert access.read_key_file(first.key_file).value == keys[0].value  # untouched by the other run's stop
+    assert admin_request(f"127.0.0.1:{first.vars['HTTP_PORT']}", "/v2/repository/index", keys[0], {}) is not None
+    _signal_and_check(first, first.make_pid, signal.SIGTERM)
+    assert not first.key_file.exists()
+
+
+def urllib_status(url: str, key) -> int:
+    import urllib.error
+    import urllib.request
+
+    from pyramid_triton import access
+
+    req = urllib.request.Request(url, data=b"{}", headers=access.http_headers(key), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 def test_sigint_stops_the_server_although_the_parent_ignored_it(make_serve):
