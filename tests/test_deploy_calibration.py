@@ -108,3 +108,10 @@ def test_refusals_name_the_cause_and_write_nothing(repo, tmp_path, capsys):
     assert deploy(["--repository", str(repo), "--rollback"]) == 2
     assert "nothing to roll back to" in capsys.readouterr().err
     assert deploy(["--repository", str(repo)]) == 2
+
+
+def test_rolling_back_the_first_deployed_calibration_serves_the_specs(repo, tmp_path):
+    rendered = repo / "pyramid" / "calibration.json"
+    assert deploy(["--repository", str(repo), str(variant(tmp_path, 1))]) == 0
+    assert deploy(["--repository", str(repo), "--rollback"]) == 0
+    assert live_path(rendered) == rendered and history(rendered) == []

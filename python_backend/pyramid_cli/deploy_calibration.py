@@ -18,7 +18,8 @@ refused and the old one keeps serving. This command is the safe way to change th
    ``deployed-calibration.json.1`` (history: the last ``hot_reload.HISTORY_KEEP``). The rendered file
    is never touched, so nothing tracked changes, and ``make render`` / ``make serve`` keep the deployed
    one (``make serve RESET_CALIBRATION=1`` drops it). ``--rollback`` puts the newest history entry
-   back; ``--reset`` removes the deployed one (the spec's calibration serves again).
+   back (after the first deploy: the spec's); ``--reset`` removes the deployed one (the spec's
+   calibration serves again).
 4. With ``--metrics HOST:PORT`` (Triton's metrics port), it waits until the router reports the new
    calibration live (``pyramid_calibration_info{id=...}``, the artifact's content hash) or refused
    (``pyramid_calibration_reloads_total{outcome="refused"}``: then what was live before is put back,
@@ -175,9 +176,11 @@ def _new_set(a: argparse.Namespace, p: dict[str, str], models: list[str], render
         return load_calibrations(rendered, known_agents=models), ""
     if a.rollback:
         past = history(rendered)
-        if not past:
-            raise ArtifactError(f"nothing to roll back to: {deployed}.1 does not exist")
-        return load_calibrations(past[0], known_agents=models), past[0].read_text(encoding="utf-8")
+        if past:
+            return load_calibrations(past[0], known_agents=models), past[0].read_text(encoding="utf-8")
+        if deployed.is_file():  # the first deployed one: before it, the spec's served
+            return load_calibrations(rendered, known_agents=models), ""
+        raise ArtifactError(f"nothing to roll back to: no calibration was deployed into {deployed.parent}")
     path = Path(a.calibration)
     art = load_artifact(path)
     load_artifact(path, known_agents=models)
@@ -214,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, urllib.error.URLError) as exc:
             return _fail(f"cannot read the metrics at {a.metrics}: {exc}; nothing was written")
     had_deployed = deployed.is_file()
-    if a.rollback:  # history entry 1 becomes live; the rest move up one
-        _unrotate(deployed, True)
+    if a.rollback:  # history entry 1 becomes live (the rest move up one), or the spec's when there is none
+        _unrotate(deployed, bool(history(rendered)))
     elif a.reset:
         _rotate(deployed)
         deployed.unlink(missing_ok=True)

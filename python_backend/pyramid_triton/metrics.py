@@ -80,6 +80,9 @@ class RequestRecord:
     response: PyramidResponse | None = None
     error: str | None = None
     failed: list[str] = field(default_factory=list)
+    # the failed calls that were the engine's fault (timeout, crash): pyramid_model_failures_total counts
+    # these, not a replay engine's NOT_FOUND for a question it has no record of
+    engine_failed: list[str] = field(default_factory=list)
 
     def log_fields(self, model: str) -> dict[str, Any]:
         """The request's routing facts (no prompt, no answer text): what a request-log line holds."""
@@ -272,7 +275,7 @@ class RouterMetrics:
         measurable throughput (BENCHMARKS.md); batched, it is a few messages per flush."""
         self._add(self.requests[rec.outcome])
         self.duration.observe(rec.seconds)
-        for t in rec.failed:
+        for t in rec.engine_failed:
             if t in self.failures:
                 self._add(self.failures[t])
         r = rec.response

@@ -377,7 +377,8 @@ def mapped_shm_files(pids: Iterable[int] | None = None) -> set[str]:
 
 
 class Child(Protocol):
-    """A process ``main`` runs in the foreground: tritonserver today, and the gateway beside it later."""
+    """A process ``main`` runs in the foreground: tritonserver and the gateway beside it. ``start`` raises
+    a ``RuntimeError`` naming the cause when the process does not come up."""
 
     name: str
 
@@ -469,7 +470,7 @@ def run_foreground(children: Sequence[Child], on_ready: Callable[[], None], out:
     except Shutdown as sig:
         print(f"{sig}: stopping", file=out, flush=True)
         return 0
-    except ServerError as exc:
+    except RuntimeError as exc:  # a child that could not start says why (ServerError, the gateway's GatewayError)
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

@@ -302,7 +302,8 @@ def test_make_serve_listens_on_loopback_unless_asked(make_serve, namespace):
     os.kill(ms.make_pid, signal.SIGTERM)
     ms.wait_exit()
 
-    wide = make_serve(launcher, HOST="0.0.0.0")  # the control: the same check passes when asked to listen widely
+    # the control: the same check passes when asked to listen widely (the gateway then needs API keys)
+    wide = make_serve(launcher, HOST="0.0.0.0", OPENAI_PORT="0")
     port = wide.vars["HTTP_PORT"]
     assert "listening on 0.0.0.0" in wide.text()
     assert _reachable(namespace, NS_ADDR, port)

@@ -141,7 +141,7 @@ def test_every_command_block_runs_as_printed(served):
             ran += 1
             continue
         for command in b.commands():
-            if command.strip() == "make test":  # the command that runs this test
+            if command.split("#")[0].strip() == "make test":  # the command that runs this test
                 continue
             if b.background:
                 _background(command, clone, ports, where)

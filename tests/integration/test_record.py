@@ -48,7 +48,7 @@ def test_record_over_grpc_matches_the_served_traces_and_calibrates(deployment, t
     args = ["--url", deployment.grpc_url, "--questions", str(QUESTIONS), "--idx", ",".join(map(str, idx))]
     # the router's config (who the committee is) is behind the admin key: without it, a clear refusal
     r = _record(*args, "--out", str(tmp_path / "nokey"))
-    assert r.returncode != 0 and "restricted" in r.stderr and "pyramid-admin-key" in r.stderr, r.stderr
+    assert r.returncode == 1 and "refused" in r.stderr and "PYRAMID_ADMIN_KEY_FILE" in r.stderr, r.stderr
     r = _record(*args, "--out", str(out), key=deployment.admin_key)
     assert r.returncode == 0, r.stderr
     assert "from router pyramid" in r.stderr and "next: pyramid calibrate" in r.stderr
@@ -99,6 +99,17 @@ def test_failed_calls_are_left_out_reported_and_retried_by_resume(deployment, tm
     assert r2.returncode == 1 and r2.stderr.count(f"error: {FAULTY_AGENT}") == len(AGENT_MISSING)
     assert [x["idx"] for x in _lines(out / "traces" / f"{COMMITTEE[1]}.jsonl")] == list(range(20))
     assert [q["idx"] for q in _lines(out / "questions.jsonl")] == list(range(20))
+
+
+def test_no_next_command_when_nothing_was_recorded(deployment, tmp_path):
+    """Every call failed (the replay engines know none of these prompts): exit 1 saying so, and no
+    ``next:`` line to calibrate on nothing."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a prompt nobody recorded\nanother one\n", encoding="utf-8")
+    out = tmp_path / "rec"
+    r = _record("--url", deployment.grpc_url, "--questions", str(prompts), "--out", str(out), key=deployment.admin_key)
+    assert r.returncode == 1 and "no call succeeded" in r.stderr and "--resume" in r.stderr
+    assert "next:" not in r.stderr
 
 
 def test_record_over_http_with_named_models(deployment, tmp_path):

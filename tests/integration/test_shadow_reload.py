@@ -375,6 +375,8 @@ def test_a_deployed_calibration_survives_a_render_and_a_restart(loop):
     assert json.loads((rdir / DEPLOYED_FILE).read_text()) == json.loads(loop["state"]["new"].read_text())
     server.start(timeout_s=120)
     assert _live(server) == new_id  # from the first scrape, before any request
+    expected = scrape(f"127.0.0.1:{server.metrics_port}", "pyramid_expected_escalation_rate")
+    assert 0 < expected['pyramid_expected_escalation_rate{model="pyramid"}'] < 1, expected
     r = _deploy(server, loop["calibration"])  # deployed again: the previous deployed one is history 1
     assert r.returncode == 0, r.stderr
     assert _live(server) == old_id
