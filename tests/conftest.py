@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,17 @@ ORACLE = "faithfulcot_gpt4_COT"
 @pytest.fixture(scope="session")
 def shipped() -> Path:
     return SHIPPED
+
+
+@pytest.fixture(scope="session")
+def no_gold(tmp_path_factory) -> Path:
+    """The shipped traces with every gold answer removed (as ``pyramid record`` writes plain prompts)."""
+    root = tmp_path_factory.mktemp("nogold")
+    shutil.copytree(SHIPPED / "traces", root / "traces")
+    shutil.copy(SHIPPED / "sources.json", root / "sources.json")
+    lines = [json.loads(x) for x in (SHIPPED / "questions.jsonl").read_text().splitlines() if x.strip()]
+    (root / "questions.jsonl").write_text("".join(json.dumps({**q, "gold": None}) + "\n" for q in lines))
+    return root
 
 
 @pytest.fixture(scope="session")

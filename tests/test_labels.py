@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,17 +16,6 @@ from pyramid_moa.traces import TraceError
 @pytest.fixture(scope="module")
 def by_oracle():
     return load_routing_data(str(SHIPPED), COMMITTEE, ORACLE, labels="oracle")
-
-
-@pytest.fixture(scope="module")
-def no_gold(tmp_path_factory) -> Path:
-    """The shipped traces with every gold answer removed (as ``pyramid record`` writes plain prompts)."""
-    root = tmp_path_factory.mktemp("nogold")
-    shutil.copytree(SHIPPED / "traces", root / "traces")
-    shutil.copy(SHIPPED / "sources.json", root / "sources.json")
-    lines = [json.loads(x) for x in (SHIPPED / "questions.jsonl").read_text().splitlines() if x.strip()]
-    (root / "questions.jsonl").write_text("".join(json.dumps({**q, "gold": None}) + "\n" for q in lines))
-    return root
 
 
 def test_correct_means_equal_to_the_oracle(by_oracle, routing_data):

@@ -99,16 +99,6 @@ def estimated():
     return load_routing_data(str(SHIPPED), COMMITTEE, ORACLE, labels="estimated")
 
 
-@pytest.fixture(scope="module")
-def no_gold(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("nogold")
-    shutil.copytree(SHIPPED / "traces", root / "traces")
-    shutil.copy(SHIPPED / "sources.json", root / "sources.json")
-    lines = [json.loads(x) for x in (SHIPPED / "questions.jsonl").read_text().splitlines() if x.strip()]
-    (root / "questions.jsonl").write_text("".join(json.dumps({**q, "gold": None}) + "\n" for q in lines))
-    return root
-
-
 def test_estimated_labels_are_probabilities(estimated, routing_data):
     d = estimated
     assert set(d.truth_voters()) == {*COMMITTEE, ORACLE, "routellm_mixtral_8x7b", "tora_70b"}

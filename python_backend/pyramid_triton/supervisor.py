@@ -100,7 +100,7 @@ class Supervisor:
     http_url: str
     admin_key: access.Key
     interval_s: float = 0.5
-    log: object = sys.stderr
+    log: object = None  # where it says what it does; None: sys.stderr as it is when it speaks
     restarts: list[tuple[float, str]] = field(default_factory=list)
     # More open descriptors than this in tritonserver: drain and restart it with ``restart_server`` (which
     # returns the new server's PID). None (or no restart_server): descriptors are not watched.
@@ -193,7 +193,7 @@ class Supervisor:
         return http_ok(f"http://{self.http_url}/v2/models/{model}/ready", 2.0)
 
     def _say(self, msg: str) -> None:
-        print(f"pyramid supervisor: {msg}", file=self.log, flush=True)  # type: ignore[call-overload]
+        print(f"pyramid supervisor: {msg}", file=self.log or sys.stderr, flush=True)  # type: ignore[call-overload]
 
 
 def http_ok(url: str, timeout_s: float) -> bool:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import queue
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, scrape
 
 N = 40  # rejected-then-cancelled streams per run: enough to see, small enough for a quick test
 REPO = ROOT / "model_repository"
@@ -130,17 +129,6 @@ def ask(g, url: str, headers: dict | None = None) -> str:
         return "".join(texts)
     finally:
         client.close()
-
-
-def scrape(metrics_url: str, name: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(name):
-            key, value = line.rsplit(" ", 1)
-            out[key] = float(value)
-    return out
 
 
 def test_cancelled_rejected_streams_leak_and_the_supervisor_restarts_the_server(grpcclient, tmp_path, capfd):
