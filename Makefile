@@ -146,7 +146,7 @@ METRICS_PORT ?= 8002
 OPENAI_PORT ?= 9000
 ADMIN_KEY_FILE ?=
 serve: render  ## real tritonserver + the OpenAI gateway in the foreground, deploy/$(PROFILE).yaml (SIGTERM or Ctrl-C stops both; HOST, *_PORT)
-	exec $(PY) -m pyramid_triton.server $(SERVE_REPO) --host $(HOST) --http-port $(HTTP_PORT) \
+	exec $(PY) -m pyramid_ops.server $(SERVE_REPO) --host $(HOST) --http-port $(HTTP_PORT) \
 	  --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --admin-key-out $(OUT)/serve/admin-key-$(HTTP_PORT) \
 	  --spec deploy/$(PROFILE).yaml --inference-key-out $(OUT)/serve/inference-key-$(HTTP_PORT) --openai-port $(OPENAI_PORT) \
 	  $(if $(ADMIN_KEY_FILE),--admin-key-file $(ADMIN_KEY_FILE))

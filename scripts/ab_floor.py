@@ -25,7 +25,7 @@ for _p in (ROOT / "python_backend", ROOT / "client"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from pyramid_triton.perf import (  # noqa: E402
+from pyramid_bench.perf import (  # noqa: E402
     FLOOR_MODEL,
     INSTALL_HINT,
     PerfAnalyzer,
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if pa_bin is None:
         print(f"error: perf_analyzer not found; {INSTALL_HINT}", file=sys.stderr)
         return 2
-    from pyramid_triton.server import TritonServer
+    from pyramid_ops.server import TritonServer
 
     out = Path(tempfile.mkdtemp(prefix="ab-floor-"))
     repo = floor_deployment(ROOT / "deploy" / "replay.yaml", ROOT / "data" / "gsm8k", a.calibration, out)

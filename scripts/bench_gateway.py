@@ -41,8 +41,8 @@ TARGET_THROUGHPUT_RATIO = 0.90
 
 
 def pct(xs: list[float], q: float) -> float:
-    """The ``q`` (0..1) percentile, as every benchmark here computes it (``pyramid_triton.perf.percentile``)."""
-    from pyramid_triton.perf import percentile
+    """The ``q`` (0..1) percentile, as every benchmark here computes it (``pyramid_bench.perf.percentile``)."""
+    from pyramid_bench.perf import percentile
 
     return percentile(xs, q * 100)  # type: ignore[return-value]  # never empty here
 
@@ -143,8 +143,8 @@ def genai_perf_chat(server, gw_port: int, questions: list[str], n: int, out: Pat
     """genai-perf profile --endpoint-type chat against the gateway, without and with --streaming, and, for the
     same C++ client on the gRPC path, --endpoint-type kserve against ``pyramid`` on ``server`` (a
     ``TritonServer``). Skipped when not installed; where and how genai-perf is installed, its input format and
-    the kserve run: ``pyramid_triton.perf``, which runs them for make perf."""
-    from pyramid_triton.perf import admin_headers, genai_perf_setup, run_genai_perf
+    the kserve run: ``pyramid_bench.perf``, which runs them for make perf."""
+    from pyramid_bench.perf import admin_headers, genai_perf_setup, run_genai_perf
 
     gdir = out / "genai_perf_chat"
     setup = genai_perf_setup(gdir, questions)
@@ -178,7 +178,7 @@ def genai_perf_chat(server, gw_port: int, questions: list[str], n: int, out: Pat
 
 def main(argv: list[str] | None = None) -> int:
     from pyramid_gateway.process import GatewayProcess
-    from pyramid_triton.server import TritonServer, free_ports
+    from pyramid_ops.server import TritonServer, free_ports
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repository", default=str(ROOT / "model_repository"), help="a rendered replay repository")

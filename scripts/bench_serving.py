@@ -32,9 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "python_backend"), str(ROOT / "client")]
 
+from pyramid_bench.perf import percentile, render_spec  # noqa: E402
 from pyramid_moa.traces import TraceSet  # noqa: E402
-from pyramid_triton.perf import percentile, render_spec  # noqa: E402
-from pyramid_triton.server import TritonServer  # noqa: E402
+from pyramid_ops.server import TritonServer  # noqa: E402
 
 DEFAULT_CAL = "out/calibration/replay.json"
 

@@ -46,8 +46,8 @@ def _spec(tmp: Path, **router) -> Path:
 
 
 def _serve(tmp: Path, calibration: Path, **router):
-    from pyramid_triton.render import render
-    from pyramid_triton.server import TritonServer
+    from pyramid_deploy.render import render
+    from pyramid_ops.server import TritonServer
 
     repo = render(_spec(tmp, **router), tmp / "repo", calibration=calibration).out
     return TritonServer(repo, log_path=tmp / "tritonserver.log", supervise=True).start(timeout_s=180)
@@ -156,7 +156,7 @@ def loop(args: argparse.Namespace) -> int:
 
 
 def _reload(server, **params) -> None:
-    from pyramid_triton.supervisor import admin_request
+    from pyramid_ops.supervisor import admin_request
 
     cfg = admin_request(server.http_url, "/v2/models/pyramid/config", server.admin_key)
     for k, v in params.items():

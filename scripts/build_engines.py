@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the TensorRT-LLM engines of deployment specs: see python_backend/pyramid_triton/engine_build.py.
+"""Build the TensorRT-LLM engines of deployment specs: see python_backend/pyramid_deploy/engine_build.py.
 
 usage: python3 scripts/build_engines.py deploy/gpu-8x80gb.yaml [--dry-run] [--only NAME,...] \
            [--trtllm-src DIR] [--download | --download-only] [--force] [--clean-checkpoints]
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
 
-from pyramid_triton.engine_build import main  # noqa: E402
+from pyramid_deploy.engine_build import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 """``make demo``: a real tritonserver with the rendered replay profile, GSM8K questions through it.
 
 1. start ``tritonserver`` on free ports with the model repository rendered by ``make render``
-   (``pyramid_triton.server.TritonServer``; stopped by its PID however this script ends);
+   (``pyramid_ops.server.TritonServer``; stopped by its PID however this script ends);
 2. ``pyramid run-gsm8k`` over gRPC on a sample of questions the calibration was *not* fitted on
    (its ``fitted_on.idx``): the per-question table and the summary (accuracy, oracle-call rate,
    cost relative to always-oracle, latency); results in ``--json``;
@@ -33,7 +33,7 @@ for _p in (ROOT / "python_backend", ROOT / "client", ROOT / "gateway"):
 
 from pyramid_cli.gsm8k import run_gsm8k_main  # noqa: E402
 from pyramid_client.cli import ask_main  # noqa: E402
-from pyramid_triton.server import ServerError, TritonServer  # noqa: E402
+from pyramid_ops.server import ServerError, TritonServer  # noqa: E402
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -98,7 +98,7 @@ def _ask_openai(grpc_url: str, repo: Path, log: Path, question: str) -> int:
     import openai
 
     from pyramid_gateway.process import GatewayError, GatewayProcess
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     port = free_ports(1)[0]
     print(f"\n== the openai SDK through the OpenAI-compatible gateway (port {port}, log {log}) ==", flush=True)

@@ -155,7 +155,7 @@ elif ! command -v trtllm-build >/dev/null 2>&1; then
 elif [ ! -x /opt/tritonserver/bin/tritonserver ] || [ ! -d /opt/tritonserver/backends/tensorrtllm ]; then
   echo "tensorrt_llm $trt_version is installed but there is no /opt/tritonserver with backends/tensorrtllm" >"$OUT/trtllm.log"
   fail trtllm "no tritonserver with the tensorrtllm backend" "$OUT/trtllm.log"
-elif ! PYTHONPATH="$ROOT/python_backend" "$render_py" -m pyramid_triton.trtllm_facts --version "$trt_version" \
+elif ! PYTHONPATH="$ROOT/python_backend" "$render_py" -m pyramid_deploy.trtllm_facts --version "$trt_version" \
     >"$OUT/trtllm.log" 2>&1; then
   fail trtllm "tensorrt_llm $trt_version: the backend facts do not cover this container" "$OUT/trtllm.log"
 else

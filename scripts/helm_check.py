@@ -166,7 +166,7 @@ def render_tier_specs(
 ) -> list[str]:
     """Render every tier's spec (its ConfigMap) with render.py, as the tier's init container will; the
     image's paths are mapped back to this checkout. Returns the models each tier renders."""
-    from pyramid_triton.render import render
+    from pyramid_deploy.render import render
 
     root = values.get("projectRoot", "/opt/pyramid-moa")
     out = []

@@ -32,8 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python_backend"))
 
-from pyramid_triton.access import Key, inference_key_wanted, restricted_args  # noqa: E402
-from pyramid_triton.render import (  # noqa: E402
+from pyramid_deploy.render import (  # noqa: E402
     PATH_KEYS,
     SpecError,
     _merged_engine,
@@ -42,6 +41,7 @@ from pyramid_triton.render import (  # noqa: E402
     host_spec,
     load_spec,
 )
+from pyramid_ops.access import Key, inference_key_wanted, restricted_args  # noqa: E402
 
 PROJECT_ROOT = "/opt/pyramid-moa"
 CALIBRATION_IN_POD = "/config/calibration/calibration.json"

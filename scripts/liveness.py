@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
 
-from pyramid_triton.supervisor import main  # noqa: E402
+from pyramid_ops.supervisor import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = yaml.safe_load(a.spec.read_text(encoding="utf-8"))
     arch = spec["engine"]["architecture"]
     sys.path.insert(0, str(ROOT / "python_backend"))
-    from pyramid_triton import trtllm_facts
-    from pyramid_triton.trtllm_spec import Architecture
+    from pyramid_deploy import trtllm_facts
+    from pyramid_deploy.trtllm_spec import Architecture
 
     try:
         shape = Architecture.from_config(arch, f"{a.spec}: engine.architecture")

@@ -33,7 +33,7 @@ Writes under ``--out`` (default ``out/perf``): ``inputs.json`` (perf_analyzer ``
 Exit codes: 0 done (targets missed or not: the verdicts are in the summary), 1 a measurement
 failed (perf_analyzer error, a CSV still incomplete after the retry, a request error), 2 usage.
 
-The runner, the rounds and the summaries are ``pyramid_triton.perf``; this script picks the
+The runner, the rounds and the summaries are ``pyramid_bench.perf``; this script picks the
 questions, starts the servers and measures the GPU-like phase's requests with the router library.
 
 Usage: python scripts/perf.py [--calibration out/calibration/replay.json] [--out out/perf] [--quick]
@@ -58,7 +58,7 @@ for _p in (ROOT / "python_backend", ROOT / "client"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from pyramid_triton.perf import (  # noqa: E402
+from pyramid_bench.perf import (  # noqa: E402
     AGENT_SPT,
     FLOOR_MODEL,
     INSTALL_HINT,
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyramid_moa.artifact import load_artifact
     from pyramid_moa.traces import TraceSet
-    from pyramid_triton.server import TritonServer
+    from pyramid_ops.server import TritonServer
 
     art = load_artifact(a.calibration)
     traces = Path(a.traces)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render a Triton model repository from a deployment spec: see python_backend/pyramid_triton/render.py.
+"""Render a Triton model repository from a deployment spec: see python_backend/pyramid_deploy/render.py.
 
 usage: .venv/bin/python scripts/render_repository.py deploy/replay.yaml --out out/model_repository/replay \
            [--calibration out/calibration/replay.json]
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
 
-from pyramid_triton.render import main  # noqa: E402
+from pyramid_deploy.render import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

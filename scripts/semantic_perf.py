@@ -34,13 +34,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "python_backend"), str(ROOT / "client")]
 
+from pyramid_bench.perf import percentile  # noqa: E402
+from pyramid_deploy.render import render  # noqa: E402
 from pyramid_moa.artifact import load_artifact, save_calibration_set  # noqa: E402
 from pyramid_moa.dataset import load_routing_data  # noqa: E402
 from pyramid_moa.fitting import RouterFit, Target  # noqa: E402
 from pyramid_moa.semantic import DEFAULT_EMBEDDING_CACHE, prepare  # noqa: E402
-from pyramid_triton.perf import percentile  # noqa: E402
-from pyramid_triton.render import render  # noqa: E402
-from pyramid_triton.server import TritonServer  # noqa: E402
+from pyramid_ops.server import TritonServer  # noqa: E402
 
 TRACES = ROOT / "data" / "gsm8k"
 GSM8K_CAL = ROOT / "deploy" / "replay.calibration.json"

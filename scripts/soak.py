@@ -61,7 +61,7 @@ class SoakResult:
 
 
 def router_rss_mb(server_pid: int, model: str = "pyramid") -> float | None:
-    from pyramid_triton.supervisor import stub_processes
+    from pyramid_ops.supervisor import stub_processes
 
     for m, pid in stub_processes(server_pid).values():
         if m == model:
@@ -78,8 +78,8 @@ async def soak(
     grpc_url: str, server_pid: int | None, cases: list[tuple[str, str, str]], clients: int, seconds: float
 ) -> SoakResult:
     """``cases``: (question, expected answer, expected tier)."""
+    from pyramid_bench.perf import percentile
     from pyramid_client import AsyncPyramidClient, PyramidError
-    from pyramid_triton.perf import percentile
 
     res = SoakResult(clients, seconds)
     latencies: list[float] = []
@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "out" / "soak"))
     a = ap.parse_args(argv)
 
-    from pyramid_triton.perf import render_spec
-    from pyramid_triton.server import TritonServer
+    from pyramid_bench.perf import render_spec
+    from pyramid_ops.server import TritonServer
 
     cases = expected_cases(a.calibration, a.traces)
     with tempfile.TemporaryDirectory() as tmp:

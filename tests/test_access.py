@@ -1,4 +1,4 @@
-"""The admin key's rules (pyramid_triton.access): where it comes from, what it must look like, how it is kept
+"""The admin key's rules (pyramid_ops.access): where it comes from, what it must look like, how it is kept
 (0600 files only) and shown (never in full), and the tritonserver arguments it becomes."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyramid_triton import access
-from pyramid_triton.server import resolve_admin_key
+from pyramid_ops import access
+from pyramid_ops.server import resolve_admin_key
 
 KEY = "k3y-" + "x" * 30
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +73,8 @@ def test_restricted_arguments_and_headers():
 
 
 def test_a_spec_can_put_inference_behind_a_key(tmp_path, monkeypatch):
-    from pyramid_triton.render import SpecError
-    from pyramid_triton.server import resolve_inference_key
+    from pyramid_deploy.render import SpecError
+    from pyramid_ops.server import resolve_inference_key
 
     base = (ROOT / "deploy" / "replay.yaml").read_text(encoding="utf-8")
     spec = tmp_path / "spec.yaml"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pyramid_triton import engine_build, trtllm_spec
-from pyramid_triton.engine_build import BuildError, StepFailed, execute, plan_builds
-from pyramid_triton.render import load_trtllm_models
+from pyramid_deploy import engine_build, trtllm_spec
+from pyramid_deploy.engine_build import BuildError, StepFailed, execute, plan_builds
+from pyramid_deploy.render import load_trtllm_models
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "build_engines.py"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pyramid_cli.deploy_calibration import main as deploy
+from pyramid_deploy.render import SpecError, render
 from pyramid_triton.hot_reload import DEPLOYED_FILE, HISTORY_KEEP, artifact_id, history, live_path
-from pyramid_triton.render import SpecError, render
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "deploy" / "replay.yaml"

@@ -1,4 +1,4 @@
-"""The bare-BLS floor (pyramid_triton.floor): per question exactly the router's calls, stage by stage."""
+"""The bare-BLS floor (pyramid_bench.floor): per question exactly the router's calls, stage by stage."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from test_router import caller, two_stage_router
 from test_triton_glue import request
 
-from pyramid_triton.floor import FloorModel, route_plans, route_stages
+from pyramid_bench.floor import FloorModel, route_plans, route_stages
 
 
 def test_a_route_becomes_its_stages_of_calls():

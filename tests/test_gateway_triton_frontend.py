@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pyramid_client import wire
-from pyramid_triton.render import render
-from pyramid_triton.trtllm_facts import parse_pbtxt
+from pyramid_deploy.render import render
+from pyramid_deploy.trtllm_facts import parse_pbtxt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # test_helm imports helm_check from there

@@ -356,8 +356,8 @@ def test_the_gateway_reads_the_inference_key_and_sends_it_with_every_inference_c
 def test_make_serve_hands_the_inference_key_to_the_gateway(tmp_path, monkeypatch):
     """``make serve`` with a keyed spec (here: the key in the environment) starts the gateway with the key in
     its environment (as a value: a key file of the caller's is not passed on), so it can send it."""
-    import pyramid_triton.server as server
-    from pyramid_triton import access
+    import pyramid_ops.server as server
+    from pyramid_ops import access
 
     monkeypatch.setenv(access.INFERENCE_KEY_ENV, "k" * 32)
     monkeypatch.delenv(access.INFERENCE_KEY_FILE_ENV, raising=False)
@@ -762,7 +762,7 @@ def test_a_gateway_process_beyond_loopback_without_keys_does_not_start(tmp_path,
 def test_make_serve_starts_the_gateway_on_its_host_with_the_callers_api_keys(tmp_path, monkeypatch):
     """``make serve HOST=...`` hands HOST to the gateway, and its environment: $PYRAMID_GATEWAY_API_KEYS (what a
     non-loopback HOST needs, else the gateway refuses to start) reaches it."""
-    import pyramid_triton.server as server
+    import pyramid_ops.server as server
     from pyramid_gateway.auth import ENV_VAR
 
     monkeypatch.setenv(ENV_VAR, "k" * 32)

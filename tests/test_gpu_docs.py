@@ -23,7 +23,7 @@ import yaml
 from test_build_engines import fake_hf  # tests/ is on sys.path (rootdir conftest)
 from test_remote import _artifact
 
-from pyramid_triton.render import load_trtllm_models
+from pyramid_deploy.render import load_trtllm_models
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "GPU.md"

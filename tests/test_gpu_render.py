@@ -21,10 +21,11 @@ import pytest
 import yaml
 from approx import assert_tree_close
 
-from pyramid_triton import render as render_mod
-from pyramid_triton import tensors, trtllm_spec
+from pyramid_deploy import render as render_mod
+from pyramid_deploy import trtllm_spec
+from pyramid_deploy.render import SpecError, load_trtllm_models, render
+from pyramid_triton import tensors
 from pyramid_triton.protocol import EngineRequest
-from pyramid_triton.render import SpecError, load_trtllm_models, render
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed")
 text_format = pytest.importorskip("google.protobuf.text_format")

@@ -118,7 +118,7 @@ def test_the_chart_carries_the_same_dashboard_as_a_configmap():
     from helm_values import make_values
     from test_remote import _artifact
 
-    from pyramid_triton.render import load_spec
+    from pyramid_deploy.render import load_spec
 
     spec = ROOT / "deploy" / "replay.yaml"
     d = load_spec(spec)

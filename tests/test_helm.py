@@ -17,8 +17,8 @@ import helm_check  # noqa: E402
 from helm_values import make_values  # noqa: E402
 from test_remote import _artifact  # noqa: E402
 
+from pyramid_deploy.render import SpecError, load_spec  # noqa: E402
 from pyramid_triton.remote import parse_remote_map  # noqa: E402
-from pyramid_triton.render import SpecError, load_spec  # noqa: E402
 
 SPECS = ["replay.yaml", "llamacpp.yaml", "gpu-1gpu-smoke.yaml", "gpu-8x80gb.yaml", "gpu-4x80gb-fp8.yaml"]
 RELEASE, NAMESPACE = "pyramid", "llm"

@@ -17,7 +17,7 @@ pytest.importorskip("helm_python")
 from helm_values import make_values  # noqa: E402
 from test_remote import _artifact  # noqa: E402
 
-from pyramid_triton.render import load_spec  # noqa: E402
+from pyramid_deploy.render import load_spec  # noqa: E402
 
 RELEASE, NAMESPACE = "pyramid", "llm"
 FULL = "pyramid-pyramid-moa"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyramid_triton import access
-from pyramid_triton.server import TritonServer, _announce_key
+from pyramid_ops import access
+from pyramid_ops.server import TritonServer, _announce_key
 
 
 def _server(port: int) -> TritonServer:

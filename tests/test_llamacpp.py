@@ -339,7 +339,7 @@ def _spec(tmp_path: Path, edit=None) -> Path:
 
 
 def test_render_llamacpp_profile(tmp_path, gemma_calibration, monkeypatch):
-    from pyramid_triton.render import render
+    from pyramid_deploy.render import render
 
     monkeypatch.setenv("PYRAMID_CACHE", str(tmp_path / "cache"))
     r = render(_spec(tmp_path), tmp_path / "repo", calibration=gemma_calibration)
@@ -362,7 +362,7 @@ def test_render_llamacpp_profile(tmp_path, gemma_calibration, monkeypatch):
 
 
 def test_render_custom_prompt_and_relative_gguf(tmp_path, gemma_calibration):
-    from pyramid_triton.render import render
+    from pyramid_deploy.render import render
 
     def edit(d):
         d["engine"].update(gguf="models/g.gguf", prompt_template='Q: "{question}"\nA:', stop="\n")
@@ -384,7 +384,7 @@ def test_render_custom_prompt_and_relative_gguf(tmp_path, gemma_calibration):
     ],
 )
 def test_render_rejects_bad_llamacpp_specs(tmp_path, gemma_calibration, edit, match):
-    from pyramid_triton.render import SpecError, render
+    from pyramid_deploy.render import SpecError, render
 
     with pytest.raises(SpecError, match=match):
         render(_spec(tmp_path, edit), tmp_path / "repo", calibration=gemma_calibration)
@@ -393,7 +393,7 @@ def test_render_rejects_bad_llamacpp_specs(tmp_path, gemma_calibration, edit, ma
 
 def test_render_mixed_kinds(tmp_path, gemma_calibration):
     """A replay model among llamacpp ones: only it is a parsed-answer model, only the others decoupled."""
-    from pyramid_triton.render import render
+    from pyramid_deploy.render import render
 
     def edit(d):
         d["agents"][0] = {"name": GEMMA[0], "kind": "replay", "traces": str(ROOT / "data" / "gsm8k"), "source": ORACLE}

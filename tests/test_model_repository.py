@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from approx import assert_tree_close
 
+from pyramid_deploy.render import render
 from pyramid_triton.hot_reload import DEPLOYED_FILE
-from pyramid_triton.render import render
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = ROOT / "model_repository"

@@ -1,4 +1,4 @@
-"""Unit tests of pyramid_triton.perf (the load-test library of scripts/perf.py, make perf) without a
+"""Unit tests of pyramid_bench.perf (the load-test library of scripts/perf.py, make perf) without a
 server: concurrency ranges, --input-data, perf_analyzer CSV parsing and the row check, the sweep's
 fill-in of left-out levels (with a fake perf_analyzer), the critical-path latency model and the
 summary arithmetic."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyramid_triton import perf
+from pyramid_bench import perf
 
 # The header perf_analyzer 2.60 writes with -f for a decoupled model over --streaming (a
 # non-decoupled model's CSV has no "Response Throughput" column).

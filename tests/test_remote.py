@@ -18,6 +18,7 @@ import yaml
 # Helpers (not tests) of the local router's unit tests: the same questions, engines and calls.
 from test_triton_glue import AGENTS, ORACLE, Q_AGREE, Q_ALLFAIL, Q_SPLIT, _metric, engine, outputs, request, run
 
+from pyramid_deploy.render import SpecError, host_spec, render
 from pyramid_triton.bls import PyramidModel
 from pyramid_triton.protocol import INTERNAL, NOT_FOUND, UNAVAILABLE, EngineRequest
 from pyramid_triton.remote import (
@@ -28,7 +29,6 @@ from pyramid_triton.remote import (
     parse_remote_map,
     remote_map_json,
 )
-from pyramid_triton.render import SpecError, host_spec, render
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE_HOST, AGENT_HOST = "10.77.0.2:8001", "10.77.0.3:8001"

@@ -156,7 +156,7 @@ def test_file_is_bounded_in_age(tmp_path):
 
 def test_the_spec_sets_the_request_log(tmp_path):
     """The spec's router block reaches the router's config (render.py, deploy/templates/pyramid)."""
-    from pyramid_triton.render import render
+    from pyramid_deploy.render import render
 
     root = Path(__file__).resolve().parents[1]
     spec = yaml.safe_load((root / "deploy" / "replay.yaml").read_text(encoding="utf-8"))

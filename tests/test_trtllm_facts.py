@@ -21,10 +21,11 @@ import fake_pb_utils as pb  # tests/ is on sys.path (rootdir conftest)
 import pytest
 import yaml
 
-from pyramid_triton import render as render_mod
-from pyramid_triton import tensors, trtllm, trtllm_facts, trtllm_spec
+from pyramid_deploy import render as render_mod
+from pyramid_deploy import trtllm_facts, trtllm_spec
+from pyramid_deploy.render import SpecError, load_trtllm_models, render
+from pyramid_triton import tensors, trtllm
 from pyramid_triton.protocol import EngineResponse
-from pyramid_triton.render import SpecError, load_trtllm_models, render
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed")
 text_format = pytest.importorskip("google.protobuf.text_format")

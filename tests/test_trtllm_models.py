@@ -13,9 +13,9 @@ import fake_pb_utils as pb  # tests/ is on sys.path (rootdir conftest)
 import numpy as np
 import pytest
 
+from pyramid_deploy.render import render
 from pyramid_triton import trtllm
 from pyramid_triton.protocol import InvalidArgument, Limits
-from pyramid_triton.render import render
 from pyramid_triton.trtllm import (
     Postprocessor,
     Preprocessor,

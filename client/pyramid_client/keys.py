@@ -1,7 +1,7 @@
 """Access keys as a client holds them: where they come from (an environment variable, or a file only its
 owner can read), how they are checked, and how they are shown (never in full).
 
-The server (``pyramid_triton.access``) puts APIs behind these keys; the clients, the gateway and the
+The server (``pyramid_ops.access``) puts APIs behind these keys; the clients, the gateway and the
 tools present them (``wire.key_headers``: the header, or gRPC metadata). docs/SECURITY.md.
 """
 

@@ -1,4 +1,4 @@
-"""Run the gateway as a child process: ``make serve`` (``pyramid_triton.server --openai-port``, beside
+"""Run the gateway as a child process: ``make serve`` (``pyramid_ops.server --openai-port``, beside
 tritonserver), ``make demo``, the benchmark and the tests start it the same way, and stop it by its own PID.
 """
 
@@ -29,7 +29,7 @@ class GatewayError(RuntimeError):
 class GatewayProcess:
     """``python -m pyramid_gateway`` on ``host:port`` against Triton's gRPC ``triton_url``.
 
-    A ``pyramid_triton.server.Child`` (``name``, ``start``, ``running``, ``stop``). ``spawn``: how the
+    A ``pyramid_ops.server.Child`` (``name``, ``start``, ``running``, ``stop``). ``spawn``: how the
     process is started (``make serve`` passes ``spawn_child``: its own session, a parent-death signal)."""
 
     name = "gateway"

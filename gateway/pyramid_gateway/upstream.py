@@ -9,7 +9,7 @@
 Which engines the router uses (its ``agents`` / ``oracle`` parameters) is given (``Deployment``, from
 flags or a rendered repository's router config), or else read from the router's model config. The
 latter works only where model-config is open: ``make serve`` puts it behind the admin key
-(pyramid_triton.access), which the gateway, facing clients, should not hold.
+(pyramid_ops.access), which the gateway, facing clients, should not hold.
 
 Cancellation: a request task cancelled (client disconnect) cancels its gRPC call; Triton then sees
 the request cancelled (the router abandons the route, see README "Cancellation").

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from pyramid_bench.perf import percentile
 from pyramid_client import AsyncPyramidClient, PyramidError, PyramidResult
 from pyramid_client.cli import add_connection_args, add_routing_args, env_inference_key, parse_args, routing_kwargs
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import write_json_atomic
 from pyramid_moa.cli import DefaultsFormatter
 from pyramid_moa.cost import COST_MODELS
-from pyramid_triton.perf import percentile
 
 DEFAULT_QUESTIONS = Path("data") / "gsm8k" / "questions.jsonl"
 REPO_ROOT = Path(__file__).resolve().parents[2]

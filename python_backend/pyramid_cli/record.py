@@ -71,7 +71,7 @@ from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import ArtifactError, load_artifact, write_text_atomic
 from pyramid_moa.cli import DefaultsFormatter
 from pyramid_moa.cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
-from pyramid_triton import access
+from pyramid_ops import access
 
 from . import gsm8k
 from .gsm8k import Progress, Question, UsageError, add_selection_args, choose, grade

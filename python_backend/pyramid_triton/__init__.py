@@ -1,4 +1,5 @@
-"""Pyramid MoA on Triton Inference Server: framework glue around the ``pyramid_moa`` router library.
+"""Pyramid MoA on Triton Inference Server: the model side, the code Triton's Python stub imports
+(framework glue around the ``pyramid_moa`` router library).
 
 Layout (after NVIDIA's ``tensorrt_llm_bls``: thin ``model.py`` files, logic elsewhere):
 
@@ -8,15 +9,14 @@ Layout (after NVIDIA's ``tensorrt_llm_bls``: thin ``model.py`` files, logic else
 * ``tensors``: conversion between ``triton_python_backend_utils`` tensors and ``protocol``.
 * ``bls`` / ``engines``: the Python-backend model implementations the ``model.py`` files delegate to.
 * ``llamacpp``: the llama.cpp engine (a GGUF through llama-cpp-python; no Triton import).
+* ``trtllm``: the TensorRT-LLM kind's pre/postprocessing models.
 * ``metrics``: the router's Prometheus metrics and per-request JSON log line.
-* ``render``: deployment spec (YAML) -> model repository.
-* ``trtllm_spec`` / ``trtllm`` / ``trtllm_convert`` / ``engine_build``: the GPU kind: NVIDIA's
-  TensorRT-LLM model layout, its pre/postprocessing, checkpoint conversion, engine builds.
-* ``server``: start / wait / stop a real ``tritonserver`` process.
-* ``supervisor``: reload an engine whose stub process died (Triton 2.51 does not); the liveness check.
-* ``access``: the admin key (model control) and inference key: sources, tritonserver flags, headers.
 * ``request_log``: the router's per-request log (off by default, redaction hook, private bounded file).
-* ``perf``: load tests with perf_analyzer (``scripts/perf.py``, ``make perf``).
+
+What runs elsewhere lives elsewhere, and this package imports none of it: building a repository
+(``pyramid_deploy``: render, TensorRT-LLM specs and facts, engine builds), operating a server
+(``pyramid_ops``: server, launcher, supervisor, access) and measuring one (``pyramid_bench``: perf, the
+floor). tests/test_layers.py checks the directions.
 
 The wire format (tensor names and datatypes, response fields, error codes) and the retry rule are
 the client's (``pyramid_client.wire``, ``pyramid_client.retry``): one definition for both sides.

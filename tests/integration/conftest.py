@@ -47,7 +47,7 @@ class Deployment:
     log: Path
     oracle_missing: tuple[int, ...]
     metrics_url: str = ""
-    admin_key: object = None  # the server's admin key (pyramid_triton.access.Key): model control and configs
+    admin_key: object = None  # the server's admin key (pyramid_ops.access.Key): model control and configs
 
 
 def scrape(metrics_url: str, prefix: str = "pyramid_") -> dict[str, float]:
@@ -102,7 +102,7 @@ def deployment(tmp_path_factory) -> Deployment:
     try:
         import tritonclient.grpc  # noqa: F401
 
-        from pyramid_triton.server import find_tritonserver
+        from pyramid_ops.server import find_tritonserver
 
         find_tritonserver()
     except (ImportError, RuntimeError) as exc:
@@ -152,8 +152,8 @@ def deployment(tmp_path_factory) -> Deployment:
 @contextlib.contextmanager
 def serve(spec_path: Path, calibration: Path, repo: Path, log: Path, **server_kw):
     """Render ``spec_path`` into ``repo`` and run a real tritonserver on it (stopped on exit)."""
-    from pyramid_triton.render import render
-    from pyramid_triton.server import ServerError, TritonServer
+    from pyramid_deploy.render import render
+    from pyramid_ops.server import ServerError, TritonServer
 
     repo = render(spec_path, repo, calibration=calibration).out
     server = TritonServer(repo, log_path=log, **server_kw)

@@ -175,7 +175,7 @@ def test_unknown_model_is_not_found_over_both_protocols(deployment, traces):
 @pytest.mark.parametrize("retries", [0, 2])
 def test_unavailable_is_retried_exactly_retries_times_with_backoff(protocol, retries):
     from pyramid_client import AsyncPyramidClient, PyramidClient, PyramidError
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     port = free_ports(1)[0]  # nothing listens there
     url = f"{protocol}://127.0.0.1:{port}"

@@ -31,7 +31,7 @@ def grpcclient():
     try:
         import tritonclient.grpc as g
 
-        from pyramid_triton.server import find_tritonserver
+        from pyramid_ops.server import find_tritonserver
 
         find_tritonserver()
     except (ImportError, RuntimeError) as exc:
@@ -86,7 +86,7 @@ def cancel_rejected_streams(
 
 
 def fds(pid: int) -> int:
-    from pyramid_triton.supervisor import fd_count
+    from pyramid_ops.supervisor import fd_count
 
     n = fd_count(pid)
     assert n is not None
@@ -94,7 +94,7 @@ def fds(pid: int) -> int:
 
 
 def rss(pid: int) -> int:
-    from pyramid_triton.supervisor import rss_bytes
+    from pyramid_ops.supervisor import rss_bytes
 
     n = rss_bytes(pid)
     assert n is not None
@@ -132,7 +132,7 @@ def ask(g, url: str, headers: dict | None = None) -> str:
 
 
 def test_cancelled_rejected_streams_leak_and_the_supervisor_restarts_the_server(grpcclient, tmp_path, capfd):
-    from pyramid_triton.server import TritonServer
+    from pyramid_ops.server import TritonServer
 
     g = grpcclient
     log = tmp_path / "tritonserver.log"
@@ -194,8 +194,8 @@ def test_cancelled_rejected_streams_leak_and_the_supervisor_restarts_the_server(
 def test_a_refused_inference_key_then_a_cancel_leaks_nothing(grpcclient, tmp_path):
     """Item 1's question: streams refused for a missing inference key (the refusal comes before any request is
     read), then cancelled, leave no descriptor behind, and the server still stops by itself at once."""
-    from pyramid_triton import access
-    from pyramid_triton.server import TritonServer
+    from pyramid_ops import access
+    from pyramid_ops.server import TritonServer
 
     g = grpcclient
     key = access.generate()

@@ -24,11 +24,11 @@ def _successes(metrics_url: str) -> dict[str, float]:
 def test_the_floor_makes_the_routes_calls(tmp_path):
     import tritonclient.grpc as grpcclient
 
+    from pyramid_bench.perf import FLOOR_MODEL, add_floor
+    from pyramid_deploy.render import render
     from pyramid_moa.artifact import load_artifact
     from pyramid_moa.traces import TraceSet
-    from pyramid_triton.perf import FLOOR_MODEL, add_floor
-    from pyramid_triton.render import render
-    from pyramid_triton.server import ServerError, TritonServer
+    from pyramid_ops.server import ServerError, TritonServer
 
     calibration = ROOT / "deploy" / "replay.calibration.json"
     spec = tmp_path / "replay.yaml"

@@ -33,7 +33,7 @@ MODELS = {"pyramid", "pyramid-committee", "pyramid-oracle", *COMMITTEE, ORACLE}
 @pytest.fixture(scope="module")
 def gateway(deployment, tmp_path_factory):
     from pyramid_gateway.process import GatewayProcess
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     args = ["--model-repository", str(deployment.repository)]
@@ -349,7 +349,7 @@ def test_deadline_under_strict_is_a_504_and_without_strict_a_provisional_answer(
 
 def test_triton_unreachable_is_a_503_with_retry_after(deployment, tmp_path):
     from pyramid_gateway.process import GatewayProcess
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     dead, port = free_ports(2)
     args = ["--model-repository", str(deployment.repository), "--retries", "0", "--retry-after-s", "3"]

@@ -23,7 +23,7 @@ import openai  # noqa: E402
 @pytest.fixture(scope="module")
 def oa(gemma, tmp_path_factory):  # noqa: F811 - the imported fixture
     from pyramid_gateway.process import GatewayProcess
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     log = tmp_path_factory.mktemp("gateway-gemma") / "gateway.log"
     engines = ["--committee", ",".join(AGENTS), "--oracle", GEMMA_ORACLE, "--default-max-tokens", str(BUDGET)]

@@ -50,7 +50,7 @@ def slow(deployment, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gateway(slow, tmp_path_factory):
     from pyramid_gateway.process import GatewayProcess
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     tmp = tmp_path_factory.mktemp("gateway-keys")
     keys = tmp / "keys"

@@ -56,8 +56,8 @@ def namespace():
 
 
 def test_rendered_liveness_probe_fails_when_an_engine_stub_is_dead(deployment, namespace, tmp_path):
-    from pyramid_triton.server import find_tritonserver, mapped_shm_files, server_env, spawn_child, stop_child
-    from pyramid_triton.supervisor import stub_processes
+    from pyramid_ops.server import find_tritonserver, mapped_shm_files, server_env, spawn_child, stop_child
+    from pyramid_ops.supervisor import stub_processes
 
     command, probe, pod_env, repo = _pod(deployment.calibration, tmp_path)
     assert command[0] == "tritonserver"

@@ -43,7 +43,7 @@ SERVED = {"pyramid", "pyramid-committee", "pyramid-oracle", *COMMITTEE, ORACLE}
 @pytest.fixture(scope="module")
 def gateway(deployment, tmp_path_factory):
     from pyramid_gateway.process import GatewayProcess
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     log = tmp_path_factory.mktemp("hostile") / "gateway.log"
     args = ["--model-repository", str(deployment.repository), "--max-body-bytes", str(MAX_BODY),

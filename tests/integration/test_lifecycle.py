@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pyramid_triton.server import mapped_shm_files as shm_of
+from pyramid_ops.server import mapped_shm_files as shm_of
 
 from .conftest import ROOT
 from .test_multihost import _netns_permitted
@@ -125,7 +125,7 @@ class MakeServe:
 
     def server_pid(self) -> int:
         """tritonserver: the wrapper's child that listens on HTTP_PORT (the gateway is another child)."""
-        from pyramid_triton.supervisor import listening_pid
+        from pyramid_ops.supervisor import listening_pid
 
         pid = listening_pid(int(self.vars["HTTP_PORT"]))
         assert pid is not None and _ppid(pid) == self.wrapper_pid()
@@ -154,7 +154,7 @@ def make_serve(deployment, tmp_path):
     started: list[MakeServe] = []
 
     def start(launcher=None, out=None, **make_vars) -> MakeServe:
-        from pyramid_triton.server import free_ports
+        from pyramid_ops.server import free_ports
 
         ports = dict(
             zip(("HTTP_PORT", "GRPC_PORT", "METRICS_PORT", "OPENAI_PORT"), map(str, free_ports(4)), strict=True)
@@ -208,8 +208,8 @@ def test_sigterm_to_make_serve_stops_everything(make_serve):
 def test_two_runs_in_one_checkout_keep_their_own_admin_keys(make_serve):
     """Issue 27 item 6: two ``make serve`` runs with one OUT write one key file each (named by the run's HTTP
     port), each works on its own server only, and stopping one leaves the other's file (and server) alone."""
-    from pyramid_triton import access
-    from pyramid_triton.supervisor import admin_request
+    from pyramid_ops import access
+    from pyramid_ops.supervisor import admin_request
 
     first = make_serve()
     second = make_serve(out=first.out)
@@ -232,7 +232,7 @@ def urllib_status(url: str, key) -> int:
     import urllib.error
     import urllib.request
 
-    from pyramid_triton import access
+    from pyramid_ops import access
 
     req = urllib.request.Request(url, data=b"{}", headers=access.http_headers(key), method="POST")
     try:

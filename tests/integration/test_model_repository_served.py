@@ -1,5 +1,5 @@
 """`tritonserver --model-repository model_repository`, as the README says, serves the committed
-replay repository: the venv's `tritonserver` (pyramid_triton/launcher.py), started from the
+replay repository: the venv's `tritonserver` (pyramid_ops/launcher.py), started from the
 checkout with nothing else, answers as the offline router with the committed calibration."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_the_committed_repository_serves_as_is(tmp_path):
     from pyramid_client import PyramidClient
     from pyramid_moa.artifact import load_artifact
     from pyramid_moa.traces import TraceSet
-    from pyramid_triton.server import SHM_GLOB, TritonServer, free_ports, stop_child
+    from pyramid_ops.server import SHM_GLOB, TritonServer, free_ports, stop_child
 
     http, grpc, metrics = free_ports(3)
     shm_before = {str(p) for p in Path("/dev/shm").glob(SHM_GLOB)}

@@ -170,8 +170,8 @@ def hosts(deployment, tmp_path_factory):
     why = _netns_permitted()
     if why is not None:
         pytest.skip(why)
-    from pyramid_triton.render import host_spec, render
-    from pyramid_triton.server import ServerError, TritonServer
+    from pyramid_deploy.render import host_spec, render
+    from pyramid_ops.server import ServerError, TritonServer
 
     reap_stale_namespaces()
     tmp = tmp_path_factory.mktemp("multihost")

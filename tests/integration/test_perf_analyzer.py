@@ -1,4 +1,4 @@
-"""The real perf_analyzer against the session deployment, through scripts/perf.py's runner (pyramid_triton.perf).
+"""The real perf_analyzer against the session deployment, through scripts/perf.py's runner (pyramid_bench.perf).
 
 Skips, with the reason, when perf_analyzer is not installed (``make setup`` installs it without
 genai-perf, non-fatally; ``make setup-perf`` / ``scripts/install_perf_analyzer.sh``). Short: a
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def perf():
-    from pyramid_triton import perf
+    from pyramid_bench import perf
 
     return perf
 
@@ -49,7 +49,7 @@ def test_perf_analyzer_sweeps_the_router_and_runs_an_engine(deployment, perf, pa
     idx = [i for i in range(300, 400) if ts.samples(engine).get(i)][:30]  # clear of the fault-injected ones
     inputs = tmp_path / "inputs.json"
     inputs.write_text(json.dumps(perf.input_data([ts.questions[i].question for i in idx])), encoding="utf-8")
-    from pyramid_triton import access
+    from pyramid_ops import access
 
     # perf_analyzer reads the model's config, which is behind the admin key (docs/SECURITY.md)
     pa = perf.PerfAnalyzer(

@@ -75,7 +75,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     try:
-        from pyramid_triton.server import find_tritonserver, free_ports
+        from pyramid_ops.server import find_tritonserver, free_ports
 
         find_tritonserver()
     except (ImportError, RuntimeError) as exc:

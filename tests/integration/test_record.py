@@ -158,7 +158,7 @@ def test_engine_info_reads_the_rendered_trtllm_ensemble(tmp_path, monkeypatch):
     from tritonclient.grpc import model_config_pb2 as mc
 
     from pyramid_cli import record
-    from pyramid_triton.render import render
+    from pyramid_deploy.render import render
 
     from .conftest import ROOT
 

@@ -23,7 +23,7 @@ N_QUESTIONS = 30
 
 def split_specs(deployment, tmp: Path, oracle_url: str, router: dict | None = None) -> tuple[Path, Path]:
     """(router-host spec, oracle-host spec) of the session deployment's spec, the oracle at ``oracle_url``."""
-    from pyramid_triton.render import host_spec
+    from pyramid_deploy.render import host_spec
 
     whole = tmp / "whole.yaml"
     d = yaml.safe_load(yaml_spec(Path(__file__).resolve().parents[2] / "deploy" / "replay.yaml", deployment.traces))
@@ -38,8 +38,8 @@ def split_specs(deployment, tmp: Path, oracle_url: str, router: dict | None = No
 
 def start_engines(spec: Path, repo: Path, log: Path, **server_kw):
     """A tritonserver with the engines of ``spec`` only (no router)."""
-    from pyramid_triton.render import render
-    from pyramid_triton.server import ServerError, TritonServer
+    from pyramid_deploy.render import render
+    from pyramid_ops.server import ServerError, TritonServer
 
     render(spec, repo, engines_only=True)
     server = TritonServer(repo, log_path=log, **server_kw)
@@ -52,7 +52,7 @@ def start_engines(spec: Path, repo: Path, log: Path, **server_kw):
 
 @pytest.fixture(scope="module")
 def split(deployment, tmp_path_factory):
-    from pyramid_triton.server import free_ports
+    from pyramid_ops.server import free_ports
 
     tmp = tmp_path_factory.mktemp("remote")
     oracle_ports = free_ports(3)
@@ -92,7 +92,7 @@ def _key(r: dict) -> tuple:
 def test_the_router_has_no_local_oracle(split):
     import tritonclient.http as httpclient
 
-    from pyramid_triton.access import http_headers
+    from pyramid_ops.access import http_headers
 
     c = httpclient.InferenceServerClient(split["router"].http_url)
     try:  # the repository index is model control: it needs the server's admin key

@@ -8,7 +8,7 @@ from .conftest import ROOT, SPEC  # noqa: F401  (conftest puts python_backend on
 
 
 def test_fill_is_strict():
-    from pyramid_triton.render import SpecError, fill
+    from pyramid_deploy.render import SpecError, fill
 
     assert fill('name: "${model_name}"', {"model_name": "a"}, "t") == 'name: "a"'
     with pytest.raises(SpecError, match=r"no value for placeholder\(s\) \$\{model_name\}"):
@@ -18,7 +18,7 @@ def test_fill_is_strict():
 
 
 def test_unknown_spec_key_is_an_error(tmp_path):
-    from pyramid_triton.render import SpecError, render
+    from pyramid_deploy.render import SpecError, render
 
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.read_text().replace("profile: replay", "profile: replay\nagentz: []"))
@@ -30,7 +30,7 @@ def test_unknown_spec_key_is_an_error(tmp_path):
 
 
 def test_missing_calibration_says_how_to_make_it(tmp_path):
-    from pyramid_triton.render import SpecError, render
+    from pyramid_deploy.render import SpecError, render
 
     with pytest.raises(SpecError, match="pyramid calibrate"):
         render(SPEC, tmp_path / "out", calibration=tmp_path / "missing.json")

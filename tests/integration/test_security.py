@@ -98,7 +98,7 @@ def _wait_not_ready(client, model: str, timeout_s: float = 30) -> None:
 
 
 def _override(server, model: str) -> dict:
-    from pyramid_triton.supervisor import admin_request
+    from pyramid_ops.supervisor import admin_request
 
     cfg = admin_request(server.http_url, f"/v2/models/{model}/config", server.admin_key)
     cfg.setdefault("parameters", {})["security_test_override"] = {"string_value": "1"}
@@ -189,7 +189,7 @@ def test_with_the_key_model_control_works_over_http_and_grpc(secured, tmp_path):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    from pyramid_triton import access
+    from pyramid_ops import access
 
     key = secured.admin_key
     h = access.http_headers(key)
@@ -229,8 +229,8 @@ def test_with_the_key_model_control_works_over_http_and_grpc(secured, tmp_path):
 
 def test_the_supervisor_still_recovers_a_killed_engine_stub(secured):
     """With a wrong key the supervisor's reload is refused and retried; with the server's key it recovers."""
-    from pyramid_triton import access
-    from pyramid_triton.supervisor import stub_processes
+    from pyramid_ops import access
+    from pyramid_ops.supervisor import stub_processes
 
     sup = secured.supervisor
     before, right, sup.log = len(sup.restarts), sup.admin_key, io.StringIO()
@@ -267,8 +267,8 @@ def test_an_inference_key_puts_inference_behind_it_too(secured, traces, tmp_path
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from pyramid_triton import access
-    from pyramid_triton.server import TritonServer
+    from pyramid_ops import access
+    from pyramid_ops.server import TritonServer
 
     key = access.generate()
     body = {"text_input": traces.questions[0].question}
@@ -296,8 +296,8 @@ def test_an_inference_key_puts_inference_behind_it_too(secured, traces, tmp_path
 def test_known_limit_the_backends_shm_regions_are_readable_by_local_users(secured):
     """docs/SECURITY.md: the Python backend's /dev/shm regions (requests and responses in flight) are created
     with mode 0644 by tritonserver 2.51 itself (a umask does not change it), so local users can read them."""
-    from pyramid_triton.server import mapped_shm_files
-    from pyramid_triton.supervisor import stub_processes
+    from pyramid_ops.server import mapped_shm_files
+    from pyramid_ops.supervisor import stub_processes
 
     pids = [secured.proc.pid, *(pid for _, pid in stub_processes(secured.proc.pid).values())]
     regions = [r for r in mapped_shm_files(pids) if "triton_python_backend_shm_region_" in r]
@@ -328,8 +328,8 @@ def test_clients_and_the_gateway_send_the_inference_key(secured, traces, tmp_pat
     completion through the router and a direct engine call."""
     from pyramid_client import PyramidClient, PyramidError
     from pyramid_gateway.process import GatewayProcess
-    from pyramid_triton import access
-    from pyramid_triton.server import TritonServer, free_ports
+    from pyramid_ops import access
+    from pyramid_ops.server import TritonServer, free_ports
 
     key = access.generate()
     q = traces.questions[0].question

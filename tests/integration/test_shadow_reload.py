@@ -39,7 +39,7 @@ def loop(tmp_path_factory):
     try:
         import tritonclient.grpc  # noqa: F401
 
-        from pyramid_triton.server import find_tritonserver
+        from pyramid_ops.server import find_tritonserver
 
         find_tritonserver()
     except (ImportError, RuntimeError) as exc:
@@ -116,7 +116,7 @@ def _deploy(server, path: Path, *flags: str) -> subprocess.CompletedProcess:
 
 def _reload_with(server, **params) -> None:
     """Load the router again, idle, with some parameters overridden (model control, with the admin key)."""
-    from pyramid_triton.supervisor import admin_request
+    from pyramid_ops.supervisor import admin_request
 
     cfg = admin_request(server.http_url, "/v2/models/pyramid/config", server.admin_key)
     for k, v in params.items():
@@ -370,8 +370,8 @@ def test_the_dashboard_names_only_metrics_this_server_exports(loop):
 def test_a_deployed_calibration_survives_a_render_and_a_restart(loop):
     """What make serve does on its next start (render the spec again, start tritonserver) serves the
     calibration deployed before it, not the spec's; a rollback then puts the spec's back, live."""
+    from pyramid_deploy.render import render
     from pyramid_triton.hot_reload import DEPLOYED_FILE, artifact_id
-    from pyramid_triton.render import render
 
     server = loop["server"]
     new_id = artifact_id(json.loads(loop["state"]["new"].read_text()))

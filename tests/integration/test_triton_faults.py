@@ -93,7 +93,7 @@ def test_engine_killed_under_load(supervised, router, traces, offline_route):
     route with the victim failed; the supervisor reloads the engine and answers are whole again."""
     from pyramid_client import AsyncPyramidClient, PyramidError
     from pyramid_moa.features import AgentOutput
-    from pyramid_triton.supervisor import stub_processes
+    from pyramid_ops.supervisor import stub_processes
 
     idxs = [i for i in range(0, 1319, 3) if all(traces.samples(m).get(i) for m in [*COMMITTEE, ORACLE])][:320]
 

@@ -44,7 +44,7 @@ def gemma(tmp_path_factory) -> Gemma:
     try:
         import tritonclient.grpc  # noqa: F401
 
-        from pyramid_triton.server import ServerError, TritonServer, find_tritonserver
+        from pyramid_ops.server import ServerError, TritonServer, find_tritonserver
 
         find_tritonserver()
     except (ImportError, RuntimeError) as exc:
@@ -55,8 +55,8 @@ def gemma(tmp_path_factory) -> Gemma:
         pytest.skip(f"llama-cpp-python is not installed ({exc}); run scripts/install_llamacpp.sh")
     import yaml
 
+    from pyramid_deploy.render import render
     from pyramid_triton.llamacpp import default_gguf_path
-    from pyramid_triton.render import render
 
     if not default_gguf_path().is_file():
         pytest.skip(f"the Gemma GGUF is not at {default_gguf_path()}; run scripts/install_llamacpp.sh")

@@ -1,4 +1,4 @@
-"""The bare-BLS floor model (thin: the logic lives in pyramid_triton.floor).
+"""The bare-BLS floor model (thin: the logic lives in pyramid_bench.floor).
 
 Decoupled with ``async def execute``: requests on one instance run concurrently; each gets one
 response and then the FINAL flag (an error response when the request is bad or routing fails).
@@ -20,7 +20,7 @@ class TritonPythonModel:
             path = os.path.normpath(os.path.join(args["model_repository"], path))
         if path and path not in sys.path:
             sys.path.insert(0, path)
-        from pyramid_triton.floor import FloorModel
+        from pyramid_bench.floor import FloorModel
 
         self.impl = FloorModel(pb_utils, args)
 

@@ -428,7 +428,7 @@ def container_template() -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m pyramid_triton.trtllm_facts [--version V]``: which facts apply here, and (inside a
+    """``python3 -m pyramid_deploy.trtllm_facts [--version V]``: which facts apply here, and (inside a
     TRT-LLM container) whether the container's template agrees with them. Exit 0 when it does."""
     import argparse
     import sys

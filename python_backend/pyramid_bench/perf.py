@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import access
+from pyramid_ops import access
 
 CACHE = Path(os.environ.get("PYRAMID_CACHE") or Path.home() / ".cache" / "pyramid-moa") / "perf_analyzer"
 INSTALL_HINT = "run 'make setup-perf' (scripts/install_perf_analyzer.sh)"
@@ -40,7 +40,7 @@ INSTALL_HINT = "run 'make setup-perf' (scripts/install_perf_analyzer.sh)"
 TARGET_OVERHEAD_MS = 1.0  # router overhead p50 at concurrency 1
 TARGET_RATIO = 0.30  # routed / direct single-engine throughput at concurrency 16
 TARGET_GPU_TOLERANCE = 0.05  # end-to-end latency within 5% of the route's critical path
-# Targets of issue 16: the router against the bare-BLS floor (pyramid_triton.floor).
+# Targets of issue 16: the router against the bare-BLS floor (pyramid_bench.floor).
 TARGET_FLOOR_EXCESS_MS = 0.5  # router overhead p50 at c=1 at most the floor's plus this
 TARGET_FLOOR_RATIO = 0.80  # routed throughput at c=16 at least this share of the floor's
 
@@ -536,7 +536,7 @@ def render_spec(spec_path: Path, traces: Path, calibration: str, repo: Path, spt
     """``spec_path`` with the engines on ``traces`` and, if given, per-model ``seconds_per_token``."""
     import yaml
 
-    from .render import render
+    from pyramid_deploy.render import render
 
     spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     spec.pop("calibration", None)
@@ -556,15 +556,15 @@ FLOOR_MODEL = "pyramid_floor"
 
 
 def add_floor(repo: Path, calibration: str | Path, traces: Path, default_max_tokens: int = 512) -> str:
-    """Add the bare-BLS floor (``pyramid_triton.floor``) to a rendered repository whose engines replay
+    """Add the bare-BLS floor (``pyramid_bench.floor``) to a rendered repository whose engines replay
     ``traces``: its plan per question is the route ``calibration``'s router takes offline on them (a
     model without a record for a question counts as a failed call, as the replay engine answers).
     Returns the floor's model name."""
+    from pyramid_deploy.render import PACKAGE_ROOT, TEMPLATES, _write_model
     from pyramid_moa.artifact import load_artifact
     from pyramid_moa.traces import TraceSet
 
     from .floor import PLAN_FILE, route_plans
-    from .render import PACKAGE_ROOT, TEMPLATES, _write_model
 
     router = load_artifact(calibration).router()
     ts = TraceSet.open(traces)
@@ -800,7 +800,7 @@ def markdown(s: dict, targets: list[Target]) -> str:
     if "vs_floor" in z:
         vf, fs = z["vs_floor"], z["floor_vs_stream"]
         lines += [
-            "The bare-BLS floor (`pyramid_triton.floor`: per question exactly the router's engine calls, no routing "
+            "The bare-BLS floor (`pyramid_bench.floor`: per question exactly the router's engine calls, no routing "
             "work, one output tensor), in the same rounds:",
             "",
             "| | p50 at c=1 | req/s at c=16 |",

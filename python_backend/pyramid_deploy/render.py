@@ -48,13 +48,13 @@ from typing import Any
 import yaml
 
 from pyramid_moa.artifact import ArtifactError, CalibrationArtifact, load_calibrations
+from pyramid_triton.hot_reload import deployed_path, history
+from pyramid_triton.llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
+from pyramid_triton.protocol import DRIFT_PARAMS, REQUEST_LOG_PARAMS, ROUTER_PARAMS, SHADOW_PARAMS
+from pyramid_triton.remote import RemoteModel, remote_map_json
+from pyramid_triton.tasks import TaskRouters
 
 from . import trtllm_facts, trtllm_spec
-from .hot_reload import deployed_path, history
-from .llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
-from .protocol import DRIFT_PARAMS, REQUEST_LOG_PARAMS, ROUTER_PARAMS, SHADOW_PARAMS
-from .remote import RemoteModel, remote_map_json
-from .tasks import TaskRouters
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # python_backend/
 PROJECT_ROOT = PACKAGE_ROOT.parent

@@ -6,7 +6,7 @@ examples' ``convert_checkpoint.py`` does for an unquantized model, without a Ten
 package but not the examples, and an offline node cannot clone them). FP8 still needs the examples'
 ``quantize.py`` (ModelOpt calibration). ``tensorrt_llm`` is imported only when converting.
 
-usage: python3 -m pyramid_triton.trtllm_convert --model_dir HF --output_dir OUT --dtype bfloat16
+usage: python3 -m pyramid_deploy.trtllm_convert --model_dir HF --output_dir OUT --dtype bfloat16
            --tp_size N --pp_size M --family llama|qwen
 """
 

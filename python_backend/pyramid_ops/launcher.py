@@ -8,7 +8,7 @@ serves the committed replay repository like any Triton install. It adds what the
 cannot find by itself (the wheel's backend directory; the environment ``server_env`` builds, which
 the Python stub needs) and, unless the command line says otherwise, binds every endpoint to
 loopback (a plain tritonserver listens on every interface). Everything else goes to tritonserver
-unchanged. ``python -m pyramid_triton.server`` (``make serve``) is the managed way to run it.
+unchanged. ``python -m pyramid_ops.server`` (``make serve``) is the managed way to run it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A decoupled model that answers each request by making exactly the engine calls t
 offline route makes for that question (the same engines, stage by stage, concurrently within a
 stage, the oracle last) and nothing else: no features, calibrator, metrics, log or routing outputs,
 one output tensor. Its plan per question comes from ``route_plans`` (``Router.route`` offline on the
-recorded traces), written beside the model by ``pyramid_triton.perf.add_floor``. ``make perf``
+recorded traces), written beside the model by ``pyramid_bench.perf.add_floor``. ``make perf``
 measures it side by side with ``pyramid`` and a direct engine call: the difference between the
 router and the floor is the router's own work; the floor over the direct call is what BLS itself
 costs on the machine.
@@ -22,10 +22,9 @@ import numpy as np
 
 from pyramid_moa.features import AgentOutput
 from pyramid_moa.router import Router, RouteResult
-
-from . import tensors
-from .config import REQUIRED, ModelParams
-from .protocol import EngineRequest, ServeError
+from pyramid_triton import tensors
+from pyramid_triton.config import REQUIRED, ModelParams
+from pyramid_triton.protocol import EngineRequest, ServeError
 
 PLAN_FILE = "plan.json"
 

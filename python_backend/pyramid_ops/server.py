@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from pyramid_triton.metrics import SERVER_RESTARTS_ENV
+
 from . import access
-from .metrics import SERVER_RESTARTS_ENV
 from .supervisor import SUPERVISED_ARGS, Supervisor, http_ok
 
 SHM_GLOB = "triton_python_backend_shm_region_*"
@@ -494,7 +495,7 @@ def resolve_inference_key(spec: Path | None) -> access.Key | None:
     key if the spec asks for one (``security.inference_key``), else None (inference open)."""
     key = access.from_env(key_env=access.INFERENCE_KEY_ENV, file_env=access.INFERENCE_KEY_FILE_ENV)
     if key is None and spec is not None:
-        from .render import load_spec  # only the wrapper needs the spec reader
+        from pyramid_deploy.render import load_spec  # only the wrapper needs the spec reader
 
         if access.inference_key_wanted(load_spec(spec), str(spec)):
             key = access.generate()
