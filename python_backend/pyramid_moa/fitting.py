@@ -168,10 +168,6 @@ class Candidate:
     weights: list[list[float] | None] = field(default_factory=list)
     arbiter: dict | None = None
 
-    def lower_bound_cost(self) -> float:
-        """The least this schedule can cost relative to always-oracle: its first stage, always paid."""
-        return float(self.stage_costs[0].mean() / self.oracle_cost.mean())
-
 
 def _stage_grids(cand: Candidate) -> list[np.ndarray]:
     early = GRID_EARLY.get(len(cand.oof) - 1, 8)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .answers import AnswerTask, get_task, register_extractor
-from .features import AgentOutput, FeatureSet, Vote, register_feature_set
+from .committee import AgentOutput, FeatureSet, Vote, register_feature_set
 
 # Where the command line keeps embeddings of recorded outputs (each text embedded once across runs).
 DEFAULT_EMBEDDING_CACHE = (
