@@ -163,7 +163,9 @@ def test_resolve_endpoint_refuses(url, protocol):
 
 def test_build_inputs_sends_only_what_is_set():
     assert build_inputs("q") == {"text_input": "q"}
-    got = build_inputs("q", threshold=1, deadline_ms=5, strict=False, seed=3, stream=True, force_tier="oracle")
+    got = build_inputs(
+        "q", escalation_threshold=1, deadline_ms=5, strict=False, seed=3, stream=True, force_tier="oracle"
+    )
     assert got == {
         "text_input": "q",
         "escalation_threshold": 1.0,
@@ -377,7 +379,7 @@ def sse(*events):
 def test_http_generate_request_and_response(fake):
     fake.responses.append((200, "application/json", [json.dumps(outputs(model_name="pyramid"))], 0))
     with PyramidClient(fake.url, model="my model") as c:
-        r = c.ask("2+2?", threshold=0.5, deadline_ms=100, strict=True, request_id="abc")
+        r = c.ask("2+2?", escalation_threshold=0.5, deadline_ms=100, strict=True, request_id="abc")
     path, body = fake.requests[0]
     assert path == "/v2/models/my%20model/generate"
     assert body == {"text_input": "2+2?", "escalation_threshold": 0.5, "deadline_ms": 100, "strict": True, "id": "abc"}

@@ -31,7 +31,13 @@ def add_connection_args(ap: argparse.ArgumentParser) -> None:
 
 
 def add_routing_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--threshold", type=float, help="per-request escalation threshold in [0, 1]")
+    ap.add_argument(
+        "--threshold",
+        "--escalation-threshold",
+        dest="escalation_threshold",
+        type=float,
+        help="per-request escalation threshold in [0, 1] (the option escalation_threshold)",
+    )
     ap.add_argument("--force-tier", choices=list(TIERS))
     ap.add_argument(
         "--deadline-ms", type=int, help="return the committee's answer, provisional, if the oracle is slower"
@@ -46,7 +52,7 @@ def add_routing_args(ap: argparse.ArgumentParser) -> None:
 def routing_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The ``ask`` options of ``add_routing_args``' flags."""
     return {
-        "threshold": args.threshold,
+        "escalation_threshold": args.escalation_threshold,
         "force_tier": args.force_tier,
         "deadline_ms": args.deadline_ms,
         "strict": True if args.strict else None,

@@ -1,7 +1,7 @@
 """Talk to the ``pyramid`` router model and get typed results, over gRPC (default) or HTTP.
 
     with PyramidClient("localhost:8001") as c:              # gRPC
-        r = c.ask("question", threshold=0.8, deadline_ms=2000)
+        r = c.ask("question", escalation_threshold=0.8, deadline_ms=2000)
     with PyramidClient("http://localhost:8000") as c:       # HTTP (generate extension)
         for r in c.ask_stream("question"):                  # provisional, then final
             print(r.provisional, r.answer)
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .retry import Attempts, RetryHook, RetryPolicy
 from .types import PyramidError, PyramidResult, build_inputs, result_from_outputs
-from .wire import DEADLINE_EXCEEDED, INTERNAL, ROUTER_OUTPUTS, key_headers
+from .wire import DEADLINE_EXCEEDED, INTERNAL, REQUEST_OPTIONS, ROUTER_OUTPUTS, key_headers
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -40,25 +40,23 @@ DEFAULT_URL = "localhost:8001"  # gRPC
 DEFAULT_HTTP_URL = "localhost:8000"
 
 
-class AskOptions(TypedDict, total=False):
-    """The keywords of ``ask`` / ``ask_stream`` (every one optional; None: the deployment's default).
-
-    ``threshold``: per-request escalation threshold in [0, 1]; ``force_tier``: ``committee`` or
-    ``oracle``; ``deadline_ms``: return the committee's answer, provisional, if the oracle is slower;
-    ``strict``: an oracle failure is an error, not a degraded answer; ``task``: the answer task
-    (``gsm8k``, ``semantic``, ``choice``, ``text``) whose calibration routes it; ``timeout_s``: this
-    call's timeout instead of the client's; ``request_id``: default a random one."""
-
-    threshold: float | None
-    force_tier: str | None
-    max_tokens: int | None
-    deadline_ms: int | None
-    strict: bool | None
-    temperature: float | None
-    seed: int | None
-    task: str | None
-    timeout_s: float | None
-    request_id: str | None
+# The keywords of ``ask`` / ``ask_stream`` (every one optional; None: the deployment's default): the request
+# options of ``wire.REQUEST_OPTIONS``, by their names, and ``timeout_s`` (this call's timeout instead of the
+# client's) and ``request_id`` (default a random one).
+AskOptions = TypedDict(  # type: ignore[misc]  # built from the table, so an option is added in one place
+    "AskOptions",
+    {
+        **{name: o.python_type | None for name, o in REQUEST_OPTIONS.items()},
+        "timeout_s": float | None,
+        "request_id": str | None,
+    },
+    total=False,
+)
+AskOptions.__doc__ = (
+    "The keywords of ``ask`` / ``ask_stream`` (every one optional; None: the deployment's default).\n\n"
+    + "\n".join(f"``{name}``: {o.help}" for name, o in REQUEST_OPTIONS.items())
+    + "\n``timeout_s``: this call's timeout instead of the client's\n``request_id``: default a random one"
+)
 
 
 def resolve_endpoint(url: str | None, protocol: str | None) -> tuple[str, str]:

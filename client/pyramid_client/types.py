@@ -92,33 +92,22 @@ def result_from_outputs(outputs: dict[str, Any], request_id: str = "", latency_s
     return PyramidResult(**fields, text=text, latency_s=latency_s, server_latency_ms=steps, request_id=request_id)
 
 
-# A request's options (``ask`` / ``ask_stream`` keywords): router input, and the Python type it is sent as.
-REQUEST_OPTIONS: dict[str, tuple[str, type]] = {
-    "max_tokens": ("max_tokens", int),
-    "threshold": ("escalation_threshold", float),
-    "force_tier": ("force_tier", str),
-    "deadline_ms": ("deadline_ms", int),
-    "strict": ("strict", bool),
-    "temperature": ("temperature", float),
-    "seed": ("seed", int),
-    "task": ("task", str),
-}
 _INT_RANGES = {wire.INT32: (-(2**31), 2**31), wire.UINT64: (0, 2**64)}
 
 
 def build_inputs(question: str, stream: bool = False, **options: Any) -> dict[str, Any]:
-    """The request's inputs as ``{input name: Python value}``, from ``REQUEST_OPTIONS`` keywords;
-    None means "not sent".
+    """The request's inputs as ``{input name: Python value}``, from ``wire.REQUEST_OPTIONS`` keywords (the
+    router's input names); None means "not sent".
 
     Values are checked by the server (which names the offending input); only what cannot be
     encoded at all (a wrong Python type) is refused here, as INVALID_ARG."""
-    unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+    unknown = sorted(set(options) - set(wire.REQUEST_OPTIONS))
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
     inputs: dict[str, Any] = {"text_input": question}
-    for key, (name, kind) in REQUEST_OPTIONS.items():
-        if options.get(key) is not None:
-            inputs[name] = kind(options[key])
+    for name, option in wire.REQUEST_OPTIONS.items():
+        if options.get(name) is not None:
+            inputs[name] = option.python_type(options[name])
     if stream:
         inputs["stream"] = True
     for name, v in inputs.items():

@@ -40,8 +40,117 @@ ENGINE_INPUTS = {
 ENGINE_OUTPUTS = {"text_output": BYTES, "output_tokens": INT32, "cum_log_probs": FP32}
 PARSED_ANSWER_OUTPUT = "answer"
 
-# The router's inputs: the text API's, and the routing controls. ``exclude_input_in_output`` is
-# accepted (TensorRT-LLM clients send it) and has no effect. The last seven are what Triton's own OpenAI
+# --- request options ------------------------------------------------------------------------------
+# The router's per-request options, each defined once here. Read from this table: the router's inputs
+# (``ROUTER_INPUTS``), the client's keywords (``pyramid_client.types.build_inputs``, ``AskOptions``), the
+# gateway's OpenAI fields (their ranges; ``extra_body.pyramid.<name>`` is built from it) and the router's
+# checks (``check_option``, from ``pyramid_triton.protocol.validate_pyramid_request``). One name end to end:
+# the router input, the client keyword and the OpenAI ``pyramid`` key are the same. Each process checks at
+# its own boundary: the gateway (pydantic, from the ranges here) and the router (``check_option``); the
+# client only refuses what cannot be encoded. Adding an option: an entry here, the router's
+# ``PyramidRequest`` field, and the code that uses it.
+
+
+@dataclass(frozen=True)
+class RequestOption:
+    """One request option. ``name``: the router input, the client keyword, the OpenAI ``pyramid`` key;
+    ``datatype``: the tensor's; ``lo`` / ``hi``: its range, inclusive (None: the datatype's); ``choices``: a
+    string's allowed values; ``unset``: the value that means "not set", as if absent (``unset_means``: what
+    that is, in words); ``default``: what applies when it is not set; ``openai``: where an OpenAI request
+    carries it: ``body`` (a top-level field of the same name), ``pyramid`` (``extra_body.pyramid.<name>``) or
+    ``model`` (the model name picks it: ``pyramid-committee``); no option travels in a header. ``direct``:
+    the gateway accepts it on a direct engine call too (otherwise it is a 400 there: it applies to routing)."""
+
+    name: str
+    datatype: str
+    help: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    unset: Any = None
+    unset_means: str = ""
+    default: str = "none"
+    openai: str = "pyramid"
+    direct: bool = False
+
+    @property
+    def python_type(self) -> type:
+        return _PYTHON_TYPES[self.datatype]
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """(lo, hi), inclusive: the table's, else the datatype's (None: unbounded)."""
+        lo, hi = _DATATYPE_RANGES.get(self.datatype, (None, None))
+        return (lo if self.lo is None else self.lo, hi if self.hi is None else self.hi)
+
+
+_PYTHON_TYPES: dict[str, type] = {BYTES: str, BOOL: bool, INT32: int, UINT64: int, FP32: float}
+_DATATYPE_RANGES = {INT32: (-(2**31), 2**31 - 1), UINT64: (0, 2**64 - 1)}
+TIERS = ("committee", "oracle")
+
+REQUEST_OPTIONS: dict[str, RequestOption] = {
+    o.name: o
+    for o in (
+        RequestOption(
+            "max_tokens", INT32, "the most tokens each model may generate", lo=1,
+            default="the router's default_max_tokens parameter", openai="body", direct=True,
+        ),
+        RequestOption(
+            "temperature", FP32, "sampling temperature of every model called", lo=0.0, hi=2.0,
+            default="each engine's own", openai="body", direct=True,
+        ),
+        RequestOption("seed", UINT64, "sampling seed of every model called", openai="body", direct=True),
+        RequestOption(
+            "escalation_threshold", FP32, "per-request escalation threshold, for every stage", lo=0.0, hi=1.0,
+            default="the calibration's thresholds",
+        ),
+        RequestOption(
+            "force_tier", BYTES, "answer from this tier, whatever the confidence", choices=TIERS, unset="",
+            unset_means="not set", default="the calibration decides", openai="model",
+        ),
+        RequestOption(
+            "deadline_ms", INT32, "anytime bound: past it, the committee's answer, marked provisional", lo=0,
+            unset=0, unset_means="no deadline", default="wait for the oracle", direct=True,
+        ),
+        RequestOption(
+            "strict", BOOL, "an oracle failure is an error, not a degraded committee answer", default="false",
+            direct=True,
+        ),
+        RequestOption(
+            "task", BYTES, "the answer task (gsm8k, semantic, choice, text) whose calibration routes it", unset="",
+            unset_means="not set", default="the router's task parameter (the calibration's only task)",
+        ),
+    )
+}  # fmt: skip
+
+
+def check_option(name: str, value: Any) -> Any:
+    """The value of option ``name`` as the router takes it: None when it is not set (absent, or the option's
+    ``unset`` value; a string stripped first), else ``value`` within the option's range and choices;
+    ``ValueError(the problem)`` otherwise, e.g. ``"must be within [0, 1], got 1.5"``."""
+    o = REQUEST_OPTIONS[name]
+    if value is None:
+        return None
+    if o.datatype == BYTES:
+        value = str(value).strip()
+    elif o.datatype == BOOL:
+        return bool(value)
+    if o.unset is not None and value == o.unset:
+        return None
+    if o.choices and value not in o.choices:
+        raise ValueError(f"must be one of {', '.join(o.choices)}, got {value!r}")
+    if o.datatype in (INT32, UINT64, FP32):
+        value = o.python_type(value)
+        lo, hi = o.lo, o.hi  # the datatype's own range is the tensor's: nothing else fits in it
+        if not (math.isfinite(value) and (lo is None or value >= lo) and (hi is None or value <= hi)):
+            if lo is not None and hi is not None:
+                raise ValueError(f"must be within [{lo:g}, {hi:g}], got {value}")
+            note = f" ({o.unset}: {o.unset_means})" if o.unset is not None else ""
+            raise ValueError(f"must be >= {lo:g}{note}, got {value}" if lo is not None else f"must be <= {hi:g}")
+    return value
+
+
+# The router's inputs: the text API's, ``stream``, the request options, and what Triton's OpenAI frontend
+# sends. ``exclude_input_in_output`` is accepted (TensorRT-LLM clients send it) and has no effect. The last seven are what Triton's own OpenAI
 # frontend sends a non-vLLM model besides (deploy/triton_openai_frontend_facts.json): ``stop_words`` (the one
 # input with several elements, ``[1, n]``) cuts the returned text; ``top_p`` and the penalties are accepted at
 # their no-op value only (``NOOP_SAMPLING``: the engines' text API has none of them); the token counts are
@@ -49,16 +158,9 @@ PARSED_ANSWER_OUTPUT = "answer"
 # ``random_seed`` is ``seed`` under its name before Triton 2.59 (containers 24.11 to 25.05).
 ROUTER_INPUTS = {
     "text_input": BYTES,
-    "max_tokens": INT32,
-    "temperature": FP32,
-    "seed": UINT64,
     "stream": BOOL,
     "exclude_input_in_output": BOOL,
-    "escalation_threshold": FP32,
-    "force_tier": BYTES,
-    "deadline_ms": INT32,
-    "strict": BOOL,
-    "task": BYTES,  # the answer task (gsm8k, semantic, choice, text); absent: the deployment's default
+    **{o.name: o.datatype for o in REQUEST_OPTIONS.values()},
     "stop_words": BYTES,
     "top_p": FP32,
     "frequency_penalty": FP32,
@@ -89,7 +191,6 @@ ROUTER_OUTPUTS = {
     "num_input_tokens": INT32,
     "num_output_tokens": INT32,
 }
-TIERS = ("committee", "oracle")
 
 # --- the router's answer ---------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ Rules (README "OpenAI-compatible API"):
   ``frequency_penalty=0``, ``logit_bias={}``, ``logprobs=false``, ``response_format={"type": "text"}``,
   ``store=false``, ``echo=false``, ``best_of=1``; anything else there is a 400 naming the field;
 * ``tools`` / ``functions`` and the rest of OpenAI's fields: a 400 naming them (never a silent ignore);
-* ``pyramid`` (the SDK's ``extra_body``): ``escalation_threshold``, ``deadline_ms``, ``strict``, ``task``;
+* ``pyramid`` (the SDK's ``extra_body``): the router's request options that ``pyramid_client.wire.REQUEST_OPTIONS``
+  places there (``escalation_threshold``, ``deadline_ms``, ``strict``, ``task``), under their names, in their ranges
+  (``PyramidOptions`` is built from that table, and so are the ranges of ``max_tokens``, ``temperature``, ``seed``);
   unknown keys are a 400 naming them.
 
 Why pydantic: FastAPI's own validation layer, so a wrong type or an unknown field is reported
@@ -28,13 +30,14 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from pyramid_client.wire import NOOP_SAMPLING
+from pyramid_client.wire import NOOP_SAMPLING, REQUEST_OPTIONS
 
 from .errors import ApiError, clip, clip_names, invalid
 
-PYRAMID_KEYS = ("escalation_threshold", "deadline_ms", "strict", "task")
+# The request options an OpenAI request carries in ``pyramid`` (``extra_body``), from the table.
+PYRAMID_KEYS = tuple(name for name, o in REQUEST_OPTIONS.items() if o.openai == "pyramid")
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_DEPTH = 32  # JSON nesting: an OpenAI request needs 5 (messages[i].content[j].text)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -45,14 +48,24 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class PyramidOptions(BaseModel):
-    """Per-request routing (``extra_body={"pyramid": {...}}``): the router's inputs of the same name."""
+def option_field(name: str) -> Any:
+    """A pydantic field for request option ``name``, unset by default, in the table's range (the gateway's one
+    check of it)."""
+    lo, hi = REQUEST_OPTIONS[name].bounds()
+    return Field(None, ge=lo, le=hi)
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-    escalation_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    deadline_ms: int | None = Field(None, ge=0, lt=2**31)
-    strict: bool | None = None
-    task: str | None = None  # the answer task (e.g. gsm8k); None: the deployment's default
+
+def _option_type(name: str) -> Any:
+    o = REQUEST_OPTIONS[name]
+    return (Literal[o.choices] if o.choices else o.python_type) | None  # type: ignore[valid-type]
+
+
+PyramidOptions = create_model(  # type: ignore[call-overload]
+    "PyramidOptions",
+    __config__=ConfigDict(extra="forbid", strict=True),
+    __doc__='Per-request routing (``extra_body={"pyramid": {...}}``): the router\'s inputs of the same name.',
+    **{name: (_option_type(name), option_field(name)) for name in PYRAMID_KEYS},
+)
 
 
 class _Common(BaseModel):
@@ -60,14 +73,14 @@ class _Common(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     model: str
-    max_tokens: int | None = Field(None, gt=0, lt=2**31)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    seed: int | None = Field(None, ge=0, lt=2**64)
+    max_tokens: int | None = option_field("max_tokens")
+    temperature: float | None = option_field("temperature")
+    seed: int | None = option_field("seed")
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    pyramid: PyramidOptions | None = None
+    pyramid: PyramidOptions | None = None  # type: ignore[valid-type]
     # Accepted only at their no-op value (checked in ``unsupported``).
     n: int | None = None
     top_p: float | None = None
@@ -87,13 +100,13 @@ class _Common(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def options(self) -> PyramidOptions:
+    def options(self) -> Any:  # PyramidOptions
         return self.pyramid or PyramidOptions()
 
 
 class ChatCompletionRequest(_Common):
     messages: list[Any]
-    max_completion_tokens: int | None = Field(None, gt=0, lt=2**31)
+    max_completion_tokens: int | None = option_field("max_tokens")
     logprobs: bool | None = None
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None

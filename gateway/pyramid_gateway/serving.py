@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pyramid_client import PyramidError, PyramidResult
-from pyramid_client.wire import cut_at_stop
+from pyramid_client.wire import REQUEST_OPTIONS, cut_at_stop
 
 from .errors import ApiError, deadline_exceeded, from_pyramid, invalid, model_not_found
 from .metrics import UNKNOWN_MODEL
@@ -34,6 +34,8 @@ from .responses import Answer, router_metadata
 from .upstream import TIERS, Catalog, Target, Upstream
 
 Request = ChatCompletionRequest | CompletionRequest
+# ``pyramid`` options that apply to routing only: a 400 on a direct engine call (the table's ``direct``).
+ROUTING_ONLY = tuple(n for n, o in REQUEST_OPTIONS.items() if o.openai == "pyramid" and not o.direct)
 Event = tuple[str, Any]
 
 
@@ -131,18 +133,10 @@ class Gateway:
 
     @staticmethod
     def _router_args(req: Request, target: Target, rid: str) -> dict[str, Any]:
-        o = req.options()
-        return {
-            "threshold": o.escalation_threshold,
-            "force_tier": target.force_tier,
-            "max_tokens": req.max_tokens,
-            "deadline_ms": o.deadline_ms,
-            "strict": o.strict,
-            "task": o.task,
-            "temperature": req.temperature,
-            "seed": req.seed,
-            "request_id": rid,
-        }
+        """The router's request options, by their names, from where the table puts them in the OpenAI body
+        (``pyramid_client.wire.REQUEST_OPTIONS``): a top-level field, ``pyramid``, or the model name."""
+        where = {"body": req, "pyramid": req.options(), "model": target}
+        return {**{n: getattr(where[o.openai], n) for n, o in REQUEST_OPTIONS.items()}, "request_id": rid}
 
     def _router_answer(self, req: Request, cat: Catalog, target: Target, r: PyramidResult) -> Answer:
         o = req.options()
@@ -163,7 +157,7 @@ class Gateway:
         self, req: Request, cat: Catalog, target: Target, question: str, rid: str, stream: bool
     ) -> AsyncIterator[tuple[str, int | None]]:
         o = req.options()
-        for key in ("escalation_threshold", "task"):
+        for key in ROUTING_ONLY:
             if getattr(o, key) is not None:
                 raise invalid(
                     f"pyramid.{key} applies to the routed models ({cat.router}...), not to the engine "

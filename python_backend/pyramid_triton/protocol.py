@@ -18,7 +18,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyramid_client.wire import INTERNAL, INVALID_ARG, NOOP_SAMPLING, NOT_FOUND, TIERS, RoutedAnswer
+from pyramid_client.wire import (
+    INTERNAL,
+    INVALID_ARG,
+    NOOP_SAMPLING,
+    NOT_FOUND,
+    REQUEST_OPTIONS,
+    RoutedAnswer,
+    check_option,
+)
+from pyramid_client.wire import TIERS as TIERS  # importable from here (metrics)
 from pyramid_client.wire import UNAVAILABLE as UNAVAILABLE  # the error codes are importable from here
 
 from .drift import DEFAULTS as DRIFT_PARAMS
@@ -173,7 +182,7 @@ def validate_max_tokens(value: int | None, limits: Limits, default: int | None =
         if default is None:
             raise InvalidArgument("max_tokens", "is required")
         return default
-    if value <= 0:
+    if value < REQUEST_OPTIONS["max_tokens"].lo:  # 1
         raise InvalidArgument("max_tokens", f"must be > 0, got {value}")
     if value > limits.max_tokens_cap:
         raise InvalidArgument("max_tokens", f"must be <= {limits.max_tokens_cap}, got {value}")
@@ -197,30 +206,30 @@ def validate_engine_request(
 
 def validate_pyramid_request(
     text_input: str | None,
-    max_tokens: int | None,
-    escalation_threshold: float | None,
-    force_tier: str | None,
-    temperature: float | None,
-    seed: int | None,
     limits: Limits,
     default_max_tokens: int,
-    deadline_ms: int | None = None,
     stream: bool | None = None,
-    strict: bool | None = None,
     stop_words: list[str] | None = None,
     top_p: float | None = None,
     frequency_penalty: float | None = None,
     presence_penalty: float | None = None,
     random_seed: int | None = None,
-    task: str | None = None,
+    **options: Any,
 ) -> PyramidRequest:
+    """A routed request from the router's inputs (``None``: absent); ``options``: the request options
+    (``pyramid_client.wire.REQUEST_OPTIONS``), each checked by the table (``check_option``): its range, its
+    choices, its "unset" value (``deadline_ms`` 0, ``task`` ""). ``InvalidArgument`` names a bad input."""
     text = validate_text("text_input", text_input, limits)
+    unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected request option(s): {', '.join(unknown)}")
+    seed = options.get("seed")
     if random_seed is not None:  # seed's name before Triton 2.59's OpenAI frontend
         if seed is not None and seed != random_seed:
             raise InvalidArgument(
                 "random_seed", f"is seed's old name; got both, and they differ ({random_seed} != {seed})"
             )
-        seed = random_seed
+        options["seed"] = random_seed
     for name, value in (
         ("top_p", top_p),
         ("frequency_penalty", frequency_penalty),
@@ -233,26 +242,15 @@ def validate_pyramid_request(
     stops = tuple(s for s in stop_words or () if s)
     if sum(len(s) for s in stops) > limits.max_input_chars:
         raise InvalidArgument("stop_words", f"are longer than {limits.max_input_chars} characters together")
-    mt = validate_max_tokens(max_tokens, limits, default_max_tokens)
-    if escalation_threshold is not None:
-        t = float(escalation_threshold)
-        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-            raise InvalidArgument("escalation_threshold", f"must be within [0, 1], got {escalation_threshold}")
-        escalation_threshold = t
-    if force_tier is not None:
-        force_tier = force_tier.strip()
-        if force_tier == "":
-            force_tier = None  # an empty optional string means "not set"
-        elif force_tier not in TIERS:
-            raise InvalidArgument("force_tier", f"must be one of {', '.join(TIERS)}, got {force_tier!r}")
-    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
-        raise InvalidArgument("temperature", f"must be a finite number >= 0, got {temperature}")
-    if deadline_ms is not None:
-        if deadline_ms < 0:
-            raise InvalidArgument("deadline_ms", f"must be >= 0 (0: no deadline), got {deadline_ms}")
-        deadline_ms = int(deadline_ms) or None
-    task = (task or "").strip() or None  # an empty optional string means "not set"; the name is checked by tasks.py
-    return PyramidRequest(
-        text, mt, escalation_threshold, force_tier, temperature, seed, deadline_ms, bool(stream), bool(strict), stops,
-        task,
-    )  # fmt: skip
+    checked: dict[str, Any] = {}
+    for name in REQUEST_OPTIONS:
+        if name == "max_tokens":  # its range has the deployment's cap too
+            checked[name] = validate_max_tokens(options.get(name), limits, default_max_tokens)
+            continue
+        try:
+            checked[name] = check_option(name, options.get(name))
+        except ValueError as exc:
+            raise InvalidArgument(name, str(exc)) from None
+    # the task's name is checked by tasks.py
+    set_ = {k: v for k, v in checked.items() if v is not None}  # the rest: PyramidRequest's defaults
+    return PyramidRequest(text_input=text, stream=bool(stream), stop_words=stops, **set_)

@@ -120,8 +120,8 @@ def test_one_sync_client_shared_between_threads(deployment, grpc_client, http_cl
     "kwargs,field",
     [
         ({"question": ""}, "text_input"),
-        ({"threshold": 1.5}, "escalation_threshold"),
-        ({"threshold": float("nan")}, "escalation_threshold"),
+        ({"escalation_threshold": 1.5}, "escalation_threshold"),
+        ({"escalation_threshold": float("nan")}, "escalation_threshold"),
         ({"force_tier": "gpu"}, "force_tier"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"deadline_ms": -5}, "deadline_ms"),

@@ -68,7 +68,7 @@ def test_faults_are_degraded_not_fatal(deployment, client, traces):
 )
 def test_threshold_and_force_tier_match_offline(client, router, traces, offline_route, threshold, force_tier):
     for idx in (0, 5, 33, 101, 707):
-        got = client.ask(traces.questions[idx].question, threshold=threshold, force_tier=force_tier)
+        got = client.ask(traces.questions[idx].question, escalation_threshold=threshold, force_tier=force_tier)
         want = offline_route(router, traces, idx, threshold, force_tier)
         assert_same_decision(got, want, f"idx {idx} threshold={threshold} force_tier={force_tier}")
     if threshold == 1.0:
@@ -97,9 +97,9 @@ def test_32_concurrent_requests(deployment, router, traces, offline_route):
         ({"question": ""}, "text_input"),
         ({"question": "   "}, "text_input"),
         ({"question": "x" * 20001}, "text_input"),
-        ({"threshold": 1.5}, "escalation_threshold"),
-        ({"threshold": -0.1}, "escalation_threshold"),
-        ({"threshold": float("nan")}, "escalation_threshold"),
+        ({"escalation_threshold": 1.5}, "escalation_threshold"),
+        ({"escalation_threshold": -0.1}, "escalation_threshold"),
+        ({"escalation_threshold": float("nan")}, "escalation_threshold"),
         ({"force_tier": "gpu"}, "force_tier"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": -3}, "max_tokens"),
