@@ -1,13 +1,21 @@
 """The packages' layers, checked statically (imports parsed with ``ast``, nothing imported):
 
 - ``pyramid_moa`` (the router library) imports none of the serving side: not ``pyramid_triton``,
-  ``pyramid_client`` or ``pyramid_cli``;
+  ``pyramid_client``, ``pyramid_cli`` or the other packages;
 - ``pyramid_client`` imports neither the router library nor the server (``pip install ./client``
   gives a working client on its own), and its third-party imports are its declared dependencies;
-- ``pyramid_triton`` (the server) may import the client (its wire format) but not the command;
-- ``pyramid_cli`` (the ``pyramid`` command) is the one place that puts both sides together;
+- ``pyramid_triton`` (the model side: what Triton's Python stub imports) may import the client (its wire
+  format) but none of the packages that run elsewhere: not ``pyramid_deploy``, ``pyramid_ops``,
+  ``pyramid_bench`` or the command;
+- ``pyramid_deploy`` (building a model repository) imports the model side, not operations, benchmarks or
+  the command;
+- ``pyramid_ops`` (server, launcher, supervisor, access) imports the model side and ``pyramid_deploy``, and
+  of the gateway only its process helper (``pyramid_gateway.process``: the server launches both);
+- ``pyramid_bench`` (the load-test harness, the floor, the soak) imports anything but the command;
+- ``pyramid_cli`` (the ``pyramid`` command) is the one place that puts all sides together;
 
-and the wire format the client and the server share agrees with the rendered models' configs."""
+no module imports itself through others (an import cycle), and the wire format the client and the server
+share agrees with the rendered models' configs."""
 
 from __future__ import annotations
 
@@ -24,21 +32,33 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {
     "pyramid_moa": ROOT / "python_backend" / "pyramid_moa",
     "pyramid_triton": ROOT / "python_backend" / "pyramid_triton",
+    "pyramid_deploy": ROOT / "python_backend" / "pyramid_deploy",
+    "pyramid_ops": ROOT / "python_backend" / "pyramid_ops",
+    "pyramid_bench": ROOT / "python_backend" / "pyramid_bench",
     "pyramid_cli": ROOT / "python_backend" / "pyramid_cli",
     "pyramid_client": ROOT / "client" / "pyramid_client",
+    "pyramid_gateway": ROOT / "gateway" / "pyramid_gateway",
 }
+SERVING = {"pyramid_triton", "pyramid_deploy", "pyramid_ops", "pyramid_bench", "pyramid_cli", "pyramid_gateway"}
 FORBIDDEN = {
-    "pyramid_moa": {"pyramid_triton", "pyramid_client", "pyramid_cli"},
-    "pyramid_client": {"pyramid_moa", "pyramid_triton", "pyramid_cli"},
-    "pyramid_triton": {"pyramid_cli"},
+    "pyramid_moa": SERVING | {"pyramid_client"},
+    "pyramid_client": SERVING | {"pyramid_moa"},
+    "pyramid_triton": {"pyramid_deploy", "pyramid_ops", "pyramid_bench", "pyramid_cli", "pyramid_gateway"},
+    "pyramid_deploy": {"pyramid_ops", "pyramid_bench", "pyramid_cli", "pyramid_gateway"},
+    "pyramid_ops": {"pyramid_bench", "pyramid_cli", "pyramid_gateway"},
+    "pyramid_bench": {"pyramid_cli"},
     "pyramid_cli": set(),
 }
+# Single modules allowed across a forbidden line: the server (pyramid_ops.server) starts the OpenAI gateway
+# beside tritonserver through the gateway's own process helper.
+ALLOWED = {"pyramid_ops": {"pyramid_gateway.process"}}
 # import name -> distribution, for the client's third-party imports
 DISTRIBUTIONS = {"tritonclient": "tritonclient", "grpc": "grpcio", "numpy": "numpy"}
 
 
-def imports(package: Path) -> dict[str, set[str]]:
-    """Top-level module -> the files (relative to ``package``) that import it, lazily or not."""
+def imports(package: Path, full: bool = False) -> dict[str, set[str]]:
+    """Top-level module (``full``: the module as named) -> the files (relative to ``package``) that import
+    it, lazily or not."""
     found: dict[str, set[str]] = {}
     for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
@@ -49,15 +69,122 @@ def imports(package: Path) -> dict[str, set[str]]:
             else:
                 continue
             for name in names:
-                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(package)))
+                found.setdefault(name if full else name.split(".")[0], set()).add(str(path.relative_to(package)))
     return found
 
 
-@pytest.mark.parametrize("package", sorted(PACKAGES))
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_layers_point_one_way(package):
-    got = imports(PACKAGES[package])
-    wrong = {m: sorted(files) for m, files in got.items() if m in FORBIDDEN[package]}
+    got = imports(PACKAGES[package], full=True)
+    allowed = ALLOWED.get(package, set())
+    wrong = {m: sorted(files) for m, files in got.items() if m.split(".")[0] in FORBIDDEN[package] and m not in allowed}
     assert not wrong, f"{package} imports {wrong}"
+
+
+def test_the_stub_side_imports_only_the_model_side():
+    """What a rendered model.py imports (deploy/templates/*/model.py, through its python_path) is the model
+    side, or, for the benchmark floor, the bench package: never the repository builder or operations."""
+    for template in sorted((ROOT / "deploy" / "templates").glob("*/model.py")):
+        got = {m.split(".")[0] for m in imports(template.parent)} & set(PACKAGES)
+        allowed = {"pyramid_bench"} if template.parent.name == "floor" else {"pyramid_triton"}
+        assert got <= allowed, f"{template.relative_to(ROOT)} imports {sorted(got)}"
+    assert not set(ALLOWED["pyramid_ops"]) - set(imports(PACKAGES["pyramid_ops"], full=True)), "a stale allowance"
+
+
+# --- import cycles among modules -------------------------------------------------------------------------
+
+
+def module_graph(roots: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the modules of ``roots``' packages it imports. Every import statement counts, at the top of
+    a module or inside a function (a lazy import that closes a cycle only moves it to call time). ``from P
+    import x`` is an edge to the submodule ``P.x`` where there is one, else to ``P``. The implicit import of
+    a module's parent packages is not an edge: Python runs ``P/__init__.py`` before ``P.x`` whoever imports
+    it, and a package that gathers its submodules (``pyramid_cli``) is not a cycle for that."""
+    files: dict[str, Path] = {}
+    for root in roots.values():
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root.parent).with_suffix("").parts)
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {known(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                source = ".".join(base + ([node.module] if node.module else []))
+                for a in node.names:
+                    edges.add(f"{source}.{a.name}" if f"{source}.{a.name}" in files else known(source))
+        graph[module] = {e for e in edges if e and e != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles_among_modules():
+    graph = module_graph(PACKAGES)
+    assert {"pyramid_moa.features", "pyramid_triton.bls", "pyramid_ops.server"} <= set(graph)
+    assert "pyramid_moa.semantic" in graph["pyramid_moa.features"]  # features registers semantic's set
+    assert not cycles(graph), cycles(graph)
+
+
+def test_the_cycle_finder_finds_one_through_a_lazy_import(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from . import a\n")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg import c\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    (pkg / "d.py").write_text("from pkg import b\n")
+    assert cycles(module_graph({"pkg": pkg})) == [["pkg.a", "pkg.b", "pkg.c"]]
 
 
 def test_the_client_imports_only_what_its_distribution_declares():
