@@ -31,18 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from .types import PyramidError, error_from_message, timed_out
-from .wire import CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARG, NOT_FOUND, UNAVAILABLE, UNKNOWN, UNSUPPORTED
-
-_STATUS_CODES = {
-    400: INVALID_ARG,
-    404: NOT_FOUND,
-    408: DEADLINE_EXCEEDED,
-    499: CANCELLED,
-    500: INTERNAL,
-    501: UNSUPPORTED,
-    503: UNAVAILABLE,
-    504: DEADLINE_EXCEEDED,
-}
+from .wire import INTERNAL, UNAVAILABLE
 
 
 def split_url(url: str, default_port: int = 8000) -> tuple[str, str, int, str]:
@@ -68,12 +57,7 @@ def _error_body(status: int, body: bytes) -> PyramidError:
             message = str(obj["error"])
     except json.JSONDecodeError:
         pass
-    if status == 503:
-        return error_from_message(message or f"HTTP {status}", UNAVAILABLE)
-    err = error_from_message(message or f"HTTP {status}")
-    if err.code == UNKNOWN:
-        err = PyramidError(err.message, _STATUS_CODES.get(status, f"HTTP_{status}"))
-    return err
+    return error_from_message(message or f"HTTP {status}", status)
 
 
 class HttpTransport:

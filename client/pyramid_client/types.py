@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import wire
-from .wire import DEADLINE_EXCEEDED, INPUT_DATATYPES, INTERNAL, INVALID_ARG, NOT_FOUND, UNAVAILABLE, UNKNOWN
+from .wire import DEADLINE_EXCEEDED, INPUT_DATATYPES, INTERNAL, INVALID_ARG, UNKNOWN
 
 
 class PyramidError(RuntimeError):
@@ -42,25 +42,11 @@ def timed_out(timeout_s: float) -> PyramidError:
     return PyramidError(f"no complete response within {timeout_s:g} s", DEADLINE_EXCEEDED)
 
 
-def error_from_message(message: str, code: str | None = None) -> PyramidError:
-    """A PyramidError from a server message: the router's ``[CODE] `` prefix wins (errors on a gRPC
-    stream and the generate endpoint's bodies carry no status of their own), then ``code``, then a
-    guess from Triton's own wording for errors raised before the model runs."""
-    prefixed, text = wire.split_code(message)
-    if prefixed:
-        return PyramidError(text, prefixed)
-    if wire.refused_by_key(message):  # not retried: a missing or wrong key stays so
-        return PyramidError(message, wire.PERMISSION_DENIED)
-    if code:
-        return PyramidError(message, wire.code_name(code))
-    low = message.lower()
-    if "unknown model" in low or "is not found" in low:
-        return PyramidError(message, NOT_FOUND)
-    if "not ready" in low or "no available versions" in low:
-        return PyramidError(message, UNAVAILABLE)
-    if "unexpected datatype" in low or "unexpected shape" in low or "unexpected inference input" in low:
-        return PyramidError(message, INVALID_ARG)
-    return PyramidError(message, UNKNOWN)
+def error_from_message(message: str, code: str | int | None = None) -> PyramidError:
+    """A PyramidError from a server message and its gRPC status name or HTTP status, if any
+    (``wire.classify_error``: the router's ``[CODE] `` prefix, Triton's wording, then the status)."""
+    code, text = wire.classify_error(message, code)
+    return PyramidError(text, code)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ writes responses with it. Standard library only: the Triton Python-backend stub 
 - **Errors**: codes named like Triton's ``TRITONSERVER_Error`` codes. Triton's gRPC stream (the only
   way to reach a decoupled model) carries an error's message but not its code, so the code also
   leads the message: ``"[INVALID_ARG] invalid input 'max_tokens': ..."`` (``error_message``,
-  ``split_code``).
+  ``split_code``). ``classify_error`` reads any error a Triton server sends (that prefix, else Triton's
+  own wording, else the gRPC / HTTP status) for the client, the gateway and ``pyramid record``.
 """
 
 from __future__ import annotations
@@ -359,6 +360,36 @@ DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 PERMISSION_DENIED = "PERMISSION_DENIED"
 # gRPC status names that Triton spells differently.
 GRPC_NAMES = {"INVALID_ARGUMENT": INVALID_ARG, "UNIMPLEMENTED": UNSUPPORTED}
+# HTTP statuses, as Triton's HTTP endpoint (and the router's generate endpoint) answers an error.
+HTTP_CODES = {
+    400: INVALID_ARG,
+    404: NOT_FOUND,
+    408: DEADLINE_EXCEEDED,
+    499: CANCELLED,
+    500: INTERNAL,
+    501: UNSUPPORTED,
+    503: UNAVAILABLE,
+    504: DEADLINE_EXCEEDED,
+}
+# Triton's own wording (tritonserver 2.51, and gRPC's for a transport failure), for an error raised before a
+# model runs, which has no ``[CODE]`` prefix and, on a gRPC stream, no status either: the first phrase found
+# in the message (lower case) decides. An unloaded model ("... has no available versions", "... is not at
+# ready state") is UNAVAILABLE; a name Triton does not know ("Request for unknown model: 'x' is not found")
+# is NOT_FOUND.
+TRITON_WORDING = (
+    ("has no available versions", UNAVAILABLE),
+    ("is not at ready state", UNAVAILABLE),
+    ("not ready", UNAVAILABLE),
+    ("unknown model", NOT_FOUND),
+    ("is not found", NOT_FOUND),
+    ("unexpected datatype", INVALID_ARG),
+    ("unexpected shape", INVALID_ARG),
+    ("unexpected inference input", INVALID_ARG),
+    ("missing required input", INVALID_ARG),
+    ("deadline exceeded", DEADLINE_EXCEEDED),
+    ("failed to connect", UNAVAILABLE),
+    ("connection refused", UNAVAILABLE),
+)
 
 _CODE_PREFIX = re.compile(r"^\[([A-Z][A-Z_]*)\] ")
 
@@ -388,3 +419,26 @@ def refused_by_key(message: str) -> bool:
 def code_name(name: str) -> str:
     """A code or gRPC status name in Triton's spelling (``INVALID_ARGUMENT`` -> ``INVALID_ARG``)."""
     return GRPC_NAMES.get(name, name)
+
+
+def classify_error(message: str, status: str | int | None = None) -> tuple[str, str]:
+    """(code, message) of an error a Triton server sent, the one reading of its text for every caller (the
+    client's transports, the gateway's engine calls, ``pyramid record``): the ``[CODE]`` prefix the project's
+    models put first wins (the message returned without it); then a restricted API's refusal
+    (``PERMISSION_DENIED``: a missing or wrong key, not worth retrying); then Triton's own wording
+    (``TRITON_WORDING``); then ``status``: a gRPC status name (``INVALID_ARGUMENT`` -> ``INVALID_ARG``) or an
+    HTTP status (``HTTP_CODES``, else ``HTTP_<n>``); else ``UNKNOWN``."""
+    prefixed, text = split_code(message)
+    if prefixed:
+        return prefixed, text
+    if refused_by_key(message):
+        return PERMISSION_DENIED, message
+    low = message.lower()
+    for phrase, code in TRITON_WORDING:
+        if phrase in low:
+            return code, message
+    if isinstance(status, int) and not isinstance(status, bool):
+        return HTTP_CODES.get(status, f"HTTP_{status}"), message
+    if status:
+        return code_name(str(status).replace("StatusCode.", "")), message
+    return UNKNOWN, message

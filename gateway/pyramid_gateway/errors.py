@@ -18,7 +18,6 @@ import re
 from typing import Any
 
 from pyramid_client import PyramidError
-from pyramid_client.wire import PERMISSION_DENIED, refused_by_key, split_code
 
 # HTTP status of a client that closed the connection before the answer (nginx's convention; nobody
 # receives it, but logs and metrics show it).
@@ -148,21 +147,3 @@ def from_pyramid(exc: PyramidError, retry_after_s: int, text_field: str = "messa
     if exc.code == "DEADLINE_EXCEEDED":
         return deadline_exceeded(message)
     return ApiError(502, f"{exc.code}: {message}", type="server_error", code=exc.code.lower())
-
-
-def from_triton_message(message: str, status: str | None = None) -> PyramidError:
-    """A ``PyramidError`` from a Triton error on a direct engine call: the ``[CODE]`` prefix the
-    project's models put first, else the gRPC status (UNAVAILABLE when nothing listens)."""
-    prefixed, text = split_code(message)
-    if prefixed:
-        return PyramidError(text, prefixed)
-    if refused_by_key(message):  # the gateway's inference key is missing or wrong: a configuration error (502)
-        return PyramidError(message, PERMISSION_DENIED)
-    if status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-        return PyramidError(message, status)
-    low = message.lower()
-    if "unexpected" in low or "invalid" in low:
-        return PyramidError(message, "INVALID_ARG")
-    if "unknown model" in low or "not found" in low or "not ready" in low:
-        return PyramidError(message, "UNAVAILABLE")
-    return PyramidError(message, status or "INTERNAL")

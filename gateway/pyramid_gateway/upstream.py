@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 
 from pyramid_client import AsyncPyramidClient, PyramidError
-from pyramid_client.wire import key_headers
-
-from .errors import from_triton_message
+from pyramid_client.types import error_from_message
+from pyramid_client.wire import NOT_FOUND, UNAVAILABLE, key_headers
 
 TIERS = ("committee", "oracle")
 
@@ -151,7 +150,9 @@ class Upstream:
             return await asyncio.wait_for(coro, 10.0)
         except self._mod.InferenceServerException as exc:
             status = str(exc.status() or "").replace("StatusCode.", "")
-            raise from_triton_message(f"{what}: {exc.message()}", status or "UNAVAILABLE") from None
+            err = error_from_message(f"{what}: {exc.message()}", status or UNAVAILABLE)
+            # A model of this deployment that Triton does not know (not loaded yet, or unloaded): not ready (503).
+            raise (PyramidError(err.message, UNAVAILABLE) if err.code == NOT_FOUND else err) from None
         except asyncio.TimeoutError:
             raise PyramidError(f"{what}: Triton at {self.url} did not answer within 10 s", "UNAVAILABLE") from None
 
@@ -240,10 +241,10 @@ class Upstream:
                     ended = True
                     code = exc.code().name if hasattr(exc, "code") else "UNAVAILABLE"
                     details = exc.details() if hasattr(exc, "details") else str(exc)
-                    raise from_triton_message(details or code, code) from None
+                    raise error_from_message(details or code, code) from None
                 if error is not None:
                     ended = True
-                    raise from_triton_message(str(error.message()))
+                    raise error_from_message(str(error.message()))
                 if not result.get_response().outputs:
                     continue  # an empty FINAL response
                 out = result.as_numpy("text_output")

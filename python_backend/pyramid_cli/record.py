@@ -66,7 +66,7 @@ from pyramid_client.client import make_transport
 from pyramid_client.http_transport import split_url
 from pyramid_client.keys import inference_key_from_env
 from pyramid_client.retry import Attempts, RetryPolicy
-from pyramid_client.wire import INTERNAL, NOT_FOUND, PERMISSION_DENIED, UNAVAILABLE, key_headers, refused_by_key
+from pyramid_client.wire import INTERNAL, NOT_FOUND, PERMISSION_DENIED, UNAVAILABLE, classify_error, key_headers
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import ArtifactError, load_artifact, write_text_atomic
 from pyramid_moa.cli import DefaultsFormatter
@@ -122,6 +122,16 @@ def _refused(model: str, msg: str, key: access.Key | None) -> PyramidError:
     return PyramidError(f"model {model!r}: the server refused to show its config ({what})", PERMISSION_DENIED)
 
 
+def _http_error_text(exc: urllib.error.HTTPError) -> str:
+    """Triton's message in an HTTP error's body (``{"error": "..."}``), else the body."""
+    try:
+        body = exc.read().decode("utf-8", errors="replace")
+        obj = json.loads(body)
+    except (OSError, ValueError):
+        return ""
+    return str(obj.get("error", body)) if isinstance(obj, dict) else body
+
+
 def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """A model's config as JSON (Triton's model-configuration endpoint); PyramidError if unavailable."""
     key = _admin_key()
@@ -135,7 +145,7 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
         except urllib.error.HTTPError as exc:
             if exc.code == 403:
                 raise _refused(model, str(exc), key) from None
-            code = NOT_FOUND if exc.code in (400, 404) else UNAVAILABLE
+            code, _ = classify_error(_http_error_text(exc), exc.code)
             raise PyramidError(f"model {model!r}: HTTP {exc.code} from {full}", code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise PyramidError(f"cannot reach {host}:{port}: {exc}", UNAVAILABLE) from None
@@ -147,9 +157,9 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
         return client.get_model_config(model, headers=headers, as_json=True, client_timeout=timeout_s)["config"]
     except grpcclient.InferenceServerException as exc:
         msg = str(exc.message() if hasattr(exc, "message") else exc)
-        if refused_by_key(msg):
+        code, _ = classify_error(msg, str(exc.status() or "").replace("StatusCode.", "") or None)
+        if code == PERMISSION_DENIED:
             raise _refused(model, msg, key) from None
-        code = NOT_FOUND if "unknown model" in msg.lower() or "not found" in msg.lower() else UNAVAILABLE
         raise PyramidError(f"model {model!r}: {msg}", code) from None
     finally:
         client.close()
