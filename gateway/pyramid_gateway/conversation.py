@@ -1,6 +1,7 @@
 """How a chat ``messages`` list becomes the router's question (``text_input``).
 
-The rule:
+The rule (``pyramid_client.chat``, which ``pyramid record`` shares: a recorded trace holds the question
+the gateway sends):
 
 * A conversation of one user turn is passed **verbatim**. The engines are text-in/text-out models
   (TensorRT-LLM's text API) that apply their own prompt templates, and the router's calibration was fit
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyramid_client.chat import ROLES, join_parts, question
+
 from .errors import clip, clip_names, invalid
 
-ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 # Keys an SDK puts on an assistant message it hands back; accepted only when empty.
 _EMPTY_OK = ("tool_calls", "function_call", "refusal", "audio", "annotations")
 
@@ -49,7 +51,7 @@ def _text(content: Any, where: str) -> str:
             if not isinstance(part.get("text"), str):
                 raise invalid(f"{where}[{j}].text must be a string", f"{where}[{j}].text")
             parts.append(part["text"])
-        return "\n".join(parts)
+        return join_parts(parts)
     raise invalid(f"{where} must be a string or a list of text parts", where)
 
 
@@ -57,7 +59,7 @@ def question_from_messages(messages: list[Any]) -> str:
     """The router's question for a chat conversation (see the module docstring); ApiError (400)."""
     if not messages:
         raise invalid("'messages' must hold at least one message", "messages")
-    turns: list[tuple[str, str]] = []
+    turns: list[tuple[str, str | None, str]] = []
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
@@ -81,8 +83,7 @@ def question_from_messages(messages: list[Any]) -> str:
         name = m.get("name")
         if name is not None and not isinstance(name, str):
             raise invalid(f"{where}.name must be a string", f"{where}.name")
-        label = ROLES[role] + (f" ({name})" if name else "")
-        turns.append((label, text))
+        turns.append((role, name, text))
         if role == "user" and not text.strip():
             raise invalid(f"{where}.content is empty", f"{where}.content")
     roles = [m["role"] for m in messages]
@@ -94,6 +95,4 @@ def question_from_messages(messages: list[Any]) -> str:
             "turn the router answers",
             f"messages[{len(roles) - 1}].role",
         )
-    if len(turns) == 1 and not messages[0].get("name"):
-        return turns[0][1]
-    return "\n\n".join(f"{label}: {text}" for label, text in turns)
+    return question(turns)

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pyramid_client import PyramidError
+from pyramid_client import PyramidError, chat
 from pyramid_client.cli import parse_args
 from pyramid_client.client import make_transport
 from pyramid_client.http_transport import split_url
@@ -202,21 +202,18 @@ def engine_info(protocol: str, url: str, model: str) -> dict[str, Any]:
     return out
 
 
-CHAT_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
-
-
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(c, dict) and c.get("type") == "text" for c in content):
-        return "\n".join(str(c.get("text", "")) for c in content)
+        return chat.join_parts([str(c.get("text", "")) for c in content])
     raise TypeError("content must be a string or a list of text parts")
 
 
 def question_from_chat(messages: Any) -> str:
-    """The router's question for a logged conversation: up to its last user turn, rendered as the
-    OpenAI gateway renders a request (``pyramid_gateway.conversation``): a lone user turn verbatim,
-    else a transcript of ``Role: text`` blocks."""
+    """The router's question for a logged conversation: up to its last user turn, rendered by the OpenAI
+    gateway's rule (``pyramid_client.chat``): a lone user turn verbatim, else a transcript of ``Role: text``
+    blocks."""
     if not isinstance(messages, list) or not messages:
         raise TypeError("'messages' must be a non-empty list")
     last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=None)
@@ -224,15 +221,12 @@ def question_from_chat(messages: Any) -> str:
         raise TypeError("the conversation has no user turn")
     turns = []
     for m in messages[: last + 1]:
-        if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
-            raise TypeError(f"a message must have a role among {', '.join(CHAT_ROLES)}")
-        name = m.get("name")
-        turns.append((CHAT_ROLES[m["role"]] + (f" ({name})" if name else ""), _content_text(m.get("content"))))
-    if not turns[-1][1].strip():
+        if not isinstance(m, dict) or m.get("role") not in chat.ROLES:
+            raise TypeError(f"a message must have a role among {', '.join(chat.ROLES)}")
+        turns.append((m["role"], m.get("name"), _content_text(m.get("content"))))
+    if not turns[-1][2].strip():
         raise TypeError("the last user turn is empty")
-    if len(turns) == 1 and not messages[0].get("name"):
-        return turns[0][1]
-    return "\n\n".join(f"{label}: {text}" for label, text in turns)
+    return chat.question(turns)
 
 
 def _prompt_lines(p: Path, lines: list[str]) -> list[Question]:
