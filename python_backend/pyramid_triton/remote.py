@@ -2,11 +2,11 @@
 
 A deployment spec may say that a model lives on another host (``remote: {url, model, decoupled}``);
 the renderer writes the map of such models into the router's ``remote`` parameter (JSON), and the
-router (``bls.PyramidModel``) calls them with ``tritonclient.grpc.aio`` from inside the Python
+router (``engine_calls.EngineCalls``) calls them with ``tritonclient.grpc.aio`` from inside the Python
 backend's event loop instead of a BLS request. Everything above the call is unchanged: the same
 text API tensors (``tensors.engine_request_tensors``, converted here to ``InferInput``), the same
 failure mapping (``CallError`` with a code name), so per-call timeouts, the circuit breaker, the
-degraded-mode rules and ``pyramid_model_failures_total`` (all in ``PyramidModel._call``) apply as
+degraded-mode rules and ``pyramid_model_failures_total`` (all in ``EngineCalls.call``) apply as
 they do to local engines.
 
 - **Connection reuse**: one ``InferenceServerClient`` (one gRPC channel, one HTTP/2 connection that
