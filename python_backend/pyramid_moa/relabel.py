@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Move a calibration artifact to other models of the same shape: rename its agents and oracle.
 
 usage: .venv/bin/python scripts/relabel_calibration.py IN OUT --map OLD=NEW,OLD=NEW,... \
@@ -25,11 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
-
-from pyramid_moa.artifact import ArtifactError, load_artifact, write_json_atomic  # noqa: E402
-from pyramid_moa.dataset import parse_overrides  # noqa: E402
-from pyramid_moa.features import make_feature_set  # noqa: E402
+from .artifact import ArtifactError, load_artifact, write_json_atomic
+from .dataset import parse_overrides
+from .features import make_feature_set
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # a Triton model name
 _PROBES = ("__probe_agent_0__", "__probe_agent_1__")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Render the Helm chart (deploy/helm/pyramid-moa) and validate every manifest against Kubernetes' schemas.
 
 - Rendering: Helm's own Go SDK (v4) through the ``helm-python-sdk`` wheel (``helm_python``: a C ABI over
@@ -25,9 +24,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parents[2]
 
 CHART = ROOT / "deploy" / "helm" / "pyramid-moa"
 K8S_VERSIONS = ("1.25.0", "1.33.0")  # Chart.yaml's kubeVersion floor, and a current release
@@ -188,7 +185,7 @@ def render_tier_specs(
 
 def check(spec: Path, calibration: Path | None, out_dir: Path | None) -> list[str]:
     """Values from ``spec``, the chart rendered and validated; the lines of a summary. ChartError on errors."""
-    from helm_values import make_values
+    from .helm_values import make_values
 
     values = make_values(spec, calibration, image="registry.example/pyramid-moa-trtllm:0.1.0")
     values["monitoring"] = {

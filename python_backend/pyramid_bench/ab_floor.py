@@ -20,12 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "python_backend", ROOT / "client"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from pyramid_bench.perf import (  # noqa: E402
+from .perf import (
     FLOOR_MODEL,
     INSTALL_HINT,
     PerfAnalyzer,
@@ -33,6 +28,8 @@ from pyramid_bench.perf import (  # noqa: E402
     find_perf_analyzer,
     floor_deployment,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def set_param(config: str, key: str, value: str) -> str:

@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "python_backend"), str(ROOT / "client")]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -78,8 +77,9 @@ async def soak(
     grpc_url: str, server_pid: int | None, cases: list[tuple[str, str, str]], clients: int, seconds: float
 ) -> SoakResult:
     """``cases``: (question, expected answer, expected tier)."""
-    from pyramid_bench.perf import percentile
     from pyramid_client import AsyncPyramidClient, PyramidError
+
+    from .perf import percentile
 
     res = SoakResult(clients, seconds)
     latencies: list[float] = []
@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "out" / "soak"))
     a = ap.parse_args(argv)
 
-    from pyramid_bench.perf import render_spec
     from pyramid_ops.server import TritonServer
+
+    from .perf import render_spec
 
     cases = expected_cases(a.calibration, a.traces)
     with tempfile.TemporaryDirectory() as tmp:

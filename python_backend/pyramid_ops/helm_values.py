@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Values for the Helm chart (deploy/helm/pyramid-moa) from one deployment spec: one tier per host kind.
 
     router  (CPU)   the pyramid router alone; every engine remote, over gRPC, at its tier's headless Service
@@ -29,10 +28,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-
-from pyramid_deploy.render import (  # noqa: E402
+from pyramid_deploy.render import (
     PATH_KEYS,
     SpecError,
     _merged_engine,
@@ -41,7 +37,10 @@ from pyramid_deploy.render import (  # noqa: E402
     host_spec,
     load_spec,
 )
-from pyramid_ops.access import Key, inference_key_wanted, restricted_args  # noqa: E402
+
+from .access import Key, inference_key_wanted, restricted_args
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROJECT_ROOT = "/opt/pyramid-moa"
 CALIBRATION_IN_POD = "/config/calibration/calibration.json"
