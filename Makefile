@@ -113,7 +113,7 @@ GEMMA_PRICE ?= 0.00001,0.00002
 # A set of two tasks: gsm8k (default) and semantic (any prompt: pyramid ask --task semantic), the latter fitted
 # the same way on the models' whole outputs with oracle labels (the first run embeds the shipped outputs once,
 # minutes on 2 cores; cached in ~/.cache/pyramid-moa).
-$(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py scripts/calibration_set.py
+$(OUT)/calibration/llamacpp.json: $(STAMP) scripts/relabel_calibration.py python_backend/pyramid_moa/relabel.py scripts/calibration_set.py
 	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
 	  --cost usd --features symmetric --no-arbiter --out $(OUT)/calibration/llamacpp-source.json
 	$(PY) scripts/relabel_calibration.py $(OUT)/calibration/llamacpp-source.json $(OUT)/calibration/llamacpp-gsm8k.json \

@@ -32,10 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "python_backend", ROOT / "client", ROOT / "gateway"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
 TARGET_ADDED_P50_MS = 1.0
 TARGET_THROUGHPUT_RATIO = 0.90
 

@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "python_backend"), str(ROOT / "client")]
+from pyramid_bench.perf import percentile, render_spec
+from pyramid_moa.traces import TraceSet
+from pyramid_ops.server import TritonServer
 
-from pyramid_bench.perf import percentile, render_spec  # noqa: E402
-from pyramid_moa.traces import TraceSet  # noqa: E402
-from pyramid_ops.server import TritonServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_CAL = "out/calibration/replay.json"
 

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "python_backend"), str(ROOT / "client")]
-
 SHIPPED = ROOT / "data" / "gsm8k"
 SECONDS_PER_TOKEN = 0.0002  # engines answer in tens of ms, as a small served model would
 

@@ -12,6 +12,8 @@ checkpoints anywhere (docs/GPU.md step 1). Needs PyYAML and numpy (the container
 import sys
 from pathlib import Path
 
+# Kept: this script also runs where nothing is installed (NVIDIA's TRT-LLM container over this checkout:
+# scripts/trtllm_container.sh, serve_gpu.sh, gpu_check.sh), so it finds the packages in python_backend/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
 
 from pyramid_deploy.engine_build import main  # noqa: E402

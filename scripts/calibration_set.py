@@ -13,10 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python_backend"))
-
-from pyramid_moa.artifact import ArtifactError, load_artifact, load_calibrations, save_calibration_set  # noqa: E402
+from pyramid_moa.artifact import ArtifactError, load_artifact, load_calibrations, save_calibration_set
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,9 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
-
-from pyramid_moa.embedding import MAX_TOKENS, MiniLMEmbedder, model_dir  # noqa: E402
+from pyramid_moa.embedding import MAX_TOKENS, MiniLMEmbedder, model_dir
 
 SENTENCES = [
     "The capital of France is Paris.",

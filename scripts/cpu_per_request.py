@@ -17,12 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "python_backend", ROOT / "client"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from pyramid_bench.perf import (  # noqa: E402
+from pyramid_bench.perf import (
     FLOOR_MODEL,
     INSTALL_HINT,
     PerfAnalyzer,
@@ -30,6 +25,8 @@ from pyramid_bench.perf import (  # noqa: E402
     find_perf_analyzer,
     floor_deployment,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TICK = os.sysconf("SC_CLK_TCK")
 

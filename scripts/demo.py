@@ -26,14 +26,11 @@ import signal
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "python_backend", ROOT / "client", ROOT / "gateway"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+from pyramid_cli.gsm8k import run_gsm8k_main
+from pyramid_client.cli import ask_main
+from pyramid_ops.server import ServerError, TritonServer
 
-from pyramid_cli.gsm8k import run_gsm8k_main  # noqa: E402
-from pyramid_client.cli import ask_main  # noqa: E402
-from pyramid_ops.server import ServerError, TritonServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -9,11 +9,8 @@ usage: python3 scripts/liveness.py [--http 127.0.0.1:8000]
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
-
-from pyramid_ops.supervisor import main  # noqa: E402
+from pyramid_ops.supervisor import main
 
 if __name__ == "__main__":
     sys.exit(main())

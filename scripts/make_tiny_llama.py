@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = yaml.safe_load(a.spec.read_text(encoding="utf-8"))
     arch = spec["engine"]["architecture"]
+    # Kept: run by gpu_check.sh in NVIDIA's container, where the packages are not installed.
     sys.path.insert(0, str(ROOT / "python_backend"))
     from pyramid_deploy import trtllm_facts
     from pyramid_deploy.trtllm_spec import Architecture

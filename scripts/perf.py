@@ -53,12 +53,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT / "python_backend", ROOT / "client"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from pyramid_bench.perf import (  # noqa: E402
+from pyramid_bench.perf import (
     AGENT_SPT,
     FLOOR_MODEL,
     INSTALL_HINT,
@@ -84,6 +79,8 @@ from pyramid_bench.perf import (  # noqa: E402
     wait_for_quiet,
     zero_latency_phase,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_CAL = "out/calibration/replay.json"
 

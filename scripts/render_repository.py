@@ -8,6 +8,8 @@ usage: .venv/bin/python scripts/render_repository.py deploy/replay.yaml --out ou
 import sys
 from pathlib import Path
 
+# Kept: this script also runs where nothing is installed (NVIDIA's TRT-LLM container over this checkout:
+# scripts/trtllm_container.sh, serve_gpu.sh, gpu_check.sh), so it finds the packages in python_backend/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python_backend"))
 
 from pyramid_deploy.render import main  # noqa: E402

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import threading
 import time
@@ -31,16 +30,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "python_backend"), str(ROOT / "client")]
+from pyramid_bench.perf import percentile
+from pyramid_deploy.render import render
+from pyramid_moa.artifact import load_artifact, save_calibration_set
+from pyramid_moa.dataset import load_routing_data
+from pyramid_moa.fitting import RouterFit, Target
+from pyramid_moa.semantic import DEFAULT_EMBEDDING_CACHE, prepare
+from pyramid_ops.server import TritonServer
 
-from pyramid_bench.perf import percentile  # noqa: E402
-from pyramid_deploy.render import render  # noqa: E402
-from pyramid_moa.artifact import load_artifact, save_calibration_set  # noqa: E402
-from pyramid_moa.dataset import load_routing_data  # noqa: E402
-from pyramid_moa.fitting import RouterFit, Target  # noqa: E402
-from pyramid_moa.semantic import DEFAULT_EMBEDDING_CACHE, prepare  # noqa: E402
-from pyramid_ops.server import TritonServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TRACES = ROOT / "data" / "gsm8k"
 GSM8K_CAL = ROOT / "deploy" / "replay.calibration.json"

@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_helm import FULL, NAMESPACE, RELEASE, _names, by_kind
+from test_remote import _artifact
+
+from pyramid_ops import helm_check
+from pyramid_ops.helm_values import make_values
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import helm_check  # noqa: E402
-from helm_values import make_values  # noqa: E402
-from test_helm import FULL, NAMESPACE, RELEASE, _names, by_kind  # noqa: E402
-from test_remote import _artifact  # noqa: E402
 
 
 @pytest.fixture(scope="module")

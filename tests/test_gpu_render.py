@@ -66,12 +66,9 @@ def symmetric_calibration(tmp_path_factory) -> dict:
 
 
 def _relabel_module():
-    import importlib.util
+    from pyramid_moa import relabel
 
-    spec = importlib.util.spec_from_file_location("relabel_calibration", ROOT / "scripts" / "relabel_calibration.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return relabel
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import fake_pb_utils as pb
@@ -112,13 +111,12 @@ def test_it_covers_what_the_issue_asks_for(dashboard):
 
 def test_the_chart_carries_the_same_dashboard_as_a_configmap():
     assert CHART_COPY.read_bytes() == DASHBOARD.read_bytes(), "copy deploy/grafana/pyramid-moa.json into the chart"
-    sys.path.insert(0, str(ROOT / "scripts"))
-    helm_check = pytest.importorskip("helm_check")
+    helm_check = pytest.importorskip("pyramid_ops.helm_check")
     pytest.importorskip("helm_python")
-    from helm_values import make_values
     from test_remote import _artifact
 
     from pyramid_deploy.render import load_spec
+    from pyramid_ops.helm_values import make_values
 
     spec = ROOT / "deploy" / "replay.yaml"
     d = load_spec(spec)

@@ -4,21 +4,18 @@ schemas of kubernetes-validate (strict), and each tier's spec renderable into it
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_remote import _artifact
+
+from pyramid_deploy.render import SpecError, load_spec
+from pyramid_ops import helm_check
+from pyramid_ops.helm_values import make_values
+from pyramid_triton.remote import parse_remote_map
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import helm_check  # noqa: E402
-from helm_values import make_values  # noqa: E402
-from test_remote import _artifact  # noqa: E402
-
-from pyramid_deploy.render import SpecError, load_spec  # noqa: E402
-from pyramid_triton.remote import parse_remote_map  # noqa: E402
 
 SPECS = ["replay.yaml", "llamacpp.yaml", "gpu-1gpu-smoke.yaml", "gpu-8x80gb.yaml", "gpu-4x80gb-fp8.yaml"]
 RELEASE, NAMESPACE = "pyramid", "llm"

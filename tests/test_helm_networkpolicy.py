@@ -4,20 +4,18 @@ by Helm's own template engine and validated like the rest of the chart (tests/te
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-helm_check = pytest.importorskip("helm_check")
+helm_check = pytest.importorskip("pyramid_ops.helm_check")
 pytest.importorskip("helm_python")
 
-from helm_values import make_values  # noqa: E402
 from test_remote import _artifact  # noqa: E402
 
 from pyramid_deploy.render import load_spec  # noqa: E402
+from pyramid_ops.helm_values import make_values  # noqa: E402
 
 RELEASE, NAMESPACE = "pyramid", "llm"
 FULL = "pyramid-pyramid-moa"

@@ -5,7 +5,6 @@ the calibration relabelling. The real model and server: tests/integration/test_t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -420,10 +419,9 @@ def test_symmetric_features_do_not_depend_on_agents():
 
 
 def _relabel_module():
-    spec = importlib.util.spec_from_file_location("relabel_calibration", ROOT / "scripts" / "relabel_calibration.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from pyramid_moa import relabel
+
+    return relabel
 
 
 def test_relabelled_calibration(gemma_calibration):

@@ -413,10 +413,7 @@ def test_cpu_meter_counts_other_processes_and_not_its_own_children():
 def test_the_ab_script_overrides_router_parameters_and_instances_only_where_named():
     """scripts/ab_floor.py: a parameter it is told to set changes in the rendered config and nowhere else;
     an unknown one is an error naming it."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from ab_floor import set_instances, set_param
+    from pyramid_bench.ab_floor import set_instances, set_param
 
     cfg = (Path(__file__).resolve().parents[1] / "model_repository" / "pyramid" / "config.pbtxt").read_text()
     out = set_param(cfg, "metrics", "false")

@@ -7,4 +7,5 @@
   yardstick of the router's own work. The stub imports it through the model's ``python_path``, as it
   imports ``pyramid_triton``.
 * ``soak``: many clients for minutes against the replay profile (``scripts/soak.py``, ``make soak``).
+* ``ab_floor``: a quick A/B of a code change against the floor (``scripts/ab_floor.py``).
 """

@@ -6,8 +6,6 @@
   the facts about its Triton backend that a rendered config must satisfy.
 * ``engine_build`` / ``trtllm_convert``: TensorRT-LLM checkpoint conversion and engine builds
   (``scripts/build_engines.py``, ``make engines``).
-* ``helm``: the Helm chart's values from a deployment spec, and its check (``scripts/helm_values.py``,
-  ``scripts/helm_check.py``).
 
 It imports the model side (``pyramid_triton``: the parameters, tasks and engines a rendered model reads),
 never the other way: the Python stub imports nothing from here.

@@ -25,15 +25,13 @@ import pytest
 from .conftest import COMMITTEE, ROOT
 from .test_lifecycle import network_namespace
 
-sys.path.insert(0, str(ROOT / "scripts"))
-
 FULL = "pyramid-pyramid-moa"
 
 
 def _pod(calibration: Path, tmp: Path) -> tuple[list[str], list[str], dict[str, str], Path]:
     """(container command, liveness command, the container's environment, rendered repository) of the agents tier."""
-    import helm_check
-    from helm_values import make_values
+    from pyramid_ops import helm_check
+    from pyramid_ops.helm_values import make_values
 
     values = make_values(ROOT / "deploy" / "replay.yaml", calibration, image="x/y:1", project_root=str(ROOT))
     docs = helm_check.manifests(helm_check.render_chart(values, "pyramid", "llm"))

@@ -7,17 +7,11 @@ BENCHMARKS.md. This test runs the same code for a few seconds.
 from __future__ import annotations
 
 import asyncio
-import sys
-
-from .conftest import ROOT
 
 
 def test_64_clients_nothing_lost_or_mismatched(deployment):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import soak
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from pyramid_bench import soak
+
     cases = [c for c in soak.expected_cases(deployment.calibration, deployment.traces)]
     res = asyncio.run(soak.soak(deployment.grpc_url, None, cases, clients=64, seconds=8.0))
     assert res.sent > 64
