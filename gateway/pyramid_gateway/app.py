@@ -1,163 +1,52 @@
-"""The HTTP transport: a FastAPI app (served by uvicorn) with OpenAI's routes.
+"""The HTTP transport: a FastAPI app (served by uvicorn) with OpenAI's routes, one module per family.
 
-    GET  /v1/models             pyramid, pyramid-committee, pyramid-oracle, each engine
+    GET  /v1/models             pyramid, pyramid-committee, pyramid-oracle, each engine     routes_models
     GET  /v1/models/{id}        one of them (404 for another name)
-    POST /v1/chat/completions   stream or not
+    POST /v1/chat/completions   stream or not                                               routes_completions
     POST /v1/completions        stream or not
-    GET  /health/ready          Triton and the router model ready (503 + Retry-After otherwise)
+    GET  /health/ready          Triton and the router model ready (503 + Retry-After otherwise)   routes_health
     GET  /health/live           the gateway process answers
     GET  /metrics               the gateway's Prometheus metrics (the router's are on Triton's /metrics)
+
+As vLLM's entrypoints do, protocol (``protocol``, ``responses``), serving (``serving``: the rules, no HTTP)
+and transport (the routes) are kept apart; the routes share one ``state.GatewayState`` (configuration,
+the Triton side, metrics) on ``app.state.pyramid``. This module assembles them: the state, the lifespan
+(the Triton side made at startup, closed at shutdown), the error handlers (every error in OpenAI's format)
+and the routers.
 
 Why FastAPI + uvicorn: the most used ASGI stack for OpenAI-compatible servers (vLLM's and Triton's
 own frontends use it), kept up, and asyncio-native like the router's gRPC client, so one event loop
 carries every request with no thread hand-offs.
-
-Client disconnect: a non-streaming request races its route against the client's ``http.disconnect``;
-a streaming one is cancelled by the response when the client goes away. Either way the route's task is
-cancelled, which cancels its gRPC call, so Triton sees the request cancelled (logged as 499, one line).
-
-Hostile clients (docs/SECURITY.md): the body is bounded in size and time (``limits``); the JSON in depth, and
-a string that cannot be UTF-8 (a lone surrogate) is a 400 naming its field (``protocol.check_json``);
-metrics are labelled with known model names only (``Gateway.model_label``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import logging
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import responses as R
-from .auth import KeyAuth, Lease
-from .conversation import question_from_messages
-from .errors import CLIENT_CLOSED, ApiError, clip, invalid, unavailable
-from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, ClientGone, read_body
-from .metrics import NO_MODEL, Metrics
-from .protocol import ChatCompletionRequest, CompletionRequest, check_json, parse_request, prompt_text, too_deep
-from .serving import Gateway, new_request_id
-from .upstream import Deployment, Target, Upstream
+from . import routes_completions, routes_health, routes_models
+from .errors import ApiError, clip, internal_error
+from .serving import Gateway
+from .state import GatewayConfig, GatewayState, error_response
+from .upstream import Upstream
 
-OWNER = "pyramid-moa"
-# uvicorn's own log (configured by uvicorn.run): one line per request a client abandoned or sent too slowly
-log = logging.getLogger("uvicorn.error")
-
-
-@dataclass
-class GatewayConfig:
-    """``triton_url``: Triton's gRPC ``host:port``; ``timeout_s``: bound on one request's route;
-    ``retries``: UNAVAILABLE retries before answering 503; ``retry_after_s``: the 503's Retry-After;
-    ``max_body_bytes`` / ``body_timeout_s``: a request body's bounds (``limits``: 413 / 408)."""
-
-    triton_url: str = "localhost:8001"
-    router: str = "pyramid"
-    timeout_s: float = 300.0
-    retries: int = 1
-    retry_after_s: int = 1
-    auth: KeyAuth | None = None
-    deployment: Deployment | None = None  # None: read from the router's model config
-    inference_key: str | None = None  # the server's inference key, where it keys inference (security.inference_key)
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def unless_disconnected(request: Request, aw: Any) -> Any:
-    """Await ``aw``; if the client disconnects first, cancel it (and its gRPC call) and raise ClientGone."""
-    task = asyncio.ensure_future(aw)
-    watch = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if task in done:
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientGone
-
-
-class EventStream(StreamingResponse):
-    """``text/event-stream`` that always watches for the client going away and then cancels the body
-    (Starlette does so only for ASGI servers older than spec 2.4; a route may wait long between events)."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, content: AsyncIterator[bytes], on_close: Any, headers: dict[str, str]) -> None:
-        super().__init__(content, headers=headers)
-        self.on_close = on_close  # called once the response is over, even if the body never started
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        body = asyncio.ensure_future(self.stream_response(send))
-        watch = asyncio.ensure_future(self.listen_for_disconnect(receive))
-        try:
-            await asyncio.wait({body, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (body, watch):
-                t.cancel()
-            # A send that failed because the client left is that same disconnect: nothing to report.
-            await asyncio.gather(body, watch, return_exceptions=True)
-            self.on_close()
-
-
-def internal_error(exc: BaseException) -> ApiError:
-    """A bug in the gateway, answered in OpenAI's format (500) rather than as a bare text page."""
-    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
-
-
-def _error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-async def _read_json(request: Request, config: GatewayConfig) -> Any:
-    """The body, bounded (``limits.read_body``: 413 / 408 / ClientGone), decoded, and checked for depth and
-    strings that are not text (``protocol.check_json``); a 400 otherwise, never a 500."""
-    body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
-    try:
-        value = json.loads(body, parse_constant=_no_constant)
-    except RecursionError:
-        raise too_deep(body) from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN / Infinity, an integer of 4,300+ digits
-        raise invalid(f"the request body is not valid JSON: {clip(str(exc), 200)}", None) from None
-    check_json(value)
-    return value
+__all__ = ["GatewayConfig", "create_app"]
 
 
 def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastAPI:
     """The app. ``upstream``: an already built Triton side (tests); else made at startup."""
-    state: dict[str, Any] = {}
-    metrics = Metrics()
-    created = int(time.time())
+    st = GatewayState(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         up = upstream or Upstream(
             config.triton_url, config.router, config.timeout_s, config.retries, config.deployment, config.inference_key
         )
-        state["gateway"] = Gateway(up, config.retry_after_s)
+        st.serving = Gateway(up, config.retry_after_s)
         with contextlib.suppress(Exception):  # Triton may start later: discovered on first use then
             await up.catalog()
         try:
@@ -166,212 +55,23 @@ def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastA
             await up.close()
 
     app = FastAPI(title="Pyramid MoA OpenAI-compatible API", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.metrics = metrics
+    app.state.pyramid = st
+    app.state.metrics = st.metrics
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return _error_response(internal_error(exc))
+        return error_response(internal_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else None
         message = f"{clip(request.method, 16)} {clip(request.url.path)}: {exc.detail}"
-        return _error_response(ApiError(exc.status_code, message, code=code))
+        return error_response(ApiError(exc.status_code, message, code=code))
 
-    def gateway() -> Gateway:
-        return state["gateway"]
-
-    def admit(request: Request) -> Lease:
-        """The request's API-key lease (401 / 429 as ApiError); a no-op lease without keys."""
-        return config.auth.admit(request.headers.get("authorization")) if config.auth else Lease()
-
-    def model_card(t: Target) -> dict[str, Any]:
-        info: dict[str, Any] = {"kind": t.kind}
-        if t.force_tier:
-            info["force_tier"] = t.force_tier
-        if t.tier:
-            info["tier"] = t.tier
-        return {"id": t.name, "object": "model", "created": created, "owned_by": OWNER, "pyramid": info}
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> JSONResponse:
-        with admit(request):
-            cat = await gateway().catalog()
-            return JSONResponse({"object": "list", "data": [model_card(t) for t in cat.targets.values()]})
-
-    @app.get("/v1/models/{model:path}")
-    async def retrieve_model(request: Request, model: str) -> JSONResponse:
-        with admit(request):
-            _, target = await gateway().resolve(model)
-            return JSONResponse(model_card(target))
-
-    @app.get("/health/ready")
-    async def ready() -> JSONResponse:
-        ok, why = await gateway().upstream.ready()
-        if not ok:
-            return _error_response(unavailable(why, config.retry_after_s))
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/health/live")
-    async def live() -> JSONResponse:
-        return JSONResponse({"status": "live"})
-
-    @app.get("/metrics")
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    async def chat(request: Request) -> Response:
-        return await _serve(request, "chat")
-
-    async def completions(request: Request) -> Response:
-        return await _serve(request, "completion")
-
-    # Plain Starlette routes for the two hot endpoints: they take the raw request and validate it themselves
-    # (protocol.parse_request), so FastAPI's per-request dependency solving would be pure overhead.
-    app.router.add_route("/v1/chat/completions", chat, methods=["POST"])
-    app.router.add_route("/v1/completions", completions, methods=["POST"])
-
-    async def _serve(request: Request, kind: str) -> Response:
-        endpoint = f"/v1/{'chat/completions' if kind == 'chat' else 'completions'}"
-        t0 = time.perf_counter()
-        model = NO_MODEL  # the metrics' label: a model name this gateway serves, never what the client wrote
-        metrics.in_flight += 1
-        streaming = False
-        status = 200
-        lease = Lease()
-        try:
-            lease = admit(request)
-            req = parse_request(kind, await _read_json(request, config))  # type: ignore[arg-type]
-            model = gateway().model_label(req.model)
-            cat, target = await gateway().resolve(req.model)
-            model = target.name
-            if isinstance(req, ChatCompletionRequest):
-                question = question_from_messages(req.messages)
-            else:
-                question = prompt_text(req)  # type: ignore[arg-type]
-            rid = new_request_id()
-            chat_kind = isinstance(req, ChatCompletionRequest)
-            oid = ("chatcmpl-" if chat_kind else "cmpl-") + rid
-            if not req.stream:
-                a = await unless_disconnected(request, gateway().answer(req, cat, target, question, rid))
-                metrics.add_tokens(model, a.prompt_tokens, a.completion_tokens)
-                build = R.chat_completion if chat_kind else R.text_completion
-                return JSONResponse(build(oid, req.model, created, a), headers=R.headers(a.pyramid))
-            events = gateway().events(req, cat, target, question, rid)
-            first = await unless_disconnected(request, events.__anext__())
-            streaming = True
-            finish = _once(partial(_done, endpoint, model, t0, lease))
-            body = _sse_body(req, chat_kind, oid, first, events, finish)
-            headers = {**_first_headers(first, target.name, rid), "cache-control": "no-cache"}
-            return EventStream(body, partial(finish, CLIENT_CLOSED), headers)
-        except ApiError as exc:
-            status = exc.status
-            raise
-        except ClientGone:
-            status = CLIENT_CLOSED
-            return Response(status_code=CLIENT_CLOSED)
-        except Exception:
-            status = 500  # answered by the handler below, in OpenAI's format
-            raise
-        finally:
-            if not streaming:
-                _done(endpoint, model, t0, lease, status)
-
-    def _done(endpoint: str, model: str, t0: float, lease: Lease, status: int) -> None:
-        seconds = time.perf_counter() - t0
-        if status == CLIENT_CLOSED:
-            metrics.disconnects += 1
-            log.info("%d POST %s model=%s: the client went away after %.2f s", status, endpoint, model, seconds)
-        elif status == 408:
-            log.info("%d POST %s: the request body did not arrive in time", status, endpoint)
-        lease.release()
-        metrics.in_flight -= 1
-        metrics.observe(endpoint, model, status, seconds)
-
-    async def _sse_body(
-        req: ChatCompletionRequest | CompletionRequest,
-        chat_kind: bool,
-        oid: str,
-        first: tuple[str, Any],
-        events: AsyncIterator[tuple[str, Any]],
-        done: Any,
-    ) -> AsyncIterator[bytes]:
-        status = 200
-        sent = ""
-        mk = partial(R.chunk, chat_kind, oid, req.model, created)
-        try:
-            if chat_kind:
-                yield R.sse(mk(role=True, text=""))
-            event: tuple[str, Any] | None = first
-            while event is not None:
-                what, value = event
-                if what == "provisional":
-                    # an empty delta (no text: nothing for a plain client to concatenate) carrying the extension
-                    yield R.sse(mk(pyramid=value))
-                elif what == "delta":
-                    if value:
-                        sent += value
-                        yield R.sse(mk(text=value))
-                else:
-                    a: R.Answer = value
-                    metrics.add_tokens(req.model, a.prompt_tokens, a.completion_tokens)
-                    rest = a.text[len(sent) :] if a.text.startswith(sent) else a.text
-                    if rest:
-                        yield R.sse(mk(text=rest))
-                    yield R.sse(mk(finish_reason=a.finish_reason, pyramid=a.pyramid))
-                    if req.include_usage():
-                        yield R.sse(mk(choices=False, usage=a.usage()))
-                event = await anext_or_none(events)
-            yield R.DONE
-        except ApiError as exc:  # the 200 is sent: the error is an event (the OpenAI SDK raises it)
-            status = exc.status
-            yield R.sse(exc.body())
-            yield R.DONE
-        except Exception as exc:  # noqa: BLE001 - a bug: still an error event the client can read, then the end
-            status = 500
-            yield R.sse(internal_error(exc).body())
-            yield R.DONE
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
-        finally:
-            with contextlib.suppress(BaseException):
-                await events.aclose()
-            done(status)
-
+    for family in (routes_models, routes_health, routes_completions):
+        app.include_router(family.router)
     return app
-
-
-def _once(fn: Any) -> Any:
-    """``fn(status)`` run at most once (a stream ends in its body or, if it never started, on close)."""
-    called = False
-
-    def call(status: int) -> None:
-        nonlocal called
-        if not called:
-            called = True
-            fn(status)
-
-    return call
-
-
-async def anext_or_none(it: AsyncIterator[Any]) -> Any | None:
-    try:
-        return await it.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
-def _first_headers(first: tuple[str, Any], model: str, rid: str) -> dict[str, str]:
-    """A stream's headers go out with its first event: its metadata when it has some (a provisional
-    answer's, marked ``x-pyramid-provisional: true``, or the final one's), else the model and id."""
-    what, value = first
-    if what == "provisional":
-        return R.headers(value)
-    if what == "answer":
-        return R.headers(value.pyramid)
-    return R.headers({"model": model, "request_id": rid})

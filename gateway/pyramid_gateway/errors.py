@@ -112,6 +112,11 @@ def unavailable(message: str, retry_after_s: int) -> ApiError:
     )
 
 
+def internal_error(exc: BaseException) -> ApiError:
+    """A bug in the gateway, answered in OpenAI's format (500) rather than as a bare text page."""
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
+
+
 def deadline_exceeded(message: str) -> ApiError:
     return ApiError(504, message, type="timeout", code="deadline_exceeded")
 
