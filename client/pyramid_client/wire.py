@@ -150,6 +150,18 @@ def check_option(name: str, value: Any) -> Any:
     return value
 
 
+# The router's ``default_max_tokens`` where its config leaves it out (``pyramid_triton.protocol.ROUTER_PARAMS``),
+# and the gateway's for a direct engine call when it cannot read the router's: one number for both sides.
+DEFAULT_MAX_TOKENS = 512
+
+
+def estimate_tokens(text: str) -> int:
+    """chars/4: the token count of a text whose engine reports none (the router's ``tokens``, the gateway's
+    usage of a direct engine call). The router library keeps the same rule as ``pyramid_moa.cost.estimate_tokens``
+    (it imports nothing of the client); tests/test_one_home.py checks that both give the same numbers."""
+    return int(round(len(text) / 4))
+
+
 # The router's inputs: the text API's, ``stream``, the request options, and what Triton's OpenAI frontend
 # sends. ``exclude_input_in_output`` is accepted (TensorRT-LLM clients send it) and has no effect. The last seven are what Triton's own OpenAI
 # frontend sends a non-vLLM model besides (deploy/triton_openai_frontend_facts.json): ``stop_words`` (the one

@@ -17,6 +17,7 @@ import os
 import sys
 
 from pyramid_client.keys import inference_key_from_env
+from pyramid_client.wire import DEFAULT_MAX_TOKENS
 
 from .app import GatewayConfig, create_app
 from .auth import ENV_VAR, KeyAuth
@@ -51,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-repository", help="read the router's engines from this rendered repository's config")
     ap.add_argument("--committee", help="the router's committee engines, comma-separated (with --oracle)")
     ap.add_argument("--oracle", help="the router's oracle engine")
-    ap.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens of a direct engine call")
+    ap.add_argument(
+        "--default-max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="max_tokens of a direct engine call"
+    )
     ap.add_argument(
         "--host",
         default=DEFAULT_HOST,

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pyramid_client import PyramidError, PyramidResult
-from pyramid_client.wire import REQUEST_OPTIONS, cut_at_stop
+from pyramid_client.wire import REQUEST_OPTIONS, cut_at_stop, estimate_tokens
 
 from .errors import ApiError, deadline_exceeded, from_pyramid, invalid, model_not_found
 from .metrics import UNKNOWN_MODEL
@@ -37,12 +37,6 @@ Request = ChatCompletionRequest | CompletionRequest
 # ``pyramid`` options that apply to routing only: a 400 on a direct engine call (the table's ``direct``).
 ROUTING_ONLY = tuple(n for n, o in REQUEST_OPTIONS.items() if o.openai == "pyramid" and not o.direct)
 Event = tuple[str, Any]
-
-
-def estimate_tokens(text: str) -> int:
-    """chars/4: the approximation the router uses for a prompt whose engine reports no count
-    (``pyramid_moa.cost.estimate_tokens``; not imported, so the gateway needs no server packages)."""
-    return int(round(len(text) / 4))
 
 
 def new_request_id() -> str:

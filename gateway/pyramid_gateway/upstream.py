@@ -29,7 +29,7 @@ import numpy as np
 
 from pyramid_client import AsyncPyramidClient, PyramidError
 from pyramid_client.types import error_from_message
-from pyramid_client.wire import NOT_FOUND, UNAVAILABLE, key_headers
+from pyramid_client.wire import DEFAULT_MAX_TOKENS, NOT_FOUND, UNAVAILABLE, key_headers
 
 TIERS = ("committee", "oracle")
 
@@ -52,7 +52,7 @@ class Deployment:
 
     committee: tuple[str, ...]
     oracle: str
-    default_max_tokens: int = 512
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
 
 
 _PARAM = re.compile(r'key:\s*"(\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"')
@@ -63,7 +63,7 @@ def deployment_from_params(params: dict[str, str], router: str) -> Deployment:
         raise PyramidError(f"model {router!r} is not a pyramid router (no 'agents' / 'oracle' parameters)", "INTERNAL")
     mt = params.get("default_max_tokens", "")
     agents = tuple(a.strip() for a in params["agents"].split(",") if a.strip())
-    return Deployment(agents, params["oracle"], int(mt) if mt.isdigit() else 512)
+    return Deployment(agents, params["oracle"], int(mt) if mt.isdigit() else DEFAULT_MAX_TOKENS)
 
 
 def deployment_from_repository(repository: str | Path, router: str = "pyramid") -> Deployment:

@@ -24,7 +24,7 @@ from pyramid_moa.features import AgentOutput
 from pyramid_moa.router import Router, RouteResult
 from pyramid_triton import tensors
 from pyramid_triton.config import REQUIRED, ModelParams
-from pyramid_triton.protocol import EngineRequest, ServeError
+from pyramid_triton.protocol import ROUTER_PARAMS, EngineRequest, ServeError
 
 PLAN_FILE = "plan.json"
 
@@ -54,7 +54,7 @@ class FloorModel:
         self.pb = pb
         p = ModelParams(args)
         self.plans: dict[str, list[list[str]]] = json.loads(Path(p.get_path("plan", REQUIRED)).read_text())
-        self.max_tokens = p.get_int("default_max_tokens", 512)
+        self.max_tokens = p.get_int("default_max_tokens", ROUTER_PARAMS["default_max_tokens"])
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
     async def execute(self, requests: list[Any]) -> None:

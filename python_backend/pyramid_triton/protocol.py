@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyramid_client.wire import (
+    DEFAULT_MAX_TOKENS,
     INTERNAL,
     INVALID_ARG,
     NOOP_SAMPLING,
@@ -46,7 +47,7 @@ SHADOW_PARAMS: dict[str, Any] = {
 # The router model's parameters (config.pbtxt) that have a default: what ``render`` writes when the
 # deployment spec leaves one out, and what the router (``bls``) assumes when a config does.
 ROUTER_PARAMS: dict[str, Any] = {
-    "default_max_tokens": 512,
+    "default_max_tokens": DEFAULT_MAX_TOKENS,
     "max_tokens_cap": 8192,
     "max_input_chars": 20000,
     "agent_timeout_s": 60.0,  # a call to an agent that has not answered by then has failed

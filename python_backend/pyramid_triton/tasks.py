@@ -50,7 +50,7 @@ class TaskRouters:
         self,
         calibrations: dict[str, CalibrationArtifact],
         default_task: str | None = None,
-        fallback: str = "error",
+        fallback: str = ROUTER_PARAMS["task_fallback"],
         embedder: str = "",
     ) -> None:
         if not calibrations:
@@ -116,7 +116,7 @@ def load_task_routers(params: Any, known_agents: Iterable[str]) -> tuple[TaskRou
     routers = TaskRouters(
         cals,
         default,
-        params.get_str("task_fallback", ROUTER_PARAMS["task_fallback"]) or "error",
+        params.get_str("task_fallback", ROUTER_PARAMS["task_fallback"]) or ROUTER_PARAMS["task_fallback"],
         params.get_str("embedder", "") or "",
     )
     return routers, routers.calibrations[routers.default], source
