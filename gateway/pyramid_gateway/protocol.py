@@ -13,7 +13,8 @@ Rules (README "OpenAI-compatible API"):
 * ``pyramid`` (the SDK's ``extra_body``): the router's request options that ``pyramid_client.wire.REQUEST_OPTIONS``
   places there (``escalation_threshold``, ``deadline_ms``, ``strict``, ``task``), under their names, in their ranges
   (``PyramidOptions`` is built from that table, and so are the ranges of ``max_tokens``, ``temperature``, ``seed``);
-  unknown keys are a 400 naming them.
+  unknown keys are a 400 naming them. One more there is the gateway's own, not a router input: ``provisional``
+  (``PROVISIONAL``: what a provisional answer becomes).
 
 Why pydantic: FastAPI's own validation layer, so a wrong type or an unknown field is reported
 with its location, which becomes the error's ``param``. Strict types: ``max_tokens: true`` or
@@ -60,11 +61,24 @@ def _option_type(name: str) -> Any:
     return (Literal[o.choices] if o.choices else o.python_type) | None  # type: ignore[valid-type]
 
 
+# The gateway's own ``pyramid`` option: what it does with a provisional answer (``deadline_ms`` passed before the
+# oracle answered): "allow" returns it, marked provisional; "error" answers 504 instead (a stream: an error
+# event). Unset: "error" under ``strict`` (the router's option: an oracle failure is an error), as the gateway
+# did before this option had its own name, else "allow".
+PROVISIONAL = ("allow", "error")
+
+
+def refuses_provisional(options: Any) -> bool:
+    """Whether a provisional answer is refused (504) under these ``PyramidOptions``."""
+    return options.provisional == "error" if options.provisional else bool(options.strict)
+
+
 PyramidOptions = create_model(  # type: ignore[call-overload]
     "PyramidOptions",
     __config__=ConfigDict(extra="forbid", strict=True),
     __doc__='Per-request routing (``extra_body={"pyramid": {...}}``): the router\'s inputs of the same name.',
     **{name: (_option_type(name), option_field(name)) for name in PYRAMID_KEYS},
+    provisional=(Literal[PROVISIONAL] | None, None),  # type: ignore[valid-type]
 )
 
 
@@ -243,7 +257,7 @@ def _from_validation(exc: ValidationError) -> ApiError:
             )
         parent = _loc(nested[0]["loc"][:-1])
         names = [str(e["loc"][-1]) for e in nested if _loc(e["loc"][:-1]) == parent]
-        known = PYRAMID_KEYS if parent == "pyramid" else ()
+        known = (*PYRAMID_KEYS, "provisional") if parent == "pyramid" else ()
         hint = f"; known: {', '.join(known)}" if known else ""
         return invalid(f"unknown key(s) in '{parent}': {clip_names(names)}{hint}", parent, code="unknown_parameter")
     e = errors[0]

@@ -6,8 +6,8 @@ one place:
   name calls that engine directly (the engines' text API: ``text_input``, ``max_tokens``,
   ``temperature``, ``seed``; ``max_tokens`` defaults to the router's ``default_max_tokens``).
 * ``pyramid.deadline_ms``: the router's anytime bound (a provisional committee answer when the oracle is
-  late); with ``pyramid.strict`` a provisional answer is refused with 504 instead. A direct engine call
-  has no committee to fall back on: past ``deadline_ms`` it is a 504.
+  late); with ``pyramid.provisional: "error"`` (unset: under ``pyramid.strict``) a provisional answer is refused
+  with 504 instead. A direct engine call has no committee to fall back on: past ``deadline_ms`` it is a 504.
 * ``usage`` counts every call the route made (the router's per-call counts); the per-tier breakdown is
   in ``pyramid.usage``.
 
@@ -29,7 +29,7 @@ from pyramid_client.wire import REQUEST_OPTIONS, cut_at_stop, estimate_tokens
 
 from .errors import ApiError, deadline_exceeded, from_pyramid, invalid, model_not_found
 from .metrics import UNKNOWN_MODEL
-from .protocol import ChatCompletionRequest, CompletionRequest
+from .protocol import ChatCompletionRequest, CompletionRequest, refuses_provisional
 from .responses import Answer, router_metadata
 from .upstream import TIERS, Catalog, Target, Upstream
 
@@ -134,10 +134,11 @@ class Gateway:
 
     def _router_answer(self, req: Request, cat: Catalog, target: Target, r: PyramidResult) -> Answer:
         o = req.options()
-        if r.provisional and o.strict:
+        if r.provisional and refuses_provisional(o):
+            why = f"pyramid.provisional is {o.provisional!r}" if o.provisional else "pyramid.strict is set"
             raise deadline_exceeded(
-                f"pyramid.deadline_ms={o.deadline_ms} passed before the oracle answered, and pyramid.strict is "
-                "set: the provisional committee answer is not returned"
+                f"pyramid.deadline_ms={o.deadline_ms} passed before the oracle answered, and {why}: the provisional "
+                "committee answer is not returned"
             )
         text, _ = cut_at_stop(r.text, req.stops())
         meta = router_metadata(target.name, r, cat.oracle)
