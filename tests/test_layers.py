@@ -215,9 +215,11 @@ def _tensors(config: str, section: str) -> dict[str, str]:
 
 
 def test_the_router_config_declares_the_wire_format():
+    """The rendered router config (the template's routing inputs are rendered from ``wire.REQUEST_OPTIONS``;
+    tests/test_model_repository.py checks that model_repository/ is a fresh rendering)."""
     from pyramid_client import wire
 
-    config = (ROOT / "deploy" / "templates" / "pyramid" / "config.pbtxt").read_text(encoding="utf-8")
+    config = (ROOT / "model_repository" / "pyramid" / "config.pbtxt").read_text(encoding="utf-8")
     assert _tensors(config, "input") == wire.ROUTER_INPUTS
     assert _tensors(config, "output") == wire.ROUTER_OUTPUTS
 

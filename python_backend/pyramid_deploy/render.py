@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from pyramid_client.wire import BYTES, ENGINE_INPUTS, REQUEST_OPTIONS
 from pyramid_moa.artifact import ArtifactError, CalibrationArtifact, load_calibrations
 from pyramid_triton.hot_reload import deployed_path, history
 from pyramid_triton.llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
@@ -140,12 +141,34 @@ def fill(template: str, values: dict[str, Any], where: str) -> str:
     return out
 
 
+class PbtxtBlock(str):
+    """Lines of protobuf text the renderer generated itself (``routing_inputs``), written as they are."""
+
+
+def routing_inputs() -> PbtxtBlock:
+    """The router config's inputs of the routing options (``pyramid_client.wire.REQUEST_OPTIONS`` beyond the
+    engines' text API, which the template lists), one per option in the table's order, each after a comment
+    with its help, its "unset" value and its default: a new option needs no edit of the template."""
+    lines = []
+    for o in REQUEST_OPTIONS.values():
+        if o.name in ENGINE_INPUTS:
+            continue
+        unset = f"{o.unset!r}: {o.unset_means}; " if o.unset is not None and o.unset != "" else ""
+        choices = f": {' | '.join(o.choices)}" if o.choices else ""
+        lines.append(f"  # {o.name}: {o.help}{choices} ({unset}absent: {o.default}).")
+        datatype = "STRING" if o.datatype == BYTES else o.datatype
+        lines.append(f'  {{ name: "{o.name}" data_type: TYPE_{datatype} dims: [ 1 ] optional: true }},')
+    return PbtxtBlock("\n".join(lines))
+
+
 class PbtxtString(str):
     """A value written into a protobuf-text string literal with its quotes and backslashes escaped
     (``_fmt`` refuses quotes in plain values)."""
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, PbtxtBlock):
+        return str(v)
     if isinstance(v, PbtxtString):
         if "\n" in v:
             raise SpecError(f"value {str(v)!r} may not contain newlines")
@@ -413,6 +436,7 @@ def render(
             **{k: router[k] for k in REQUEST_LOG_PARAMS},
             **{k: router[k] for k in (*SHADOW_PARAMS, *DRIFT_PARAMS, "calibration_watch_s")},
             "cost_facts": PbtxtString(cost_facts_json(art)),
+            "routing_inputs": routing_inputs(),
             **limits,
         },
         f"router {router['model_name']!r}",

@@ -15,16 +15,18 @@ common definition, ``pyramid_client.wire``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from pyramid_client.wire import (
+    BOOL,
     DEFAULT_MAX_TOKENS,
     INTERNAL,
     INVALID_ARG,
     NOOP_SAMPLING,
     NOT_FOUND,
     REQUEST_OPTIONS,
+    RequestOption,
     RoutedAnswer,
     check_option,
 )
@@ -138,25 +140,40 @@ class EngineResponse:
 
 
 @dataclass(frozen=True)
-class PyramidRequest:
-    """One routed request. ``deadline_ms``: anytime bound on waiting for the oracle (None: wait);
-    ``stream``: send the committee's provisional answer before the oracle's; ``strict``: an oracle
-    failure is an error rather than a degraded committee answer."""
+class _RoutedText:
+    """What every routed request has besides its options: the question, ``max_tokens`` (the option, resolved
+    to the deployment's default), ``stream`` (send the committee's provisional answer before the oracle's)
+    and ``stop_words`` (the returned text is cut before the first one)."""
 
     text_input: str
     max_tokens: int
-    escalation_threshold: float | None = None
-    force_tier: str | None = None
-    temperature: float | None = None
-    seed: int | None = None
-    deadline_ms: int | None = None
     stream: bool = False
-    strict: bool = False
-    stop_words: tuple[str, ...] = ()  # the returned text is cut before the first one
-    task: str | None = None  # the answer task (tasks.py); None: the deployment's default
+    stop_words: tuple[str, ...] = ()
 
     def engine_request(self) -> EngineRequest:
         return EngineRequest(self.text_input, self.max_tokens, self.temperature, self.seed)
+
+
+def _unset_value(o: RequestOption) -> Any:
+    """An option's value in a request that does not set it: None, or False for a flag."""
+    return False if o.datatype == BOOL else None
+
+
+# One routed request: ``_RoutedText``'s fields and one per request option of ``pyramid_client.wire.REQUEST_OPTIONS``
+# (its ``help`` says what it does), of the option's type, None when not set (a flag: False), e.g. ``deadline_ms``
+# (anytime bound on waiting for the oracle; None: wait), ``strict`` (an oracle failure is an error rather than
+# a degraded committee answer), ``task`` (None: the deployment's default). A new option needs no edit here.
+PyramidRequest = make_dataclass(
+    "PyramidRequest",
+    [
+        (o.name, o.python_type if o.datatype == BOOL else o.python_type | None, field(default=_unset_value(o)))
+        for o in REQUEST_OPTIONS.values()
+        if o.name != "max_tokens"
+    ],
+    bases=(_RoutedText,),
+    frozen=True,
+    namespace={"__module__": __name__},
+)
 
 
 @dataclass(frozen=True)
