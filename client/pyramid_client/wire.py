@@ -339,6 +339,29 @@ def _flag(v: Any) -> bool:
     return bool(v) if v is not None else False
 
 
+# --- model config parameters ---------------------------------------------------------------------
+# A model's ``parameters { key: "k" value: { string_value: "v" } }`` (config.pbtxt), which Triton's model-config
+# API and the Python backend's ``args["model_config"]`` give as JSON ``{"parameters": {"k": {"string_value": "v"}}}``.
+_PBTXT_PARAMETER = re.compile(r'key:\s*"((?:[^"\\]|\\.)*)"\s*value:\s*\{\s*string_value:\s*"((?:[^"\\]|\\.)*)"\s*\}')
+_PBTXT_COMMENT = re.compile(r"^\s*#.*$", re.M)
+
+
+def pbtxt_unquote(text: str) -> str:
+    """The value of a protobuf-text string literal's contents (``\\n``, ``\\t``; any other escaped character
+    stands for itself: ``\\"``, ``\\\\``)."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), text)
+
+
+def config_parameters(config: dict[str, Any] | str) -> dict[str, str]:
+    """A model config's parameters as ``{key: string value}``, the one reader of them (the router's
+    ``ModelParams``, ``pyramid record`` and ``deploy-calibration``, the gateway's discovery): ``config`` is
+    Triton's JSON model config (a dict) or a config.pbtxt's text (its comment lines skipped)."""
+    if isinstance(config, str):
+        pairs = _PBTXT_PARAMETER.findall(_PBTXT_COMMENT.sub("", config))
+        return {pbtxt_unquote(k): pbtxt_unquote(v) for k, v in pairs}
+    return {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+
+
 # --- access keys ----------------------------------------------------------------------------------
 # tritonserver puts API groups behind a header (``--http-restricted-api`` / ``--grpc-restricted-protocol``,
 # docs/SECURITY.md): the admin key guards model control, the inference key (where a spec asks for it)

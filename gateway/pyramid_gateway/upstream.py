@@ -18,7 +18,6 @@ the request cancelled (the router abandons the route, see README "Cancellation")
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 
 from pyramid_client import AsyncPyramidClient, PyramidError
 from pyramid_client.types import error_from_message
-from pyramid_client.wire import DEFAULT_MAX_TOKENS, NOT_FOUND, UNAVAILABLE, key_headers
+from pyramid_client.wire import DEFAULT_MAX_TOKENS, NOT_FOUND, UNAVAILABLE, config_parameters, key_headers
 
 TIERS = ("committee", "oracle")
 
@@ -55,9 +54,6 @@ class Deployment:
     default_max_tokens: int = DEFAULT_MAX_TOKENS
 
 
-_PARAM = re.compile(r'key:\s*"(\w+)"\s*value:\s*\{\s*string_value:\s*"([^"]*)"')
-
-
 def deployment_from_params(params: dict[str, str], router: str) -> Deployment:
     if "agents" not in params or "oracle" not in params:
         raise PyramidError(f"model {router!r} is not a pyramid router (no 'agents' / 'oracle' parameters)", "INTERNAL")
@@ -74,7 +70,7 @@ def deployment_from_repository(repository: str | Path, router: str = "pyramid") 
     except OSError as exc:
         raise ValueError(f"cannot read the router config {path}: {exc.strerror}") from None
     try:
-        return deployment_from_params(dict(_PARAM.findall(text)), router)
+        return deployment_from_params(config_parameters(text), router)
     except PyramidError as exc:
         raise ValueError(f"{path}: {exc.message}") from None
 
@@ -96,10 +92,6 @@ class EngineReply:
 
     text: str
     output_tokens: int | None
-
-
-def _params(config: dict[str, Any]) -> dict[str, str]:
-    return {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
 
 
 def _tensor(mod: Any, name: str, value: Any, datatype: str) -> Any:
@@ -179,7 +171,7 @@ class Upstream:
                     "engines instead (--model-repository DIR, or --committee A,B,C --oracle O)",
                     "INTERNAL",
                 ) from None
-            d = deployment_from_params(_params(config["config"]), name)
+            d = deployment_from_params(config_parameters(config["config"]), name)
         cat = Catalog(name, list(d.committee), d.oracle, d.default_max_tokens)
         cat.targets[name] = Target(name, name, "router")
         for tier in TIERS:

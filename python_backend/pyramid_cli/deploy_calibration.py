@@ -44,6 +44,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pyramid_client.wire import config_parameters
 from pyramid_moa.artifact import (
     ArtifactError,
     calibration_set_text,
@@ -83,16 +84,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def router_params(config_path: Path) -> dict[str, str]:
-    """A model config's string parameters (protobuf text format)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    cfg = mc.ModelConfig()
+    """A model config's string parameters (protobuf text format; ``wire.config_parameters``)."""
     try:
-        text_format.Parse(config_path.read_text(encoding="utf-8"), cfg)
-    except (OSError, text_format.ParseError) as exc:
+        return config_parameters(config_path.read_text(encoding="utf-8"))
+    except OSError as exc:
         raise ArtifactError(f"{config_path}: cannot read the router's config ({exc})") from None
-    return {k: v.string_value for k, v in cfg.parameters.items()}
 
 
 def scrape(metrics: str, timeout_s: float = 5.0) -> dict[str, float]:

@@ -66,7 +66,15 @@ from pyramid_client.client import make_transport
 from pyramid_client.http_transport import split_url
 from pyramid_client.keys import inference_key_from_env
 from pyramid_client.retry import Attempts, RetryPolicy
-from pyramid_client.wire import INTERNAL, NOT_FOUND, PERMISSION_DENIED, UNAVAILABLE, classify_error, key_headers
+from pyramid_client.wire import (
+    INTERNAL,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    UNAVAILABLE,
+    classify_error,
+    config_parameters,
+    key_headers,
+)
 from pyramid_moa.answers import get_task, normalize_number
 from pyramid_moa.artifact import ArtifactError, load_artifact, write_text_atomic
 from pyramid_moa.cli import DefaultsFormatter
@@ -94,10 +102,6 @@ class Deployment:
     @property
     def models(self) -> list[str]:
         return [*self.committee, self.oracle]
-
-
-def _params(config: dict[str, Any]) -> dict[str, str]:
-    return {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
 
 
 def _csv(v: str | None) -> list[str]:
@@ -167,7 +171,7 @@ def model_config(protocol: str, url: str, model: str, timeout_s: float = 10.0) -
 
 def discover(protocol: str, url: str, router: str) -> Deployment:
     """The committee, oracle, log-prob and parsed-answer engines and default max_tokens of ``router``."""
-    p = _params(model_config(protocol, url, router))
+    p = config_parameters(model_config(protocol, url, router))
     if "agents" not in p or "oracle" not in p:
         raise PyramidError(f"model {router!r} is not a pyramid router (no 'agents' / 'oracle' parameters)", NOT_FOUND)
     mt = p.get("default_max_tokens", "")
@@ -189,7 +193,7 @@ def discover(protocol: str, url: str, router: str) -> Deployment:
 def engine_info(protocol: str, url: str, model: str) -> dict[str, Any]:
     """``{"model", "params_b"}`` from an engine's config parameters (rendered for TensorRT-LLM engines)."""
     try:
-        p = _params(model_config(protocol, url, model))
+        p = config_parameters(model_config(protocol, url, model))
     except PyramidError:
         return {}
     out: dict[str, Any] = {}

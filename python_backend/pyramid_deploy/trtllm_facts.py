@@ -33,6 +33,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pyramid_client.wire import pbtxt_unquote
+
 FACTS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "trtllm_backend_facts.json"
 # NVIDIA's Triton TRT-LLM containers (25.05 and later) carry the upstream model templates here.
 CONTAINER_TEMPLATE = Path("/app/all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt")
@@ -63,7 +65,7 @@ def _tokens(text: str) -> list[str]:
 
 
 def _unquote(tok: str) -> str:
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), tok[1:-1])
+    return pbtxt_unquote(tok[1:-1])
 
 
 def parse_pbtxt(text: str) -> dict[str, list[Any]]:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pyramid_client.wire import config_parameters
+
 
 class ModelParams:
     """``parameters { key: "k" value: { string_value: "v" } }`` of a model config, typed on read."""
@@ -14,7 +16,7 @@ class ModelParams:
         self.config = json.loads(args["model_config"])
         self.name: str = self.config.get("name", args.get("model_name", "?"))
         self.model_dir = Path(args.get("model_repository", "."))
-        self.raw = {k: v.get("string_value", "") for k, v in self.config.get("parameters", {}).items()}
+        self.raw = config_parameters(self.config)
 
     def _get(self, key: str, default: Any) -> str | None:
         v = self.raw.get(key)
