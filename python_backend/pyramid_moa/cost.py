@@ -23,6 +23,19 @@ def estimate_tokens(text: str) -> int:
     return int(round(len(text) / 4))
 
 
+def prompt_tokens(output: Any, question: str) -> int:
+    """A call's prompt tokens: its output's ``prompt_tokens`` where the engine reported them, else the
+    question's chars/4 (every tier gets the same prompt)."""
+    return output.prompt_tokens if output.prompt_tokens is not None else estimate_tokens(question)
+
+
+def relative_cost(spent: float, oracle_call: float) -> float | None:
+    """The cost ``spent`` relative to ``oracle_call``, the cost of one oracle call on the same question(s): what
+    the router reports per request (``pyramid_triton.routing.relative_costs``) and the evaluation per policy
+    (``mean_cost``, its sums over the questions); None when that reference is not positive."""
+    return spent / oracle_call if oracle_call > 0 else None
+
+
 @dataclass(frozen=True)
 class ModelCost:
     """Size and prices of one model; either may be unknown (None)."""
@@ -65,6 +78,11 @@ class CostModel:
         if kind == "usd":
             return (m.price_in_per_1k * prompt_tokens + m.price_out_per_1k * output_tokens) / 1000.0  # type: ignore[operator]
         raise ValueError(f"unknown cost model {kind!r}")
+
+    def output_cost(self, kind: str, name: str, output: Any, question: str) -> float:
+        """Cost of the call of ``name`` that gave ``output`` (an ``AgentOutput``) on ``question``: its prompt
+        tokens (``prompt_tokens``) and its output tokens (0 where unknown)."""
+        return self.call_cost(kind, name, prompt_tokens(output, question), output.output_tokens or 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .answers import answer_key, get_task
-from .cost import COST_MODELS, CostModel, ModelCost, estimate_tokens
+from .cost import COST_MODELS, CostModel, ModelCost, prompt_tokens
 from .features import AgentOutput, make_feature_set
 from .traces import TraceError, TraceSet, sample_output
 from .truth import TruthEstimate, estimate_error, fit_truth, group_answers
@@ -187,7 +187,7 @@ class RoutingData:
 
     def prompt_tokens(self, i: int, out: AgentOutput) -> int:
         """Recorded prompt tokens, else the question's chars/4: every tier gets the same prompt."""
-        return out.prompt_tokens if out.prompt_tokens is not None else estimate_tokens(self.questions[i])
+        return prompt_tokens(out, self.questions[i])
 
     def call_costs(self, kind: str, name: str) -> np.ndarray:
         """Cost of calling ``name`` on each question (0 where the source has no record)."""
@@ -195,10 +195,7 @@ class RoutingData:
         if key not in self._cost_cache:
             outs = self.outputs[name]
             self._cost_cache[key] = np.array(
-                [
-                    self.cost_model.call_cost(kind, name, self.prompt_tokens(i, o), o.output_tokens or 0)
-                    for i, o in enumerate(outs)
-                ]
+                [self.cost_model.output_cost(kind, name, o, self.questions[i]) for i, o in enumerate(outs)]
             )
         return self._cost_cache[key]
 

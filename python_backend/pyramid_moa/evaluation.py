@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .artifact import CalibrationArtifact
+from .cost import relative_cost
 from .dataset import RoutingData
 from .fitting import MAX_DEPTH, Evaluated, RouterFit, Target, TargetUnreachable, _oof_and_fit, choose
 from .metrics import apgr, auroc, brier, ece, mcnemar_p, reliability
@@ -84,7 +85,8 @@ class Evaluator:
             "n_questions": int(len(rows)),
         }
         for k in self.kinds:
-            rel = float(o.costs[k].sum() / self.cost[k][d.oracle][rows].sum())
+            spent = relative_cost(o.costs[k].sum(), self.cost[k][d.oracle][rows].sum())
+            rel = math.nan if spent is None else float(spent)
             out[f"mean_cost_{k}"] = rel
             if k == self.cost_kind:
                 out["mean_cost"] = rel

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from pyramid_moa.cost import COST_MODELS, CostModel, estimate_tokens
+from pyramid_moa.cost import COST_MODELS, CostModel, estimate_tokens, prompt_tokens, relative_cost
 from pyramid_moa.features import AgentOutput
 from pyramid_moa.router import Router, RouteResult
 
@@ -235,7 +235,6 @@ def relative_costs(
     (``reference_tokens``, from the artifact). An abandoned oracle call (deadline) counts
     as one reference call. None where a cost model lacks a price or size it needs.
     """
-    prompt = estimate_tokens(question)
     made = {n: o for n, o in routed.outputs.items() if not o.failed}
     out: dict[str, float | None] = {}
     for kind in COST_MODELS:
@@ -247,10 +246,10 @@ def relative_costs(
         if tokens is None:
             out[kind] = None
             continue
-        ref = cost_model.call_cost(kind, oracle, _prompt(o, prompt) if o is not None else prompt, tokens)
-        total = sum(cost_model.call_cost(kind, n, _prompt(m, prompt), m.output_tokens or 0) for n, m in made.items())
-        total += ref if routed.oracle_abandoned else 0.0
-        out[kind] = total / ref if ref > 0 else None
+        prompt = prompt_tokens(o, question) if o is not None else estimate_tokens(question)
+        ref = cost_model.call_cost(kind, oracle, prompt, tokens)
+        total = sum(cost_model.output_cost(kind, n, m, question) for n, m in made.items())
+        out[kind] = relative_cost(total + (ref if routed.oracle_abandoned else 0.0), ref)
     return out
 
 
@@ -258,16 +257,14 @@ def call_tokens(question: str, routed: Routed) -> dict[str, list[int]]:
     """[prompt, completion] tokens of each call whose output is in hand: the engine's counts where it
     reports them, else chars/4 (``estimate_tokens``, as the cost model does). Failed calls and an oracle
     call abandoned at the deadline are not in hand, so not counted."""
-    prompt = estimate_tokens(question)
     return {
-        n: [_prompt(o, prompt), o.output_tokens if o.output_tokens is not None else estimate_tokens(o.text or "")]
+        n: [
+            prompt_tokens(o, question),
+            o.output_tokens if o.output_tokens is not None else estimate_tokens(o.text or ""),
+        ]
         for n, o in routed.outputs.items()
         if not o.failed
     }
-
-
-def _prompt(o: AgentOutput, default: int) -> int:
-    return o.prompt_tokens if o.prompt_tokens is not None else default
 
 
 def build_response(
