@@ -49,9 +49,10 @@ import yaml
 
 from pyramid_client.wire import BYTES, ENGINE_INPUTS, REQUEST_OPTIONS
 from pyramid_moa.artifact import ArtifactError, CalibrationArtifact, load_calibrations
+from pyramid_triton.config import typed_value
 from pyramid_triton.hot_reload import deployed_path, history
 from pyramid_triton.llamacpp import DEFAULT_STOP, DEFAULT_TEMPLATE, LlamaCppSettings, PromptFormat, default_gguf_path
-from pyramid_triton.protocol import DRIFT_PARAMS, REQUEST_LOG_PARAMS, ROUTER_PARAMS, SHADOW_PARAMS
+from pyramid_triton.protocol import ROUTER_PARAMS
 from pyramid_triton.remote import RemoteModel, remote_map_json
 from pyramid_triton.tasks import TaskRouters
 
@@ -139,6 +140,15 @@ def fill(template: str, values: dict[str, Any], where: str) -> str:
     if "${" in out:
         raise SpecError(f"{where}: a value left an unfilled '${{' in the output")
     return out
+
+
+def router_parameter_values(router: dict[str, Any], where: str) -> dict[str, Any]:
+    """The router's parameters (``ROUTER_PARAMS``, from a spec's ``router`` block and the defaults), each as
+    its default's type (``config.typed_value``): what the router reads back (``ModelParams.get_typed``)."""
+    try:
+        return {k: typed_value(k, router[k], default) for k, default in ROUTER_PARAMS.items()}
+    except ValueError as exc:
+        raise SpecError(f"{where}: {exc}") from None
 
 
 class PbtxtBlock(str):
@@ -280,6 +290,7 @@ def render(
     if len(set(names)) != len(names):
         raise SpecError(f"{spec_path}: agents and oracle must be distinct models, got {names}")
     router = {**ROUTER_DEFAULTS, **spec.get("router", {})}
+    router_values = router_parameter_values(router, f"{spec_path}: router")
     embedder = {**EMBEDDER_DEFAULTS, **(spec.get("embedder") or {})} if "embedder" in spec else None
     if router["model_name"] in names:
         raise SpecError(f"{spec_path}: router model_name {router['model_name']!r} clashes with an engine model")
@@ -418,26 +429,15 @@ def render(
             "calibration": CALIBRATION_FILE,
             "agents": ",".join(names[:-1]),
             "oracle": oracle["name"],
-            "task": str(router["task"]),
-            "task_fallback": str(router["task_fallback"]),
             "embedder": embedder["model_name"] if embedder else "",
             "parsed_answer_models": ",".join(parsed_answer_models),
             "decoupled_models": ",".join(decoupled_models),
             "logprob_models": ",".join(logprob_models),
             "instance_count": int(router["instance_count"]),
-            "default_max_tokens": int(router["default_max_tokens"]),
-            "agent_timeout_s": float(router["agent_timeout_s"]),
-            "oracle_timeout_s": float(router["oracle_timeout_s"]),
-            "request_log": str(router["request_log"]),
-            "metrics": bool(router["metrics"]),
-            "breaker_s": float(router["breaker_s"]),
+            **router_values,  # ROUTER_PARAMS, each as its default's type
             "remote": PbtxtString(remote_map_json(remote)),
-            "remote_retries": int(router["remote_retries"]),
-            **{k: router[k] for k in REQUEST_LOG_PARAMS},
-            **{k: router[k] for k in (*SHADOW_PARAMS, *DRIFT_PARAMS, "calibration_watch_s")},
             "cost_facts": PbtxtString(cost_facts_json(art)),
             "routing_inputs": routing_inputs(),
-            **limits,
         },
         f"router {router['model_name']!r}",
     )

@@ -69,7 +69,7 @@ class PyramidModel:
         self._params = p
         self.calibration_watch = CalibrationWatch(pb, p, models, self.oracle)
         self.limits = Limits.from_params(p)
-        self.default_max_tokens = p.get_int("default_max_tokens", ROUTER_PARAMS["default_max_tokens"])
+        self.default_max_tokens = p.get_typed("default_max_tokens", ROUTER_PARAMS)
         self.engines = EngineCalls(pb, p, self.agents, self.oracle, lambda: self.router.task.extract)
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         self.observability = Observability(pb, p, models, self._gauges)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,13 @@ class ModelParams:
 
     def get_bool(self, key: str, default: bool = False) -> bool:
         v = self._get(key, default)
-        return default if v is None else v.strip().lower() in ("1", "true", "yes", "on")
+        return default if v is None else v.strip().lower() in _TRUE
+
+    def get_typed(self, key: str, defaults: Mapping[str, Any]) -> Any:
+        """Parameter ``key`` as the type of its default ``defaults[key]`` (bool, int, float or str: e.g.
+        ``protocol.ROUTER_PARAMS``, whose types the renderer writes by too), that default where it is unset."""
+        default = defaults[key]
+        return _GETTERS[param_type(default)](self, key, default)
 
     def get_list(self, key: str) -> list[str]:
         v = self._get(key, None)
@@ -55,5 +62,34 @@ class ModelParams:
         return p if p.is_absolute() else self.model_dir / p
 
 
+def param_type(default: Any) -> type:
+    """The type a parameter is written and read as: its default's (bool, int, float or str)."""
+    for t in (bool, int, float, str):  # bool first: a bool is an int too
+        if isinstance(default, t):
+            return t
+    raise TypeError(f"a parameter's default must be a bool, int, float or str, got {default!r}")
+
+
+def typed_value(key: str, value: Any, default: Any) -> Any:
+    """``value`` (a deployment spec's) as the type of ``default``, as ``ModelParams.get_typed`` reads it back: a
+    string flag by ``get_bool``'s rule; an int only from a whole number; ValueError naming ``key`` otherwise."""
+    t = param_type(default)
+    try:
+        if t is bool:
+            return value.strip().lower() in _TRUE if isinstance(value, str) else bool(value)
+        if t is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value!r} is not a whole number")
+        return t(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"parameter {key!r} must be a {t.__name__}: {exc}") from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_GETTERS = {
+    bool: ModelParams.get_bool,
+    int: ModelParams.get_int,
+    float: ModelParams.get_float,
+    str: ModelParams.get_str,
+}
 _REQUIRED = object()
 REQUIRED = _REQUIRED

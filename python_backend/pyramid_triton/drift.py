@@ -182,9 +182,9 @@ class DriftMonitor:
         d = DEFAULTS
         return cls(
             expected,
-            params.get_int("drift_window", d["drift_window"]),
-            params.get_int("drift_fidelity_window", d["drift_fidelity_window"]),
-            params.get_float("drift_confidence", d["drift_confidence"]),
+            params.get_typed("drift_window", d),
+            params.get_typed("drift_fidelity_window", d),
+            params.get_typed("drift_confidence", d),
         )
 
     def observe_route(self, escalated: bool) -> str | None:

@@ -38,21 +38,21 @@ class EngineCalls:
     ) -> None:
         d = ROUTER_PARAMS  # the defaults of the parameters a config may leave out (the renderer's too)
         self.pb, self.name, self.oracle, self._extract = pb, p.name, oracle, extract
-        self.agent_timeout_us = int(p.get_float("agent_timeout_s", d["agent_timeout_s"]) * 1e6)
-        self.oracle_timeout_us = int(p.get_float("oracle_timeout_s", d["oracle_timeout_s"]) * 1e6)
+        self.agent_timeout_us = int(p.get_typed("agent_timeout_s", d) * 1e6)
+        self.oracle_timeout_us = int(p.get_typed("oracle_timeout_s", d) * 1e6)
         self.parsed_answer_models = set(p.get_list("parsed_answer_models"))
         self.decoupled_models = set(p.get_list("decoupled_models"))
         self.logprob_models = set(p.get_list("logprob_models"))
         # Models on other Triton servers (spec entries with ``remote``): called over gRPC, not BLS.
         self.remote = RemoteEngines(
-            parse_remote_map(p.get_str("remote", "") or ""), retries=p.get_int("remote_retries", d["remote_retries"])
+            parse_remote_map(p.get_str("remote", "") or ""), retries=p.get_typed("remote_retries", d)
         )
         stray = sorted(set(self.remote.models) - {*agents, oracle})
         if stray:
             raise ValueError(f"model {self.name!r}: remote model(s) {stray} are neither agents nor the oracle")
         # Circuit breaker: after an engine fails (timeout, crash: not a per-question NOT_FOUND or a bad
         # argument), calls to it fail fast for breaker_s seconds; the next call after that probes it.
-        self.breaker_s = p.get_float("breaker_s", d["breaker_s"])
+        self.breaker_s = p.get_typed("breaker_s", d)
         self.down_until: dict[str, float] = {}
 
     def broken(self, models: list[str]) -> dict[str, bool]:

@@ -28,7 +28,7 @@ class Observability:
         # off by default; prompts and answers only if asked, through the redaction hook (request_log.py)
         self.request_log = RequestLog.from_params(p, self.name)
         self._flush_scheduled = False
-        on = p.get_bool("metrics", ROUTER_PARAMS["metrics"])
+        on = p.get_typed("metrics", ROUTER_PARAMS)
         self.metrics = RouterMetrics(pb, self.name, models) if on else None
 
     def observe(self, rec: RequestRecord, prompt: str | None = None) -> None:

@@ -112,7 +112,7 @@ class Limits:
     def from_params(cls, params: Any) -> Limits:
         """From a model's parameters (``config.ModelParams``); a parameter left out takes the default."""
         return cls(
-            params.get_int("max_input_chars", cls.max_input_chars), params.get_int("max_tokens_cap", cls.max_tokens_cap)
+            params.get_typed("max_input_chars", ROUTER_PARAMS), params.get_typed("max_tokens_cap", ROUTER_PARAMS)
         )
 
 

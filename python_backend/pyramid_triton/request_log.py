@@ -138,20 +138,18 @@ class RequestLog:
         if level not in LEVELS:
             raise ValueError(f"model {model!r}: request_log must be one of {LEVELS}, got {level!r}")
         d = DEFAULTS
-        redact_ref = params.get_str("request_log_redact", d["request_log_redact"])
+        redact_ref = params.get_typed("request_log_redact", d)
         log = cls(
             level,
-            params.get_bool("request_log_content", d["request_log_content"]),
+            params.get_typed("request_log_content", d),
             load_hook(redact_ref) if redact_ref else None,
         )
         if level == "file":
             path = params.get_path("request_log_file", None)
             if path is None:
                 raise ValueError(f"model {model!r}: request_log is 'file' but request_log_file is not set")
-            max_bytes = params.get_int("request_log_max_bytes", d["request_log_max_bytes"])
-            log.file = BoundedFile(
-                path, max_bytes, params.get_float("request_log_max_age_s", d["request_log_max_age_s"])
-            )
+            max_bytes = params.get_typed("request_log_max_bytes", d)
+            log.file = BoundedFile(path, max_bytes, params.get_typed("request_log_max_age_s", d))
         return log
 
     @property

@@ -292,7 +292,7 @@ class Shadow:
     ) -> Shadow | None:
         """From the router's ``config.ModelParams``; None when off; ValueError naming a bad parameter."""
         d = DEFAULTS
-        rate = params.get_float("shadow_rate", d["shadow_rate"])
+        rate = params.get_typed("shadow_rate", d)
         if not rate:
             return None
         root = params.get_path("shadow_dir", None)
@@ -302,9 +302,9 @@ class Shadow:
             root,
             model,
             sources_of(art, models, oracle, model),
-            params.get_int("shadow_max_bytes", d["shadow_max_bytes"]),
+            params.get_typed("shadow_max_bytes", d),
         )
-        return cls(rate, writer, params.get_int("shadow_max_concurrent", d["shadow_max_concurrent"]))
+        return cls(rate, writer, params.get_typed("shadow_max_concurrent", d))
 
     def sampled(self) -> bool:
         return self.rng.random() < self.rate

@@ -107,7 +107,7 @@ def load_task_routers(params: Any, known_agents: Iterable[str]) -> tuple[TaskRou
         raise ValueError(f"model {params.name!r}: parameter 'calibration' is required")
     path = live_path(path) if path is not None else None  # a deployed calibration wins (hot_reload)
     cals = load_calibrations(path, known_agents=known) if path is not None else {}
-    default = params.get_str("task", ROUTER_PARAMS["task"]) or None
+    default = params.get_typed("task", ROUTER_PARAMS) or None
     source = str(path)
     if params.get_str(INLINE_PARAM, ""):
         art, source = router_artifact(params, known)
@@ -116,7 +116,7 @@ def load_task_routers(params: Any, known_agents: Iterable[str]) -> tuple[TaskRou
     routers = TaskRouters(
         cals,
         default,
-        params.get_str("task_fallback", ROUTER_PARAMS["task_fallback"]) or ROUTER_PARAMS["task_fallback"],
+        params.get_typed("task_fallback", ROUTER_PARAMS) or ROUTER_PARAMS["task_fallback"],
         params.get_str("embedder", "") or "",
     )
     return routers, routers.calibrations[routers.default], source
