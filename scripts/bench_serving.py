@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pyramid_bench.perf import percentile, render_spec
+from pyramid_client.wire import DEFAULT_MAX_TOKENS
 from pyramid_moa.traces import TraceSet
 from pyramid_ops.server import TritonServer
 
@@ -47,7 +48,7 @@ def _input(grpc, name: str, arr: np.ndarray, dtype: str):
 class Target:
     """One model to load: ``call(question)`` sends one request and waits for its answer."""
 
-    def __init__(self, client, model: str, stream: bool, max_tokens: int = 512) -> None:
+    def __init__(self, client, model: str, stream: bool, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         import tritonclient.grpc as grpc
 
         self.grpc, self.client, self.model, self.stream, self.max_tokens = grpc, client, model, stream, max_tokens

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pyramid_client.wire import DEFAULT_MAX_TOKENS
 from pyramid_ops import access
 
 CACHE = Path(os.environ.get("PYRAMID_CACHE") or Path.home() / ".cache" / "pyramid-moa") / "perf_analyzer"
@@ -83,7 +84,7 @@ def concurrency_levels(spec: str) -> list[int]:
     return list(range(start, end + 1, step))
 
 
-def input_data(questions: Sequence[str], max_tokens: int = 512) -> dict:
+def input_data(questions: Sequence[str], max_tokens: int = DEFAULT_MAX_TOKENS) -> dict:
     """perf_analyzer ``--input-data`` JSON: one step per question (BYTES ``text_input`` of shape [1],
     INT32 ``max_tokens``); both the router and the engines take these two inputs."""
     if not questions:
@@ -555,7 +556,7 @@ def render_spec(spec_path: Path, traces: Path, calibration: str, repo: Path, spt
 FLOOR_MODEL = "pyramid_floor"
 
 
-def add_floor(repo: Path, calibration: str | Path, traces: Path, default_max_tokens: int = 512) -> str:
+def add_floor(repo: Path, calibration: str | Path, traces: Path, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
     """Add the bare-BLS floor (``pyramid_bench.floor``) to a rendered repository whose engines replay
     ``traces``: its plan per question is the route ``calibration``'s router takes offline on them (a
     model without a record for a question counts as a failed call, as the replay engine answers).
@@ -754,7 +755,7 @@ def markdown(s: dict, targets: list[Target]) -> str:
         f"- load average (1/5/15 min) at start {s['load_start']}"
         + ("" if s["quiet_at_start"] else " (**above --max-load: other jobs were running**)")
         + f"; after the sweeps {z['load_after_sweep']}; after the rounds {z['load_after_rounds']}",
-        f"- inputs: {s['n_questions']} GSM8K questions (`inputs.json`), max_tokens 512; direct engine "
+        f"- inputs: {s['n_questions']} GSM8K questions (`inputs.json`), max_tokens {DEFAULT_MAX_TOKENS}; direct engine "
         f"`{s['direct_engine']}`; schedule {s['schedule']}; offline escalation share of these questions "
         f"{s['escalated_share']:.1%}",
         "- CPU during the run, in cores busy on average (of "

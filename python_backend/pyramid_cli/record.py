@@ -67,6 +67,7 @@ from pyramid_client.http_transport import split_url
 from pyramid_client.keys import inference_key_from_env
 from pyramid_client.retry import Attempts, RetryPolicy
 from pyramid_client.wire import (
+    DEFAULT_MAX_TOKENS,
     INTERNAL,
     NOT_FOUND,
     PERMISSION_DENIED,
@@ -554,7 +555,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--committee", help="comma-separated agent model names (instead of the router's)")
     ap.add_argument("--oracle", help="oracle model name (with --committee)")
     add_selection_args(ap, 8, "calls")
-    ap.add_argument("--max-tokens", type=int, help="per call (default: the router's default_max_tokens, else 512)")
+    ap.add_argument(
+        "--max-tokens", type=int, help=f"per call (default: the router's default_max_tokens, else {DEFAULT_MAX_TOKENS})"
+    )
     ap.add_argument(
         "--log-probs",
         choices=LOG_PROB_POLICIES,
@@ -613,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pyramid record: error: {exc}", file=sys.stderr)
         return 2
-    max_tokens = a.max_tokens or dep.default_max_tokens or 512
+    max_tokens = a.max_tokens or dep.default_max_tokens or DEFAULT_MAX_TOKENS
     print(
         f"recording {len(chosen)} questions x {len(dep.models)} models ({', '.join(dep.committee)} -> {dep.oracle}; "
         f"from {dep.source}) over {protocol} {url}, max_tokens {max_tokens}",
