@@ -610,10 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         prices = _overrides(a.price, "--price", 2, dep.models)
         if a.calibration:
             dep.cost_facts = cost_facts_of(a.calibration)
-    except ArtifactError as exc:
-        print(f"pyramid record: error: {exc}", file=sys.stderr)
-        return 2
-    except UsageError as exc:
+    except (ArtifactError, UsageError) as exc:
         print(f"pyramid record: error: {exc}", file=sys.stderr)
         return 2
     max_tokens = a.max_tokens or dep.default_max_tokens or DEFAULT_MAX_TOKENS
