@@ -21,6 +21,7 @@ from pyramid_client.wire import DEFAULT_MAX_TOKENS
 
 from .app import GatewayConfig, create_app
 from .auth import ENV_VAR, KeyAuth
+from .budget import DEFAULT_BASE_THRESHOLD
 from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, protocol_class
 from .upstream import Deployment, deployment_from_repository
 
@@ -70,7 +71,21 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--retries", type=int, default=1, help="retries of a call that finds Triton unavailable")
     ap.add_argument("--retry-after-s", type=int, default=1, help="Retry-After of a 503 / 429")
     ap.add_argument(
-        "--api-keys-file", help=f"require 'Authorization: Bearer KEY' (lines: KEY [MAX_CONCURRENT]); also ${ENV_VAR}"
+        "--api-keys-file",
+        help="require 'Authorization: Bearer KEY' (lines: KEY [MAX_CONCURRENT] [name=NAME] "
+        f"[budget=calls:N/hour|cost:X/day] [on_exhausted=committee|refuse] [low=F] [threshold=T]); also ${ENV_VAR}",
+    )
+    ap.add_argument(
+        "--budget-state",
+        help="keep the API keys' budget spend of the current hour / day in this file (JSON, mode 0600), so a restart "
+        "keeps it; without it a restart resets every key's spend (the gateway logs a warning at start)",
+    )
+    ap.add_argument(
+        "--budget-base-threshold",
+        type=float,
+        default=DEFAULT_BASE_THRESHOLD,
+        help="the escalation threshold a key's lowered threshold starts from when its budget runs low (a key's "
+        "threshold= overrides it); set it at or under the deployment's fitted thresholds",
     )
     ap.add_argument("--max-concurrent-per-key", type=int, default=0, help="429 past this many requests per key")
     ap.add_argument(
@@ -114,6 +129,8 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
                         ("--body-timeout-s", args.body_timeout_s)):  # fmt: skip
         if value <= 0:
             raise ValueError(f"{flag} must be > 0, got {value}")
+    if not 0.0 <= args.budget_base_threshold <= 1.0:
+        raise ValueError(f"--budget-base-threshold must be in [0, 1], got {args.budget_base_threshold}")
     deployment = None
     if args.model_repository:
         deployment = deployment_from_repository(args.model_repository, args.router)
@@ -125,7 +142,8 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
     key = inference_key_from_env()  # $PYRAMID_INFERENCE_KEY_FILE / $PYRAMID_INFERENCE_KEY: a server that keys inference
     return GatewayConfig(
         args.triton, args.router, args.timeout_s, args.retries, args.retry_after_s, auth, deployment,
-        key.value if key is not None else None, args.max_body_bytes, args.body_timeout_s,
+        key.value if key is not None else None, args.max_body_bytes, args.body_timeout_s, args.budget_state,
+        args.budget_base_threshold,
     )  # fmt: skip
 
 
@@ -135,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         config = config_from(args)
+        app = create_app(config)  # reads the budget state file
     except (OSError, ValueError) as exc:  # AccessError (a bad key or key file) is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(
-        create_app(config),
+        app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,

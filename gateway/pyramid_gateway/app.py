@@ -22,6 +22,7 @@ carries every request with no thread hand-offs.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -39,10 +40,13 @@ __all__ = ["GatewayConfig", "create_app"]
 
 def create_app(config: GatewayConfig, upstream: Upstream | None = None) -> FastAPI:
     """The app. ``upstream``: an already built Triton side (tests); else made at startup."""
-    st = GatewayState(config)
+    st = GatewayState(config)  # ValueError: an unreadable budget state file
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if st.book is not None:  # what a restart keeps of the keys' budgets, said at every start
+            log = logging.getLogger("uvicorn.error")
+            (log.info if st.book.state_path else log.warning)("API key budgets: %s", st.book_note)
         up = upstream or Upstream(
             config.triton_url, config.router, config.timeout_s, config.retries, config.deployment, config.inference_key
         )

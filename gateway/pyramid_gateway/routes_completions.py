@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from . import responses as R
 from .auth import Lease
+from .budget import Decision
 from .conversation import question_from_messages
 from .errors import CLIENT_CLOSED, ApiError, clip, internal_error, invalid
 from .limits import ClientGone, read_body
@@ -136,6 +138,9 @@ async def _serve(request: Request, kind: str) -> Response:
         model = gateway.model_label(req.model)
         cat, target = await gateway.resolve(req.model)
         model = target.name
+        decision = st.book.decide(lease.label) if st.book is not None else None
+        if decision is not None:
+            target, decision = _apply_budget(req, cat, target, decision)
         if isinstance(req, ChatCompletionRequest):
             question = question_from_messages(req.messages)
         else:
@@ -146,14 +151,16 @@ async def _serve(request: Request, kind: str) -> Response:
         if not req.stream:
             a = await unless_disconnected(request, gateway.answer(req, cat, target, question, rid))
             st.metrics.add_tokens(model, a.prompt_tokens, a.completion_tokens)
+            _account(st, lease, decision, a)
             build = R.chat_completion if chat_kind else R.text_completion
-            return JSONResponse(build(oid, req.model, st.created, a), headers=R.headers(a.pyramid))
+            headers = {**R.headers(a.pyramid), **_budget_headers(decision)}
+            return JSONResponse(build(oid, req.model, st.created, a), headers=headers)
         events = gateway.events(req, cat, target, question, rid)
         first = await unless_disconnected(request, events.__anext__())
         streaming = True
         finish = _once(partial(_done, st, endpoint, model, t0, lease))
-        body = _sse_body(st, req, chat_kind, oid, first, events, finish)
-        headers = {**_first_headers(first, target.name, rid), "cache-control": "no-cache"}
+        body = _sse_body(st, req, chat_kind, oid, first, events, finish, partial(_account, st, lease, decision))
+        headers = {**_first_headers(first, target.name, rid), **_budget_headers(decision), "cache-control": "no-cache"}
         return EventStream(body, partial(finish, CLIENT_CLOSED), headers)
     except ApiError as exc:
         status = exc.status
@@ -167,6 +174,45 @@ async def _serve(request: Request, kind: str) -> Response:
     finally:
         if not streaming:
             _done(st, endpoint, model, t0, lease, status)
+
+
+def _apply_budget(req: Any, cat: Any, target: Any, decision: Decision) -> tuple[Any, Decision]:
+    """The target (and the request's threshold) a key's budget state gives (``budget``): refused (429 until the
+    period resets), committee-only (a routed model or the oracle engine becomes ``<router>-committee``), or, when
+    low, a lower ``escalation_threshold`` (never above the client's own; a forced tier or a direct engine call has
+    none to lower). The decision returned says the threshold applied, if any."""
+    if decision.refuse:
+        raise ApiError(
+            429,
+            "this API key's oracle budget for the period is spent, and the key is configured to refuse "
+            f"(on_exhausted=refuse); it resets in {decision.retry_after_s} s",
+            type="insufficient_quota",
+            code="budget_exhausted",
+            headers={"Retry-After": str(decision.retry_after_s), "x-pyramid-budget": decision.state},
+        )
+    if decision.committee_only and (target.kind == "router" or target.tier == "oracle"):
+        return cat.targets.get(f"{cat.router}-committee", target), decision
+    if decision.threshold is None:
+        return target, decision
+    if target.kind != "router" or target.force_tier is not None:
+        return target, dataclasses.replace(decision, threshold=None)
+    own = req.options().escalation_threshold
+    t = decision.threshold if own is None else min(own, decision.threshold)
+    req.pyramid = req.options().model_copy(update={"escalation_threshold": t})
+    return target, dataclasses.replace(decision, threshold=t)
+
+
+def _account(st: GatewayState, lease: Lease, decision: Decision | None, a: R.Answer) -> None:
+    """One answer's usage for its key (``/metrics``) and, for a key with a budget, its spend: charged to the
+    key's period and reported in ``pyramid.budget``."""
+    st.metrics.add_key_usage(lease.label, a.pyramid)
+    if decision is not None and st.book is not None:
+        a.pyramid["budget"] = st.book.charge(decision, a.pyramid)
+
+
+def _budget_headers(decision: Decision | None) -> dict[str, str]:
+    """``x-pyramid-budget``: the budget state the request was served under (keys with a budget only)."""
+    return {} if decision is None else {"x-pyramid-budget": decision.state}
 
 
 def _done(st: GatewayState, endpoint: str, model: str, t0: float, lease: Lease, status: int) -> None:
@@ -189,6 +235,7 @@ async def _sse_body(
     first: tuple[str, Any],
     events: AsyncIterator[tuple[str, Any]],
     done: Any,
+    account: Any = None,
 ) -> AsyncIterator[bytes]:
     status = 200
     sent = ""
@@ -209,6 +256,8 @@ async def _sse_body(
             else:
                 a: R.Answer = value
                 st.metrics.add_tokens(req.model, a.prompt_tokens, a.completion_tokens)
+                if account is not None:
+                    account(a)
                 rest = a.text[len(sent) :] if a.text.startswith(sent) else a.text
                 if rest:
                     yield R.sse(mk(text=rest))

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from .auth import KeyAuth, Lease
+from .budget import DEFAULT_BASE_THRESHOLD, BudgetBook
 from .errors import ApiError
 from .limits import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from .metrics import Metrics
@@ -35,6 +37,8 @@ class GatewayConfig:
     inference_key: str | None = None  # the server's inference key, where it keys inference (security.inference_key)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    budget_state: str | None = None  # the budgets' state file (None: a restart resets the period's spend)
+    budget_base_threshold: float = DEFAULT_BASE_THRESHOLD  # where a low key's threshold starts from
 
 
 @dataclass
@@ -45,6 +49,19 @@ class GatewayState:
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
     serving: Gateway | None = None
+    book: BudgetBook | None = None  # the keys' budgets (None: no key has one)
+    book_note: str = ""  # what loading the budget state did, for the log at start
+
+    def __post_init__(self) -> None:
+        auth = self.config.auth
+        if auth is None:
+            return
+        self.metrics.key_labels = tuple(dict.fromkeys(auth.label(k) for k in auth.keys))
+        if auth.budgets:
+            path = Path(self.config.budget_state) if self.config.budget_state else None
+            self.book = BudgetBook(auth.budgets, path, self.config.budget_base_threshold)
+            self.book_note = self.book.load()  # ValueError: an unreadable state file
+            self.metrics.book = self.book
 
     @property
     def gateway(self) -> Gateway:
