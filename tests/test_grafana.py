@@ -1,7 +1,8 @@
 """The Grafana dashboard (deploy/grafana/pyramid-moa.json, in the Helm chart as a ConfigMap): it parses,
 covers what issue 13 asks for, and every query names only metrics the router or Triton exports (the
 router's from its own metric families; Triton's as a tritonserver 2.51 serving this project exports
-them; tests/integration/test_shadow_reload.py checks both against a real server's /metrics)."""
+them; tests/integration/test_shadow_reload.py checks both against a real server's /metrics), or the OpenAI gateway's
+own /metrics exports (its per-key usage and budgets: the names its renderer writes, with a budgeted key)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,22 @@ def router_metrics() -> set[str]:
     return out
 
 
+def gateway_metrics() -> set[str]:
+    """Every series name the gateway's /metrics has with API keys, one of them budgeted (read from its renderer)."""
+    import sys
+
+    for sub in ("client", "gateway"):
+        if str(ROOT / sub) not in sys.path:
+            sys.path.insert(0, str(ROOT / sub))
+    from pyramid_gateway.budget import Budget, BudgetBook
+    from pyramid_gateway.metrics import Metrics
+
+    m = Metrics()
+    m.key_labels = ("k",)
+    m.book = BudgetBook({"k": Budget("calls", 1, "day")})
+    return {line.split("{")[0].split(" ")[0] for line in m.render().splitlines() if not line.startswith("#")}
+
+
 def queries(d: dict) -> list[tuple[str, str]]:
     """(panel title, PromQL) of every query in the dashboard, the template variables' included."""
     out = []
@@ -75,14 +92,16 @@ def dashboard() -> dict:
 
 
 def test_every_query_names_an_exported_metric(dashboard):
-    exported = router_metrics() | TRITON_METRICS
+    exported = router_metrics() | gateway_metrics() | TRITON_METRICS
     qs = queries(dashboard)
     assert len(qs) >= 20
     for title, expr in qs:
         names = metric_names(expr)
         assert names, f"{title}: {expr!r} names no metric"
         unknown = names - exported
-        assert not unknown, f"{title}: {expr!r} names {sorted(unknown)}, which neither the router nor Triton exports"
+        assert not unknown, (
+            f"{title}: {expr!r} names {sorted(unknown)}, which neither the router, the gateway nor Triton exports"
+        )
 
 
 def test_the_metric_name_parser():
@@ -101,6 +120,7 @@ def test_it_covers_what_the_issue_asks_for(dashboard):
         "pyramid_tier_request_duration_seconds_bucket", "pyramid_tier_cost_oracle_calls_total",
         "pyramid_live_fidelity", "pyramid_drift", "pyramid_model_failures_total", "pyramid_breaker_open",
         "pyramid_shadow_total", "pyramid_shadow_cost_oracle_calls_total", "nv_inference_request_success",
+        "pyramid_gateway_key_budget_spent",
     ):  # fmt: skip
         assert needed in text, needed
     titles = [p["title"] for p in dashboard["panels"]]
