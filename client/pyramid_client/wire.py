@@ -219,7 +219,9 @@ class RoutedAnswer:
     before the oracle's (streaming) or instead of it (``deadline_ms``). ``tokens``: per model called
     whose output the router had, [prompt tokens, completion tokens] (the engine's counts where it
     reports them, else chars/4). ``answered_by``: the models whose answer this is: the oracle, or the
-    agents of the deciding stage that voted for it (in a pyramid, which tier answered).
+    agents of the deciding stage that voted for it (in a pyramid, which tier answered). ``budget``: with
+    the router's oracle budget on and the request under it, ``{"target", "window_rate", "offset",
+    "thresholds"}`` (the thresholds applied, one per stage); None otherwise.
     """
 
     answer: str | None
@@ -236,6 +238,7 @@ class RoutedAnswer:
     provisional: bool = False
     tokens: dict[str, list[int]] = field(default_factory=dict)
     answered_by: list[str] = field(default_factory=list)
+    budget: dict[str, Any] | None = None
 
 
 def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> dict[str, Any]:
@@ -250,6 +253,8 @@ def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> 
         "tokens": a.tokens,
         "answered_by": a.answered_by,
     }
+    if a.budget is not None:
+        details["budget"] = a.budget
     return {
         "text_output": text,
         "answer": a.answer or "",
@@ -304,6 +309,7 @@ def answer_fields(outputs: dict[str, Any]) -> tuple[dict[str, Any], str, dict[st
         "provisional": _flag(outputs.get("provisional")),
         "tokens": {str(k): [int(x) for x in v] for k, v in (details.get("tokens") or {}).items()},
         "answered_by": [str(m) for m in details.get("answered_by") or []],
+        "budget": details["budget"] if isinstance(details.get("budget"), dict) else None,
     }
     steps = {str(k): float(v) for k, v in latency.items()} if isinstance(latency, dict) else {}
     return fields, _text(outputs.get("text_output")), steps

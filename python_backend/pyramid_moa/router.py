@@ -12,7 +12,9 @@ A one-stage schedule is the plain Pyramid MoA router; more stages make it
 "anytime": cheap when the first agents already agree.
 
 A per-request threshold override replaces the threshold of every stage, so
-0 always answers after the first stage and 1 always reaches the oracle.
+0 always answers after the first stage and 1 always reaches the oracle. ``thresholds`` (one per
+stage) replaces the stages' own instead: what the in-server budget controller applies
+(``pyramid_triton.budget``: each stage's threshold moved by one offset).
 """
 
 from __future__ import annotations
@@ -218,15 +220,24 @@ class Router:
         return [a for a, k in zip(agents, vote.keys) if k is not None and k == vote.key]
 
     def plan(
-        self, question: str, threshold: float | None = None, force_tier: str | None = None
+        self,
+        question: str,
+        threshold: float | None = None,
+        force_tier: str | None = None,
+        thresholds: Sequence[float] | None = None,
     ) -> Generator[list[str], dict[str, AgentOutput], RouteResult]:
         """The route as a generator: yields the models to call next, receives their outputs.
 
         One stage loop serves every driver: ``route`` calls the models one by
         one (offline), the Triton router awaits them concurrently; neither can
-        drift from the other because neither holds any routing logic.
+        drift from the other because neither holds any routing logic. ``thresholds``: one per stage,
+        used where ``threshold`` is None (None: the stages' own).
         """
         threshold = validate_threshold(threshold)
+        if thresholds is not None:
+            if len(thresholds) != len(self.stages):
+                raise ValueError(f"{len(thresholds)} thresholds for {len(self.stages)} stages")
+            thresholds = [validate_threshold(t, "thresholds") for t in thresholds]
         if force_tier is not None and force_tier not in TIERS:
             raise ValueError(f"force_tier must be one of {TIERS}, got {force_tier!r}")
         if force_tier == "oracle":
@@ -242,7 +253,8 @@ class Router:
             calls.extend(new)
             if force_tier == "committee" and s < last:
                 continue
-            d = self.decide(s, question, [got[a] for a in self.stages[s].agents], threshold)
+            tau = threshold if threshold is not None or thresholds is None else thresholds[s]
+            d = self.decide(s, question, [got[a] for a in self.stages[s].agents], tau)
             decisions.append(d)
             if force_tier == "committee" or d.action == "accept":
                 return RouteResult(
@@ -274,9 +286,10 @@ class Router:
         call: Callable[[str], AgentOutput],
         threshold: float | None = None,
         force_tier: str | None = None,
+        thresholds: Sequence[float] | None = None,
     ) -> RouteResult:
         """Drive ``plan`` synchronously (offline evaluation, tests, record tooling)."""
-        steps = self.plan(question, threshold, force_tier)
+        steps = self.plan(question, threshold, force_tier, thresholds)
         try:
             names = next(steps)
             while True:

@@ -29,6 +29,7 @@ from typing import Any
 from pyramid_client.wire import cut_at_stop
 
 from . import tensors
+from .budget import BudgetController
 from .calibration_watch import CalibrationWatch
 from .config import REQUIRED, ModelParams
 from .engine_calls import BREAKER_CODES, EngineCalls
@@ -72,6 +73,7 @@ class PyramidModel:
         self.default_max_tokens = p.get_typed("default_max_tokens", ROUTER_PARAMS)
         self.engines = EngineCalls(pb, p, self.agents, self.oracle, lambda: self.router.task.extract)
         self.final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        self.budget = BudgetController.from_params(p)  # None: off (budget.py)
         self.observability = Observability(pb, p, models, self._gauges)
         if self.metrics is not None:
             self.metrics.set_calibration(self.calibration["id"])
@@ -234,23 +236,44 @@ class PyramidModel:
                 out = await self.engines.embed(self.tasks.embedder, out, failures)
             return out
 
+        # The oracle budget controls the requests routed by the default calibration's own thresholds.
+        budget = self.budget
+        if budget is not None and (
+            req.escalation_threshold is not None or route.force_tier is not None
+            or route.router is not self.router or route.fallback
+        ):  # fmt: skip
+            budget = None
+        base = [st.threshold for st in route.router.stages]
+        applied = budget.thresholds(base) if budget is not None else None
+        report = budget.report(applied) if budget is not None and applied is not None else None
+
         async def send_provisional(routed: Routed) -> None:
-            resp = self._build(req, routed, failures, route)
+            resp = replace(self._build(req, routed, failures, route), budget=report)
             out = tensors.pyramid_response_tensors(self.pb, resp, (ctx or {}).get("outputs"))
             self._send(sender, self.pb.InferenceResponse(out), final=False)
 
-        routed = await route_async(
-            route.router,
-            req.text_input,
-            call,
-            req.escalation_threshold,
-            route.force_tier,
-            deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
-            on_provisional=send_provisional if req.stream else None,
-        )
+        try:
+            routed = await route_async(
+                route.router,
+                req.text_input,
+                call,
+                req.escalation_threshold,
+                route.force_tier,
+                deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
+                on_provisional=send_provisional if req.stream else None,
+                thresholds=applied.thresholds if applied is not None else None,
+            )
+        except BaseException:  # no route (cancelled, an error): not counted in the budget's window
+            if budget is not None and applied is not None:
+                budget.release(applied)
+            raise
         if ctx is not None:
             ctx["routed"] = routed
-        return self._build(req, routed, failures, route)
+        if budget is not None and applied is not None:
+            r = routed.result
+            budget.observe(applied, r.escalated, [(d.confidence, base[d.stage], d.all_failed) for d in r.decisions])
+            report = budget.report(applied)
+        return replace(self._build(req, routed, failures, route), budget=report)
 
     async def _call(
         self, agent: str, ereq: EngineRequest, failures: dict[str, CallFailure], route: TaskRoute | None = None
@@ -328,6 +351,7 @@ class PyramidModel:
         """The gauges' current values (drift, shadow calls in flight, breakers), for each metrics flush."""
         f = self.drift.figures
         e = self.drift.figures["escalation_rate"]
+        b = self.budget
         return (
             {
                 "pyramid_live_escalation_rate": e.observed,
@@ -335,6 +359,9 @@ class PyramidModel:
                 "pyramid_expected_escalation_rate": e.expected,
                 "pyramid_expected_fidelity": f["fidelity"].expected,
                 "pyramid_shadow_in_flight": self.shadow.in_flight if self.shadow else 0,
+                "pyramid_budget_target_oracle_rate": b.target if b else None,
+                "pyramid_budget_window_oracle_rate": b.window_rate if b else None,
+                "pyramid_budget_threshold_offset": b.offset if b else None,
             },
             {name: fig.drifting for name, fig in f.items()},
             self.engines.broken([*self.agents, self.oracle]),

@@ -26,6 +26,9 @@ endpoint next to Triton's (``nv_inference_*``) metrics, labelled with the router
   sliding windows; NaN before the first observation), ``pyramid_expected_escalation_rate`` and
   ``pyramid_expected_fidelity`` (the calibration's, NaN if it states none), ``pyramid_drift{figure}``
   (1 while the figure is outside its binomial interval), set at each flush.
+* Oracle budget (``budget.py``): ``pyramid_budget_target_oracle_rate`` (NaN while off),
+  ``pyramid_budget_window_oracle_rate`` (over the last ``budget_window`` controlled requests) and
+  ``pyramid_budget_threshold_offset`` (the offset last added to every stage's threshold), set at each flush.
 * ``pyramid_server_restarts_total{reason="fd_limit"}``: how often the supervisor drained and restarted
   tritonserver past its descriptor bound (supervisor.py); the new server's router starts from the count
   the supervisor hands it (``$PYRAMID_SERVER_RESTARTS``), so the count survives the restarts it counts.
@@ -66,6 +69,9 @@ GAUGES = (
     "pyramid_expected_escalation_rate",
     "pyramid_expected_fidelity",
     "pyramid_shadow_in_flight",
+    "pyramid_budget_target_oracle_rate",
+    "pyramid_budget_window_oracle_rate",
+    "pyramid_budget_threshold_offset",
 )
 DRIFT_FIGURES = ("escalation_rate", "fidelity")
 
@@ -247,6 +253,9 @@ class RouterMetrics:
             "pyramid_expected_escalation_rate": "Oracle-call rate the calibration expects at its thresholds",
             "pyramid_expected_fidelity": "Fidelity of accepted answers the calibration expects",
             "pyramid_shadow_in_flight": "Shadow model calls running",
+            "pyramid_budget_target_oracle_rate": "The oracle budget's target oracle-call rate (NaN: budget off)",
+            "pyramid_budget_window_oracle_rate": "Oracle-call rate of the budget window's controlled requests",
+            "pyramid_budget_threshold_offset": "Offset the oracle budget last added to every stage's threshold",
         }
         self.gauges = {n: family(n, gauge_help[n], mf.GAUGE).Metric(labels=base) for n in GAUGES}
         reloads = family(

@@ -33,6 +33,7 @@ from pyramid_client.wire import (
 from pyramid_client.wire import TIERS as TIERS  # importable from here (metrics)
 from pyramid_client.wire import UNAVAILABLE as UNAVAILABLE  # the error codes are importable from here
 
+from .budget import DEFAULTS as BUDGET_PARAMS
 from .drift import DEFAULTS as DRIFT_PARAMS
 from .request_log import DEFAULTS as REQUEST_LOG_PARAMS
 
@@ -71,6 +72,9 @@ ROUTER_PARAMS: dict[str, Any] = {
     # shadow sampling (shadow.py) and drift alarms against the artifact's expectations (drift.py)
     **SHADOW_PARAMS,
     **DRIFT_PARAMS,
+    # the oracle budget (budget.py): a target oracle-call rate over a sliding window, held by moving every
+    # stage's threshold by one offset (0: off), no threshold below budget_min_threshold
+    **BUDGET_PARAMS,
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -85,12 +85,17 @@ OnProvisional = Callable[[Routed], Awaitable[None]]
 
 
 def committee_fallback(
-    router: Router, question: str, got: dict[str, AgentOutput], threshold: float | None, force_tier: str | None
+    router: Router,
+    question: str,
+    got: dict[str, AgentOutput],
+    threshold: float | None,
+    force_tier: str | None,
+    thresholds: Sequence[float] | None = None,
 ) -> RouteResult:
     """The answer the route gives if the oracle fails: ``Router.route`` replayed on the outputs
     already in hand with a failed oracle (pure and cheap: no model is called), reported as the
     committee's."""
-    result = router.route(question, lambda n: got.get(n) or failed_output(n), threshold, force_tier)
+    result = router.route(question, lambda n: got.get(n) or failed_output(n), threshold, force_tier, thresholds)
     calls = [c for c in result.calls if c != router.oracle]
     return replace(result, tier="committee", calls=calls, oracle_fallback=False)
 
@@ -104,6 +109,7 @@ async def route_async(
     deadline: float | None = None,
     on_provisional: OnProvisional | None = None,
     clock: Callable[[], float] = time.monotonic,
+    thresholds: Sequence[float] | None = None,
 ) -> Routed:
     """Drive ``Router.plan`` with each step's models called concurrently.
 
@@ -111,11 +117,12 @@ async def route_async(
     ``on_provisional`` (streaming) is awaited with the committee's answer before the
     oracle is called; with ``deadline`` (a ``clock()`` time) the oracle is awaited until
     then, and if it has not answered the committee's answer is returned, provisional (the
-    oracle is not called at all when the deadline has already passed).
+    oracle is not called at all when the deadline has already passed). ``thresholds``: one per stage
+    instead of the stages' own (the budget controller's), where ``threshold`` is None.
     """
     got: dict[str, AgentOutput] = {}
     latency: dict[str, float] = {}
-    steps = router.plan(question, threshold, force_tier)
+    steps = router.plan(question, threshold, force_tier, thresholds)
     try:
         names = next(steps)
         stage = 0
@@ -124,7 +131,7 @@ async def route_async(
             is_oracle = names == [router.oracle]
             anytime = deadline is not None or on_provisional is not None
             if is_oracle and anytime and any(not o.failed for o in got.values()):
-                fallback = committee_fallback(router, question, got, threshold, force_tier)
+                fallback = committee_fallback(router, question, got, threshold, force_tier, thresholds)
                 will_call = deadline is None or deadline > clock()
                 if on_provisional is not None:  # the oracle call about to start is paid for: counted
                     await on_provisional(Routed(fallback, dict(got), provisional=True, oracle_abandoned=will_call))
