@@ -171,6 +171,9 @@ def test_router_metadata_per_tier_usage_and_headers():
     assert "x-pyramid-confidence" in h and all(k.startswith("x-") for k in h)
     nan = R.router_metadata("pyramid", _result(cost=float("nan")), oracle="o")
     assert nan["cost"] is None and "x-pyramid-cost" not in R.headers(nan)
+    assert "router_budget" not in meta  # the router's budget controller did not hold this request
+    held = {"target": 0.2, "window_rate": 0.21, "offset": -0.05, "thresholds": [0.7, 0.8]}
+    assert R.router_metadata("pyramid", _result(budget=held), oracle="o")["router_budget"] == held
 
 
 def test_bodies_and_chunks_have_openais_shapes():

@@ -50,8 +50,10 @@ def tier_usage(tokens: dict[str, list[int]], oracle: str) -> dict[str, dict[str,
 
 
 def router_metadata(model: str, r: PyramidResult, oracle: str) -> dict[str, Any]:
-    """The ``pyramid`` object of a routed answer (provisional or final)."""
-    return {
+    """The ``pyramid`` object of a routed answer (provisional or final). ``router_budget``: the router's
+    oracle-rate controller's target, window rate, offset and applied thresholds, when it held this request
+    (``budget`` is the API key's own budget, set by the gateway)."""
+    meta = {
         "model": model,
         "tier": r.tier,
         "escalated": r.escalated,
@@ -69,6 +71,9 @@ def router_metadata(model: str, r: PyramidResult, oracle: str) -> dict[str, Any]
         "latency_ms": r.server_latency_ms,
         "request_id": r.request_id,
     }
+    if r.budget is not None:
+        meta["router_budget"] = r.budget
+    return meta
 
 
 def headers(meta: dict[str, Any]) -> dict[str, str]:
