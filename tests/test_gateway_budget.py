@@ -7,11 +7,13 @@ fake router; the real server and the ``openai`` SDK: tests/integration/test_gate
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import stat
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -103,14 +105,17 @@ async def _run(config, router, requests, clock):
 
     from pyramid_gateway.app import create_app
 
-    app = create_app(config, upstream=_upstream(router))  # in a loop: the upstream's gRPC channels need one
-    async with app.router.lifespan_context(app):
-        if app.state.pyramid.book is not None:
-            app.state.pyramid.book.clock = clock
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-            out = [await c.request(m, p, **kw) for m, p, kw in requests]
-            return out, (await c.get("/metrics")).text
+    # the book reads its state file at startup: it must see the test's clock from the start, not the real one
+    # (whose hour is not T0's, except in the hour this test was written)
+    with mock.patch("pyramid_gateway.state.BudgetBook", functools.partial(BudgetBook, clock=clock)):
+        app = create_app(config, upstream=_upstream(router))  # in a loop: the upstream's gRPC channels need one
+        async with app.router.lifespan_context(app):
+            if app.state.pyramid.book is not None:
+                assert app.state.pyramid.book.clock is clock
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+                out = [await c.request(m, p, **kw) for m, p, kw in requests]
+                return out, (await c.get("/metrics")).text
 
 
 def serve(tmp_path, requests, keys=KEYS, state=None, clock=lambda: T0, **config):
