@@ -47,6 +47,12 @@ def normalize_answer(text: str | None) -> str | None:
     return text or None
 
 
+def embedding_text(answer: str, question: str) -> str:
+    """The text embedded for an answer of the semantic task (every place that embeds an answer calls
+    this: the router's embedder call, the offline preparation): the answer itself, for now."""
+    return answer
+
+
 def _unset_equal(a: str | None, b: str | None) -> bool:
     raise RuntimeError(
         "semantic answers compare by embedding: use semantic_equal(lookup, threshold) (RoutingData.same), "
