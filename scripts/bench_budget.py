@@ -48,7 +48,7 @@ def offline(calibration: Path, idxs: list[int] | None = None) -> dict[int, dict]
         out[idx] = {
             "score": max(margins) if margins else -2.0,
             "escalated": r.escalated,
-            "correct": bool(q.gold is not None and router.task.equal(r.answer, q.gold)),
+            "correct": bool(q.gold is not None and router.task.grade(r.answer, router.task.gold_of(q.gold))),
         }
     return out
 
@@ -164,7 +164,11 @@ def main() -> int:
     order = shifted_order(args.questions)
     questions = [(i, traces.questions[i].question) for i in order]
     gold = {i: traces.questions[i].gold for i in order}
-    eq = get_task("gsm8k").equal
+    task = get_task("gsm8k")
+
+    def eq(answer, gold):
+        return task.grade(answer, task.gold_of(gold))
+
     report: dict = {"questions": len(order), "window": args.window, "target": args.target,
                     "concurrency": args.concurrency, "min_threshold": args.min_threshold}  # fmt: skip
     server = serve(tmp)

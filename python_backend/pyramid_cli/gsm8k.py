@@ -37,7 +37,7 @@ from typing import Any, TextIO
 from pyramid_bench.perf import percentile
 from pyramid_client import AsyncPyramidClient, PyramidError, PyramidResult
 from pyramid_client.cli import add_connection_args, add_routing_args, env_inference_key, parse_args, routing_kwargs
-from pyramid_moa.answers import get_task, normalize_number
+from pyramid_moa.answers import get_task
 from pyramid_moa.artifact import write_json_atomic
 from pyramid_moa.cli import DefaultsFormatter
 from pyramid_moa.cost import COST_MODELS
@@ -112,7 +112,7 @@ def load_questions(path: str | Path) -> list[Question]:
             raise UsageError(f"{p}:{n}: duplicate idx {idx}")
         seen.add(idx)
         gold = obj.get("gold")
-        out.append(Question(idx, text, normalize_number(gold) if gold is not None else None))
+        out.append(Question(idx, text, None if gold is None else str(gold)))  # the task reads it (grade)
     if not out:
         raise UsageError(f"{p}: no questions")
     return out
@@ -161,11 +161,9 @@ def select(
 
 
 def grade(answer: str | None, gold: str | None, task: str = "gsm8k") -> bool:
-    """The offline evaluator's rule: the task's equality against the normalized gold answer."""
+    """The offline evaluator's rule: the task's own grade against the gold as the task reads it."""
     t = get_task(task)
-    if t.numeric:
-        answer = normalize_number(answer)
-    return bool(t.equal(answer, gold))
+    return gold is not None and bool(t.grade(answer, t.gold_of(gold)))
 
 
 def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,6 +112,63 @@ def text_equal(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and a == b
 
 
+# ---- gold: each task reads its gold and grades an answer against it its own way -------------------
+GOLD_ALIAS_SEPARATOR = "/"  # a gold string "Olivia/MFSK" lists aliases, any one of them right (shared/data/nq)
+
+
+def fold_text(text: str | None) -> str:
+    """Free text folded for comparison (SQuAD's answer normalisation): accents stripped, lower-case,
+    articles and punctuation dropped, whitespace collapsed. "The Rontgen." and "rontgen" fold alike."""
+    if not text:
+        return ""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    text = re.sub(r"[^0-9a-z]+", " ", text)
+    return " ".join(text.split())
+
+
+def gold_aliases(gold: str | None) -> list[str]:
+    """The folded aliases of a gold string ("/"-separated), empty ones dropped."""
+    if gold is None:
+        return []
+    return [f for a in str(gold).split(GOLD_ALIAS_SEPARATOR) if (f := fold_text(a))]
+
+
+def read_gold_number(raw: str) -> str | None:
+    return normalize_number(raw)
+
+
+def grade_number(answer: str | None, gold: str) -> bool:
+    return numbers_equal(normalize_number(answer), gold)
+
+
+def read_gold_letter(raw: str) -> str | None:
+    """A gold option letter ("B", "(b)", "B)"); anything else is unreadable."""
+    m = re.fullmatch(r"\s*\(?\s*([A-Ja-j])\s*\)?\.?\s*", str(raw))
+    return m.group(1).upper() if m else None
+
+
+def read_gold_text(raw: str) -> str | None:
+    return str(raw) if gold_aliases(raw) else None
+
+
+def grade_text_exact(answer: str | None, gold: str) -> bool:
+    """The folded answer equals one of the gold's folded aliases."""
+    return answer is not None and fold_text(answer) in gold_aliases(gold)
+
+
+def grade_text_contains(answer: str | None, gold: str) -> bool:
+    """One of the gold's folded aliases appears, as whole words, in the folded answer: the usual
+    open-QA rule for a free-text answer ("awarded in 1901 to Wilhelm Rontgen" holds "wilhelm rontgen").
+    Looser than a person's judgement (a hedge naming several candidates passes), so the
+    ``correct`` judgements of a trace win where they exist (``RoutingData.correct``)."""
+    if answer is None:
+        return False
+    text = f" {fold_text(answer)} "
+    return any(f" {a} " in text for a in gold_aliases(gold))
+
+
 @dataclass(frozen=True)
 class AnswerTask:
     """How one task turns raw text into a comparable answer key, and compares keys."""
@@ -124,6 +182,20 @@ class AnswerTask:
     # False where answers compare by meaning, not by key (``semantic``): equal keys are then no
     # agreement, and fits that compare keys (vote weights, the arbiter) are off.
     keyed: bool = True
+    # Gold belongs to the task: ``read_gold`` turns a trace's raw gold string into what ``grade``
+    # compares an answer with (None: this task cannot read it, an error naming the question), and
+    # ``grade(answer, gold)`` says whether the answer is right.
+    read_gold: Callable[[str], str | None] = read_gold_text
+    grade: Callable[[str | None, str], bool] = grade_text_exact
+
+    def gold_of(self, raw: str | None) -> str | None:
+        """The gold as this task grades with, or None for no gold; ValueError when it cannot be read."""
+        if raw is None:
+            return None
+        gold = self.read_gold(raw)
+        if gold is None:
+            raise ValueError(f"task {self.name!r} cannot read gold {raw!r}")
+        return gold
 
     def extract_for(self, text: str | None, question: str | None = None) -> str | None:
         """The answer key of ``text``, given the question when the task can use it."""
@@ -160,6 +232,18 @@ def answer_key(answer: str | None, numeric: bool = True) -> str | None:
         return answer
 
 
-register_extractor(AnswerTask("gsm8k", extract_gsm8k, numbers_equal, numeric=True))
+register_extractor(
+    AnswerTask("gsm8k", extract_gsm8k, numbers_equal, numeric=True, read_gold=read_gold_number, grade=grade_number)
+)
 register_extractor(AnswerTask("text", normalize_text, text_equal, numeric=False))
-register_extractor(AnswerTask("choice", extract_choice, choice_equal, numeric=False, uses_question=True))
+register_extractor(
+    AnswerTask(
+        "choice",
+        extract_choice,
+        choice_equal,
+        numeric=False,
+        uses_question=True,
+        read_gold=read_gold_letter,
+        grade=choice_equal,
+    )  # fmt: skip
+)

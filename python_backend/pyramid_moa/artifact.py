@@ -49,6 +49,9 @@ class CalibrationArtifact:
     arbiter: dict[str, Any] | None = None  # {"feature_names", "calibrator"} or None
     # What the feature set needs besides the agents (semantic: the fitted "similarity_threshold").
     task_options: dict[str, Any] = field(default_factory=dict)
+    # The fit found no schedule that meets the target for less than always-oracle: requests go to
+    # the oracle alone by default (the stages stay, for a request that names its own threshold).
+    oracle_only: bool = False
 
     def router(self) -> Router:
         stages = []
@@ -71,7 +74,7 @@ class CalibrationArtifact:
             if self.arbiter["feature_names"] != ARBITER_FEATURES:
                 raise ArtifactError("arbiter feature names differ from this code version; re-run pyramid calibrate")
             arbiter = calibrator_from_dict(self.arbiter["calibrator"])
-        return Router(stages, self.oracle, self.task, arbiter)
+        return Router(stages, self.oracle, self.task, arbiter, oracle_only=self.oracle_only)
 
     def fitted_idx(self) -> set[int]:
         return set(self.fitted_on.get("idx", []))
@@ -92,6 +95,7 @@ class CalibrationArtifact:
             "cost_model": self.cost_model.to_dict(),
             "fitted_on": self.fitted_on,
             "fit_summary": self.fit_summary,
+            **({"oracle_only": True} if self.oracle_only else {}),
         }
 
     def save(self, path: str | Path) -> None:
@@ -150,6 +154,7 @@ def artifact_from_dict(d: Any, where: str, known_agents: Iterable[str] | None = 
             fit_summary=dict(d.get("fit_summary", {})),
             arbiter=d.get("arbiter"),
             task_options=dict(d.get("task_options") or {}),
+            oracle_only=bool(d.get("oracle_only", False)),
         )
     except (KeyError, TypeError) as exc:
         raise ArtifactError(f"{where}: missing or malformed field {exc}") from None

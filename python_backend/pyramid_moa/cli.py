@@ -23,6 +23,7 @@ from .dataset import LABELS, TRUTH_VOTERS, load_routing_data, parse_overrides
 from .features import feature_set_names
 from .fitting import MAX_DEPTH, RECOMMENDED_QUESTIONS, Target, TargetUnreachable, fit_router
 from .registry import UnknownName
+from .report import no_saving_note
 from .semantic import DEFAULT_EMBEDDING_CACHE
 from .semantic import FEATURE_SETS as SEMANTIC_FEATURE_SETS
 from .semantic import TASK as SEMANTIC
@@ -100,10 +101,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price", action="append", metavar="NAME=IN,OUT", help="override USD per 1k tokens")
     p.add_argument("--task", default="gsm8k", help=f"answer task ({', '.join(task_names())})")
     p.add_argument(
-        "--similarity-threshold",
-        type=float,
-        metavar="S",
-        help="--task semantic: cosine similarity at which two answers are one group (default: fitted label-free)",
+        "--no-embedding",
+        action="store_true",
+        help="--task semantic: compare answers' cores by their words, numbers and entities only, without the "
+        "cosine of their embeddings (then the server needs no embedder)",
     )
     p.add_argument(
         "--grade",
@@ -147,8 +148,8 @@ def _data(a: argparse.Namespace):
         raise ValueError(
             f"--task semantic and --features {' or '.join(SEMANTIC_FEATURE_SETS)} go together (answers grouped by meaning)"
         )
-    if not semantic and (a.similarity_threshold is not None or a.grade):
-        raise ValueError("--similarity-threshold and --grade apply to --task semantic only")
+    if not semantic and (a.no_embedding or a.grade):
+        raise ValueError("--no-embedding and --grade apply to --task semantic only")
     committee = [c.strip() for c in a.committee.split(",") if c.strip()]
     data = load_routing_data(
         a.traces,
@@ -171,7 +172,7 @@ def _data(a: argparse.Namespace):
     if a.truth_voters != "all" and data.labels != "estimated":
         raise ValueError("--truth-voters applies to --labels estimated only")
     if semantic:
-        prepare_semantic(data, a.embedding_cache, a.similarity_threshold, a.grade)
+        prepare_semantic(data, a.embedding_cache, embed=not a.no_embedding, grade=a.grade)
     return data
 
 
@@ -291,6 +292,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         f"({op['cost_model']}, saving {op['cost_saving']:.1%}); AUROC {cal['auroc']:.3f}, ECE {cal['ece']:.4f}; "
         f"{result['elapsed_s']} s -> {a.json}"
     )
+    for line in [no_saving_note(op), *data.notes]:
+        if line:
+            print(f"note: {line}")
     return 0
 
 

@@ -33,6 +33,8 @@ class AgentOutput:
     # The answer's sentence embedding (unit vector), for tasks that compare answers by meaning
     # (``semantic.py``); None for tasks that compare keys.
     embedding: Any = field(default=None, compare=False, repr=False)
+    # A recorded judgement of the answer (trace field ``correct``); offline only, never served.
+    judged: bool | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

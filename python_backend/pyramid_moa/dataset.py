@@ -14,10 +14,18 @@ models of the traces besides the committee and the oracle), the oracle one falli
 them; the estimate is fitted on ``truth_rows`` (``fitted_on``: a fold's fitting questions).
 ``with_labels`` gives the same rows under the other labels (caches shared), so the evaluator can
 score a policy by both.
+
+*Gold* belongs to the task: each question's gold is read by the task (``AnswerTask.read_gold``: a
+number, a letter, text with "/"-separated aliases) and an answer is graded by the task's
+``grade``. Where the traces carry judgements of the answers (``correct`` on a sample, by people or a
+judge), a judged answer is graded by its judgement instead, and the questions where some routed
+model's answer is not judged are left out of the data (``notes`` says how many), so every
+figure is read off judgements, never a mix of judgements and string matching.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -58,6 +66,9 @@ class RoutingData:
     voters_present: dict[str, list[bool]] = field(default_factory=dict)
     truth_rows: tuple[int, ...] | None = None
     _truth: list = field(default_factory=list)  # [TruthEstimate, per-question {answer key: group}]
+    # Recorded judgements, per question {answer key: judged right}; None where the traces carry none.
+    judgements: list[dict[str, bool]] | None = None
+    notes: list[str] = field(default_factory=list)  # what loading left out, and why (in every report)
 
     @property
     def n(self) -> int:
@@ -129,12 +140,8 @@ class RoutingData:
         the fitted questions)."""
         est = self.truth()
         out = est.summary()
-        if self.has_gold:
-            eq = self.equal_gold
-            gold_ok = {
-                v: np.array([a is not None and eq(a, g) for a, g in zip(self._voter_answers(v), self.gold)])
-                for v in est.voters
-            }
+        if self.has_labels:
+            gold_ok = {v: self.graded(self._voter_answers(v)) for v in est.voters}
             out["error_vs_gold"] = estimate_error(est, gold_ok, rows)
         return out
 
@@ -171,15 +178,40 @@ class RoutingData:
 
     @property
     def equal_gold(self) -> Callable[[str | None, str | None], bool]:
-        """Whether an answer is the gold one."""
-        return self.grade or self.equal_answers
+        """Whether an answer is right by the (task-read) gold: the task's ``grade``."""
+        return self.grade or get_task(self.task).grade
+
+    def graded(self, answers: list[str | None], rows: np.ndarray | None = None) -> np.ndarray:
+        """Per answer (of question ``rows[k]``, default all in order): right by its recorded judgement
+        where it has one, else by the gold (no gold: not right)."""
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        eq, numeric = self.equal_gold, get_task(self.task).numeric
+        out = np.zeros(len(rows), dtype=bool)
+        for k, (a, r) in enumerate(zip(answers, rows)):
+            if a is None:
+                continue
+            if self.judgements is not None:
+                judged = self.judgements[r].get(answer_key(a, numeric))
+                if judged is not None:
+                    out[k] = judged
+                    continue
+            g = self.gold[r]
+            out[k] = g is not None and eq(a, g)
+        return out
+
+    @property
+    def has_labels(self) -> bool:
+        """Every question can be graded: it has gold, or the traces' judgements of its answers."""
+        return self.has_gold or self.judgements is not None
 
     def correct(self, answers: list[str | None]) -> np.ndarray:
         """Per question, whether each answer is correct under ``labels``: bool, or under ``estimated``
         the estimated probability that it is (float)."""
         if self.labels == "estimated":
             return self._estimated(answers)
-        eq = self.equal_gold if self.labels == "gold" else self.equal_answers
+        if self.labels == "gold":
+            return self.graded(answers)
+        eq = self.equal_answers
         return np.array([g is not None and eq(a, g) for a, g in zip(answers, self.reference())], dtype=bool)
 
     def answers(self, name: str) -> list[str | None]:
@@ -212,7 +244,7 @@ class RoutingData:
         """Feature matrix and committee vote answers for an agent subset, with the vote weighted by
         ``weights`` if given (cached)."""
         opts = self.feature_options
-        key = (feature_set, tuple(agents), None if weights is None else tuple(weights), tuple(sorted(opts.items())))
+        key = (feature_set, tuple(agents), None if weights is None else tuple(weights), json.dumps(opts, sort_keys=True))
         if key not in self._feature_cache:
             fs = make_feature_set(feature_set, agents, numeric=get_task(self.task).numeric, weights=weights, **opts)
             rows, tops = [], []
@@ -223,6 +255,19 @@ class RoutingData:
                 tops.append(vote.answer)
             self._feature_cache[key] = (np.array(rows, dtype=float), tops)
         return self._feature_cache[key]
+
+
+def judgement_maps(outputs: dict[str, list[AgentOutput]], names: list[str], numeric: bool) -> list[dict[str, bool]]:
+    """Per question, {answer key: its recorded judgement} over ``names``' outputs (keys by ``answer_key``:
+    two models giving the same answer share it; should their judgements differ, "wrong" wins)."""
+    n = len(outputs[names[0]])
+    maps: list[dict[str, bool]] = [{} for _ in range(n)]
+    for name in names:
+        for i, o in enumerate(outputs[name]):
+            if o.answer is not None and o.judged is not None:
+                key = answer_key(o.answer, numeric)
+                maps[i][key] = maps[i].get(key, True) and o.judged
+    return maps
 
 
 def parse_overrides(items: list[str] | None, what: str) -> dict[str, list[float]]:
@@ -281,18 +326,40 @@ def load_routing_data(
             raise ValueError(f"--price {n}= needs two numbers IN,OUT (USD per 1k tokens)")
         p_in, p_out = pr if pr is not None else (info.price_in_per_1k, info.price_out_per_1k)
         models[n] = ModelCost(p_b, p_in, p_out)
+    notes: list[str] = []
+    judged = any(o.judged is not None for n in names for o in outputs[n])
+    if judged:  # every figure from judgements: questions with an unjudged routed answer are left out
+        keep = [k for k in range(len(idxs)) if all(outputs[n][k].judged is not None for n in names)]
+        if not keep:
+            raise TraceError(f"{ts.root}: no question has a judgement ('correct') of every routed model's answer")
+        if len(keep) < len(idxs):
+            notes.append(
+                f"{len(idxs) - len(keep)} of {len(idxs)} questions left out: some routed model's answer there "
+                "has no judgement ('correct': null); every figure is over the fully judged questions"
+            )
+        idxs = [idxs[k] for k in keep]
+        outputs = {n: [outs[k] for k in keep] for n, outs in outputs.items()}
     questions = [ts.questions[i].question for i in idxs]
-    gold = [ts.questions[i].gold for i in idxs]
+    answer_task = get_task(task)
+    gold = []
+    for i in idxs:
+        try:
+            gold.append(answer_task.gold_of(ts.questions[i].gold))
+        except ValueError as exc:
+            raise TraceError(f"{ts.root / 'questions.jsonl'}: idx {i}: {exc}; is this the right --task?") from None
     missing = [i for i, g in zip(idxs, gold) if g is None]
     if labels is None:
-        labels = "oracle" if missing else "gold"
-    if labels == "gold" and missing:
+        labels = "oracle" if missing and not judged else "gold"
+    if labels == "gold" and missing and not judged:
         how = "it was recorded without gold answers" if len(missing) == len(idxs) else f"first: idx {missing[:5]}"
         raise TraceError(
             f"{ts.root / 'questions.jsonl'}: {len(missing)} of {len(idxs)} questions have no gold answer ({how}); "
             "--labels gold needs one for every question: use --labels oracle (agreement with the oracle)"
         )
     data = RoutingData(idxs, questions, gold, list(committee), oracle, outputs, CostModel(models), task, labels)
+    data.notes = notes
+    if judged:
+        data.judgements = judgement_maps(outputs, names, answer_task.numeric)
     if labels == "estimated":
         if truth_voters == "all":
             extra = [v for v in ts.sources if v not in names]

@@ -52,9 +52,9 @@ class Evaluator:
         self.data = data
         self.cost_kind = cost_kind
         self.kinds = data.cost_kinds()
-        self.equal, self.equal_gold = data.equal_answers, data.equal_gold
+        self.equal = data.equal_answers
         self.oracle_answers = _objects(data.answers(data.oracle))
-        self.gold = _objects(data.gold) if data.has_gold else None
+        self.graded = data.has_labels  # every question can be graded (gold, or the traces' judgements)
         # The oracle's correctness under the fit's labels (what fitted baselines are chosen by).
         self.oracle_ok = data.correct(data.answers(data.oracle))
         self.cost = {k: {m: data.call_costs(k, m) for m in [*data.committee, data.oracle]} for k in self.kinds}
@@ -67,7 +67,8 @@ class Evaluator:
         return np.array([r is not None and eq(a, r) for a, r in zip(answers, reference)], dtype=bool)
 
     def gold_ok(self, answers: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-        return None if self.gold is None else self.agree(answers, self.gold[rows], self.equal_gold)
+        """Per question of ``rows``: the answer is right (its judgement, else the task's grade against gold)."""
+        return self.data.graded(list(answers), rows) if self.graded else None
 
     def point(self, o: Outcome, rows: np.ndarray) -> dict:
         d = self.data
@@ -353,7 +354,11 @@ def evaluate(
             sweeps[t].append((test, ev.sweep_artifact(prep, test, float(t))))
         cal_p[test] = prep["probs"][-1]
         cal_y[test] = prep["committee_ok"][-1]
-        schedules.append([{"agents": s["agents"], "threshold": s["threshold"]} for s in art.stages])
+        schedules.append(
+            [{"oracle_only": True}]
+            if art.oracle_only
+            else [{"agents": s["agents"], "threshold": s["threshold"]} for s in art.stages]
+        )
         for name, o in ev.fixed(test).items():
             baselines.setdefault(name, []).append((test, o))
         if len(fit) >= 40:
@@ -366,6 +371,9 @@ def evaluate(
     rows_all.sort()
     ours_o = _concat(ours, n)
     op = ev.point(_sub(ours_o, rows_all), rows_all)
+    # Folds whose fit found no saving at the target: their questions went to the oracle alone.
+    op["oracle_only_folds"] = sum(art.oracle_only for _, _, art, _ in splits)
+    op["n_folds"] = len(splits)
     sweep = [ev.point(_sub(_concat(sweeps[t], n), rows_all), rows_all) for t in taus]
     base_out: dict[str, dict | None] = {}
     for name, parts in baselines.items():
@@ -387,7 +395,7 @@ def evaluate(
     rand["oracle_accuracy"] = op["oracle_accuracy"]
     base_out["random_same_rate"] = rand
 
-    score = "accuracy" if ev.gold is not None else "fidelity"  # APGR on gold where there is gold
+    score = "accuracy" if ev.graded else "fidelity"  # APGR on gold where there is gold
     weak = sweep[0][score]
     ok_rows = cal_y[rows_all]  # soft under estimated labels: ECE and Brier against the probabilities
     result = {
@@ -402,7 +410,10 @@ def evaluate(
             "weighted_vote": weighted_vote,
             "arbiter": any(art.arbiter is not None for _, _, art, _ in splits),
             "labels": data.labels,
-            "scored_against": "gold and oracle" if ev.gold is not None else "oracle (no gold)",
+            "scored_against": ("judgements and oracle" if data.judgements is not None else "gold and oracle")
+            if ev.graded
+            else "oracle (no gold)",
+            "notes": list(data.notes),
             "target": target.to_dict(),
             "cost_models_available": ev.kinds,
             "prompt_tokens": "recorded prompt_tokens, else question chars/4 (every tier gets the same prompt)",
@@ -430,7 +441,7 @@ def evaluate(
         ),
         "budget_targeting_error": _targeting(target, op),
         "mcnemar_p": None
-        if ev.gold is None
+        if not ev.graded
         else mcnemar_p(
             ev.gold_ok(ours_o.answers[rows_all], rows_all), ev.gold_ok(ev.oracle_answers[rows_all], rows_all)
         ),

@@ -541,7 +541,23 @@ class RouterFit:
         idx = [k for k, c in enumerate(self.cands) if want is None or len(c.stages) == want]
         if not idx:
             raise TargetUnreachable(f"no schedule of {want} stage(s) was fitted (max_depth {self.max_depth})")
-        ci, j = choose([self.evs[k] for k in idx], target, float(self.oracle_ok.mean()), len(self.rows))
+        evs = [self.evs[k] for k in idx]
+        oracle_only, why = False, ""
+        try:
+            ci, j = choose(evs, target, float(self.oracle_ok.mean()), len(self.rows))
+        except TargetUnreachable as exc:
+            if not target.floor:
+                raise
+            # No schedule is as accurate as asked: the oracle alone is (by definition of the floor).
+            oracle_only, why = True, f"no schedule meets the target: {exc}"
+            ci, j = _most_accurate(evs)
+        ev = evs[ci]
+        if not oracle_only and target.floor and ev.cost[j] >= 1.0 - 1e-12:
+            oracle_only = True
+            why = (
+                f"the cheapest schedule that meets the target costs {ev.cost[j]:.3f} of always-oracle on the "
+                "fitting questions (out-of-fold): no saving exists"
+            )
         ci = idx[ci]
         cand, ev = self.cands[ci], self.evs[ci]
         d = self.data
@@ -552,7 +568,7 @@ class RouterFit:
             if w is not None:
                 stage["vote_weights"] = w
             stages.append(stage)
-        return CalibrationArtifact(
+        art = CalibrationArtifact(
             committee=list(d.committee),
             oracle=d.oracle,
             feature_set=self.feature_set,
@@ -591,7 +607,22 @@ class RouterFit:
             # Estimated labels: the estimate's parameters and, where there is gold, its own error.
             | ({"truth": d.truth_report()} if d.labels == "estimated" else {}),
             arbiter=cand.arbiter,
+            oracle_only=oracle_only,
         )
+        if oracle_only:
+            art.fit_summary["oracle_only"] = {
+                "why": why,
+                "of": "the operating point: requests go to the oracle alone (cost 1.0); the schedule below it "
+                "is kept for requests that name their own escalation_threshold",
+            }
+        return art
+
+
+def _most_accurate(evs: list[Evaluated]) -> tuple[int, int]:
+    """(candidate, row) with the highest accuracy, the cheaper on ties."""
+    rows = [int(np.lexsort((e.cost, -e.acc))[0]) for e in evs]
+    ci = max(range(len(evs)), key=lambda k: (evs[k].acc[rows[k]], -evs[k].cost[rows[k]]))
+    return ci, rows[ci]
 
 
 def _mean_tokens(outputs: list[AgentOutput]) -> float | None:

@@ -111,7 +111,25 @@ def markdown(result: dict) -> str:
         "",
     ]
     for k, sch in enumerate(result["schedules"]):
+        if sch and sch[0].get("oracle_only"):
+            lines.append(f"- fold {k + 1}: the oracle alone (no schedule meets the target for less)")
+            continue
         lines.append(
             f"- fold {k + 1}: " + " → ".join(f"{'+'.join(st['agents'])} (τ={st['threshold']:.3f})" for st in sch)
         )
+    note = no_saving_note(op)
+    if note:
+        lines += ["", note]
+    for n in s.get("notes", []):
+        lines += ["", f"Note: {n}."]
     return "\n".join(lines) + "\n"
+
+
+def no_saving_note(op: dict) -> str:
+    """The sentence a report carries when some fold's fit found no saving at the target."""
+    k, n = op.get("oracle_only_folds", 0), op.get("n_folds", 0)
+    if not k:
+        return ""
+    if k == n:
+        return "No saving exists at this target: every fold's fit chose the oracle alone (cost 1.0)."
+    return f"No saving at this target on {k} of {n} folds: there the oracle alone answered (cost 1.0)."

@@ -148,7 +148,12 @@ class Router:
     """Stage schedule + oracle name; decides, and can drive a whole route offline."""
 
     def __init__(
-        self, stages: Sequence[Stage], oracle: str, task: str = "gsm8k", arbiter: Calibrator | None = None
+        self,
+        stages: Sequence[Stage],
+        oracle: str,
+        task: str = "gsm8k",
+        arbiter: Calibrator | None = None,
+        oracle_only: bool = False,
     ) -> None:
         if not stages:
             raise ValueError("a router needs at least one stage")
@@ -159,6 +164,9 @@ class Router:
         self.oracle = oracle
         self.task: AnswerTask = get_task(task)
         self.arbiter = arbiter
+        # No saving at the calibrated target: the oracle alone answers unless a request sets its own
+        # threshold(s) or tier (then the stages route it as usual).
+        self.oracle_only = oracle_only
 
     @property
     def agents(self) -> list[str]:
@@ -240,7 +248,9 @@ class Router:
             thresholds = [validate_threshold(t, "thresholds") for t in thresholds]
         if force_tier is not None and force_tier not in TIERS:
             raise ValueError(f"force_tier must be one of {TIERS}, got {force_tier!r}")
-        if force_tier == "oracle":
+        if force_tier == "oracle" or (
+            self.oracle_only and force_tier is None and threshold is None and thresholds is None
+        ):
             out = (yield [self.oracle])[self.oracle]
             return RouteResult(out.answer, "oracle", True, 0.0, 0.0, [self.oracle], answered_by=[self.oracle])
         got: dict[str, AgentOutput] = {}

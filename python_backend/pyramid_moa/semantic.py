@@ -1,20 +1,23 @@
-"""The ``semantic`` task: answers grouped by meaning, for prompts with no single right string.
+"""The ``semantic`` task: free-text answers grouped by what they assert, for prompts with no single right string.
 
-Two models almost never write the same sentence, so agreement on a free-form prompt ("Explain why
-the sky is blue") has to be measured on meaning. Each answer is embedded (``embedding.py``,
-all-MiniLM-L6-v2, unit vectors, cosine = dot product); two answers are in one group when their
-cosine similarity reaches a threshold, and groups are the connected components of that relation
-(within a committee of a handful of answers, chaining is rare, and the grouping does not depend
-on the order the answers arrived in). The vote is the group with the most support (a count, or
-the sum of the stage's ``vote_weights``); the answer returned is the text of that group's most
-central member (the highest mean similarity to the rest of its group), never a concatenation.
+Two models almost never write the same sentence, and whole-text embeddings measure wording and
+length rather than the claim (a span "Wilhelm Rontgen" and a paragraph naming him looked far apart,
+two paragraphs naming different laureates close; issue 21). So each answer is reduced to its core
+(``cores.answer_core``: its content words beyond the question's, numbers, named entities, a short
+core text) and two answers are "the same answer" with probability ``PairModel.same``, from signals
+that read the claim (containment, coverage, overlap, number and entity matches, and the cosine of
+the core texts' embeddings, ``embedding.py``). Groups are the connected components of
+P(same) >= 0.5 (within a committee of a handful of answers chaining is rare, and the grouping does
+not depend on the order the answers arrived in). The vote is the group with the most support (a
+count, or the sum of the stage's ``vote_weights``); the answer returned is that group's most
+complete member (the most content words: the paragraph rather than the span), never a concatenation.
 
-The threshold is fitted on data without labels (``fit_similarity_threshold``: Otsu's split of the
-committee's pairwise similarities, the cut that best separates "close" from "far" pairs), or with
-pair labels where they exist (``same`` pairs, e.g. equal GSM8K numbers: the cut with the best
-balanced accuracy). A semantic task has no gold strings: it is calibrated with oracle-agreement
-labels (``RoutingData.labels == "oracle"``): a committee answer counts as correct when the oracle's
-answer is in the same group as it (similarity to it at or above the threshold).
+The pair model is fitted without labels (``prepare``: EM over the committee's and the oracle's answer
+pairs, which reads no outcome, so fitting it on the questions later scored leaks nothing) and
+travels in the calibration artifact (``task_options["pair_model"]``). Labels: the traces'
+judgements (``correct``) where they exist, else oracle agreement (a committee answer is right when
+the pair model says it is the oracle's answer), or gold read by the task's grade (gold aliases
+contained in the answer), or ``--grade TASK`` to grade whole answers with another task's extractor.
 """
 
 from __future__ import annotations
@@ -26,8 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .answers import AnswerTask, get_task, register_extractor
+from .answers import AnswerTask, get_task, grade_text_contains, read_gold_text, register_extractor
 from .committee import AgentOutput, FeatureSet, Vote, register_feature_set
+from .cores import (
+    SIGNALS,
+    Core,
+    PairModel,
+    answer_core,
+    default_pair_model,
+    embedding_text,  # noqa: F401 - the text the server embeds for an answer (pyramid_triton.engine_calls)
+    fit_pair_model,
+    hedges,
+    pair_levels,
+)
 
 # Where the command line keeps embeddings of recorded outputs (each text embedded once across runs).
 DEFAULT_EMBEDDING_CACHE = (
@@ -35,8 +49,8 @@ DEFAULT_EMBEDDING_CACHE = (
     / "pyramid-moa"
     / ("embeddings-all-MiniLM-L6-v2.npz")
 )
-DEFAULT_SIMILARITY = 0.8  # used only where no fitted threshold is given (unit tests, a bare FeatureSet)
 TASK = "semantic"
+SAME = 0.5  # two answers are in one group when P(same answer) reaches this
 
 
 def normalize_answer(text: str | None) -> str | None:
@@ -47,32 +61,15 @@ def normalize_answer(text: str | None) -> str | None:
     return text or None
 
 
-def embedding_text(answer: str, question: str) -> str:
-    """The text embedded for an answer of the semantic task (every place that embeds an answer calls
-    this: the router's embedder call, the offline preparation): the answer itself, for now."""
-    return answer
-
-
 def _unset_equal(a: str | None, b: str | None) -> bool:
     raise RuntimeError(
-        "semantic answers compare by embedding: use semantic_equal(lookup, threshold) (RoutingData.same), "
+        "semantic answers compare by what they assert: use semantic_equal(model, cores) (RoutingData.same), "
         "not the task's string equality"
     )
 
 
-def semantic_equal(lookup: Callable[[str], np.ndarray], threshold: float) -> Callable[[str | None, str | None], bool]:
-    """Equality of two answers under the semantic task: cosine similarity >= ``threshold``."""
-
-    def equal(a: str | None, b: str | None) -> bool:
-        if a is None or b is None:
-            return False
-        return a == b or float(lookup(a) @ lookup(b)) >= threshold
-
-    return equal
-
-
-def groups(sim: np.ndarray, valid: Sequence[bool], threshold: float) -> list[int | None]:
-    """Group label per answer (None where not ``valid``): connected components of sim >= threshold,
+def groups(prob: np.ndarray, valid: Sequence[bool], threshold: float = SAME) -> list[int | None]:
+    """Group label per answer (None where not ``valid``): connected components of prob >= threshold,
     labelled 0, 1, ... in order of each group's first member."""
     n = len(valid)
     parent = list(range(n))
@@ -85,7 +82,7 @@ def groups(sim: np.ndarray, valid: Sequence[bool], threshold: float) -> list[int
 
     for i in range(n):
         for j in range(i + 1, n):
-            if valid[i] and valid[j] and sim[i, j] >= threshold:
+            if valid[i] and valid[j] and prob[i, j] >= threshold:
                 parent[find(j)] = find(i)
     labels: dict[int, int] = {}
     out: list[int | None] = []
@@ -97,29 +94,41 @@ def groups(sim: np.ndarray, valid: Sequence[bool], threshold: float) -> list[int
     return out
 
 
-def _similarities(outputs: Sequence[AgentOutput]) -> tuple[np.ndarray, list[bool]]:
-    valid = [not o.failed and o.answer is not None for o in outputs]
-    for o, v in zip(outputs, valid):
-        if v and o.embedding is None:
+def _cosine(a: AgentOutput, b: AgentOutput) -> float:
+    for o in (a, b):
+        if o.embedding is None:
             raise ValueError(f"semantic vote: agent {o.agent}'s answer has no embedding (embed answers first)")
-    dim = next((len(o.embedding) for o, v in zip(outputs, valid) if v), 1)
-    E = np.array(
-        [np.asarray(o.embedding, np.float32) if v else np.zeros(dim, np.float32) for o, v in zip(outputs, valid)]
-    )
-    return E @ E.T, valid
+    return float(np.asarray(a.embedding, np.float32) @ np.asarray(b.embedding, np.float32))
+
+
+def pair_probabilities(
+    model: PairModel, outputs: Sequence[AgentOutput], question: str | None
+) -> tuple[np.ndarray, list[bool], list[Core | None]]:
+    """(P(same answer) for every pair, which answers are valid, their cores)."""
+    valid = [not o.failed and o.answer is not None for o in outputs]
+    cores = [answer_core(o.answer, question) if v else None for o, v in zip(outputs, valid)]
+    valid = [c is not None for c in cores]
+    n = len(outputs)
+    prob = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if valid[i] and valid[j]:
+                cos = _cosine(outputs[i], outputs[j]) if model.uses_embedding else None
+                prob[i, j] = prob[j, i] = model.same(cores[i], cores[j], cos)
+    return prob, valid, cores
 
 
 def semantic_vote(
-    outputs: Sequence[AgentOutput], threshold: float, weights: Sequence[float] | None = None
-) -> tuple[Vote, np.ndarray, list[int | None]]:
-    """(the vote, the pairwise similarities, the group per answer). Keys are ``"g<k>"`` per question;
-    support is a count or the sum of ``weights``; ties go to the group whose first member came first;
-    the answer is the group's most central member (ties: the earliest)."""
-    sim, valid = _similarities(outputs)
-    labels = groups(sim, valid, threshold)
+    outputs: Sequence[AgentOutput], model: PairModel, question: str | None = None, weights: Sequence[float] | None = None
+) -> tuple[Vote, np.ndarray, list[int | None], list[Core | None]]:
+    """(the vote, the pairwise P(same), the group per answer, the cores). Keys are ``"g<k>"`` per
+    question; support is a count or the sum of ``weights``; ties go to the group whose first member
+    came first; the answer is the group's most complete member (most content words; ties: the earliest)."""
+    prob, valid, cores = pair_probabilities(model, outputs, question)
+    labels = groups(prob, valid)
     keys = tuple(None if g is None else f"g{g}" for g in labels)
     if not any(valid):
-        return Vote(None, None, 0, 0, keys), sim, labels
+        return Vote(None, None, 0, 0, keys), prob, labels, cores
     n_groups = max(g for g in labels if g is not None) + 1
     support = [0.0] * n_groups
     count = [0] * n_groups
@@ -129,34 +138,38 @@ def semantic_vote(
             count[g] += 1
     best = max(range(n_groups), key=lambda g: (support[g], -g))
     members = [i for i, g in enumerate(labels) if g == best]
-    centrality = [sim[i, members].sum() - 1.0 for i in members]
-    central = members[int(np.argmax(centrality))]
-    return Vote(outputs[central].answer, f"g{best}", count[best], n_groups, keys), sim, labels
+    richest = max(members, key=lambda i: (len(cores[i].all_words), -i))
+    return Vote(outputs[richest].answer, f"g{best}", count[best], n_groups, keys), prob, labels, cores
+
+
+def _model_option(pair_model: dict | PairModel | None) -> PairModel:
+    if pair_model is None:
+        return default_pair_model()
+    return pair_model if isinstance(pair_model, PairModel) else PairModel.from_dict(pair_model)
 
 
 class SemanticFeatures(FeatureSet):
-    """The group structure of the committee's answers.
+    """The group structure of the committee's answers, by what they assert.
 
     Shares and sizes (the winning group's share, the runner-up's, the number of groups, their
-    entropy), how close the answers are (mean similarity within the winning group, between it and
-    the others, over all pairs, the least similar pair), failures, which agents agree with the
+    entropy), how surely the answers are the same (mean P(same) within the winning group, between it
+    and the others, the least sure pair), whether a short answer is contained in another of its group,
+    whether the returned answer hedges and how much it says, failures, which agents agree with the
     winner, and output length. No number parsing: it applies to any prompt.
     """
 
     name = "semantic"
-    options = ("similarity_threshold",)
+    options = ("pair_model",)
 
     def __init__(
         self,
         agents: Sequence[str],
         numeric: bool = False,
         weights: Sequence[float] | None = None,
-        similarity_threshold: float = DEFAULT_SIMILARITY,
+        pair_model: dict | PairModel | None = None,
     ) -> None:
         super().__init__(agents, numeric, weights)
-        if not -1.0 <= similarity_threshold <= 1.0:
-            raise ValueError(f"similarity_threshold must be within [-1, 1], got {similarity_threshold}")
-        self.similarity_threshold = float(similarity_threshold)
+        self.pair_model = _model_option(pair_model)
 
     @property
     def names(self) -> list[str]:
@@ -167,25 +180,32 @@ class SemanticFeatures(FeatureSet):
             "group_entropy",
             "parse_fail_frac",
             "failed_frac",
-            "sim_within_winner",
-            "sim_between",
-            "sim_mean",
-            "sim_min",
+            "same_within_winner",
+            "same_between",
+            "same_min",
+            "contained_in_winner",
+            "answer_hedges",
+            "answer_words",
             *[f"agrees[{a}]" for a in self.agents],
             "log_tokens_mean",
         ]
 
     def __call__(self, question: str, outputs: Sequence[AgentOutput]) -> tuple[list[float], Vote]:
         self.check_outputs(outputs)
-        vote, sim, labels = semantic_vote(outputs, self.similarity_threshold, self.weights)
-        return self._features(outputs, vote, sim, labels), vote
+        vote, prob, labels, cores = semantic_vote(outputs, self.pair_model, question, self.weights)
+        return self._features(outputs, vote, prob, labels, cores), vote
 
     def compute(self, question: str, outputs: Sequence[AgentOutput], vote: Vote) -> list[float]:
-        _, sim, labels = semantic_vote(outputs, self.similarity_threshold, self.weights)
-        return self._features(outputs, vote, sim, labels)
+        _, prob, labels, cores = semantic_vote(outputs, self.pair_model, question, self.weights)
+        return self._features(outputs, vote, prob, labels, cores)
 
     def _features(
-        self, outputs: Sequence[AgentOutput], vote: Vote, sim: np.ndarray, labels: list[int | None]
+        self,
+        outputs: Sequence[AgentOutput],
+        vote: Vote,
+        prob: np.ndarray,
+        labels: list[int | None],
+        cores: list[Core | None],
     ) -> list[float]:
         n = len(outputs)
         sizes = sorted((labels.count(g) for g in set(labels) if g is not None), reverse=True)
@@ -193,13 +213,17 @@ class SemanticFeatures(FeatureSet):
         win = [i for i in valid if vote.key == f"g{labels[i]}"]
         rest = [i for i in valid if i not in win]
 
-        def mean_sim(a: list[int], b: list[int], same: bool) -> float:
-            vals = [sim[i, j] for i in a for j in b if (i < j if same else True)]
+        def mean_p(a: list[int], b: list[int], same: bool) -> float:
+            vals = [prob[i, j] for i in a for j in b if (i < j if same else True)]
             return float(np.mean(vals)) if vals else 1.0 if same else 0.0
 
-        pairs = [sim[i, j] for i in valid for j in valid if i < j]
+        pairs = [prob[i, j] for i in valid for j in valid if i < j]
+        contained = any(
+            pair_levels(cores[i], cores[j])[0] for i in win for j in win if i < j
+        )
         entropy = -sum((s / n) * math.log(s / n) for s in sizes)
         toks = [math.log1p(o.output_tokens or 0) for o in outputs]
+        answer = next((cores[i] for i in win if outputs[i].answer == vote.answer), None)
         return [
             vote.count / n,
             (sizes[1] if len(sizes) > 1 else 0) / n,
@@ -207,10 +231,12 @@ class SemanticFeatures(FeatureSet):
             entropy,
             sum(o.answer is None and not o.failed for o in outputs) / n,
             sum(o.failed for o in outputs) / n,
-            mean_sim(win, win, True),
-            mean_sim(win, rest, False),
-            float(np.mean(pairs)) if pairs else 0.0,
-            float(np.min(pairs)) if pairs else 0.0,
+            mean_p(win, win, True),
+            mean_p(win, rest, False),
+            float(np.min(pairs)) if pairs else 1.0,
+            float(contained),
+            float(hedges(vote.answer)),
+            math.log1p(len(answer.all_words)) if answer is not None else 0.0,
             *[float(i in win) for i in range(n)],
             sum(toks) / n,
         ]
@@ -228,120 +254,118 @@ class SymmetricSemanticFeatures(SemanticFeatures):
     def names(self) -> list[str]:
         return [n for n in super().names if not n.startswith("agrees[")]
 
-    def _features(
-        self, outputs: Sequence[AgentOutput], vote: Vote, sim: np.ndarray, labels: list[int | None]
-    ) -> list[float]:
-        full = super()._features(outputs, vote, sim, labels)
+    def _features(self, outputs, vote, prob, labels, cores) -> list[float]:  # noqa: ANN001 - as the parent's
+        full = super()._features(outputs, vote, prob, labels, cores)
         return [v for n, v in zip(super().names, full) if not n.startswith("agrees[")]
 
 
 FEATURE_SETS = (SemanticFeatures.name, SymmetricSemanticFeatures.name)  # the sets that group by meaning
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 200) -> float:
-    """Otsu's threshold: the cut maximising the between-class variance of ``values``."""
-    values = np.asarray(values, float)
-    if len(values) < 2 or values.min() == values.max():
-        raise ValueError("need at least two distinct similarities to fit a threshold")
-    hist, edges = np.histogram(values, bins=bins)
-    p = hist / hist.sum()
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(p)
-    mu = np.cumsum(p * centers)
-    w1 = 1.0 - w0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mu[-1] * w0 - mu) ** 2 / (w0 * w1)
-    between[~np.isfinite(between)] = -1.0
-    # Every cut inside an empty stretch of the histogram scores the same: take the middle of the
-    # best ones, not the first (which would sit at the edge of the lower cluster).
-    best = np.flatnonzero(np.isclose(between, between.max(), rtol=1e-9, atol=0.0))
-    return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
+def semantic_equal(
+    model: PairModel, core_of: Callable[[str], Core | None], lookup: Callable[[str], np.ndarray] | None = None
+) -> Callable[[str | None, str | None], bool]:
+    """Equality of two answers under the semantic task: P(same answer) >= ``SAME``. ``core_of``: an
+    answer's core (given its question when built); ``lookup``: its core text's embedding (when the
+    model reads cosines)."""
+
+    def equal(a: str | None, b: str | None) -> bool:
+        if a is None or b is None:
+            return False
+        if a == b:
+            return True
+        cos = float(lookup(a) @ lookup(b)) if model.uses_embedding and lookup is not None else None
+        return model.same(core_of(a), core_of(b), cos) >= SAME
+
+    return equal
 
 
-def fit_similarity_threshold(sims: np.ndarray, same: np.ndarray | None = None) -> float:
-    """The grouping threshold from pairwise similarities of committee answers.
-
-    ``same`` (optional, one bool per pair): pairs known to mean the same; then the threshold with
-    the best balanced accuracy at telling them apart (midpoint between neighbouring values).
-    Without it, Otsu's threshold (no labels needed).
-    """
-    sims = np.asarray(sims, float)
-    if same is None:
-        return otsu_threshold(sims)
-    same = np.asarray(same, bool)
-    if same.all() or not same.any():
-        raise ValueError("pair labels are all one class: cannot fit a threshold from them")
-    cand = np.unique(sims)
-    cuts = np.r_[cand[0] - 1e-6, (cand[:-1] + cand[1:]) / 2]
-    tpr = np.array([(sims[same] >= c).mean() for c in cuts])
-    tnr = np.array([(sims[~same] < c).mean() for c in cuts])
-    return float(cuts[int(np.argmax(tpr + tnr))])
-
-
-def committee_pair_similarities(data, agents: Sequence[str], rows: Sequence[int] | None = None) -> np.ndarray:
-    """Every pairwise similarity between answers of ``agents`` on the same question (``rows``: which)."""
-    rows = range(data.n) if rows is None else rows
-    out = []
-    for r in rows:
-        outs = [data.outputs[a][r] for a in agents]
-        sim, valid = _similarities(outs)
-        out += [sim[i, j] for i in range(len(outs)) for j in range(i + 1, len(outs)) if valid[i] and valid[j]]
-    return np.array(out, float)
+def answer_pairs(data, names: Sequence[str], core: Callable[[int, str], Core | None],
+                 cosine: Callable[[str, str], float] | None) -> tuple[np.ndarray, list[tuple[int, str, str]]]:  # fmt: skip
+    """Signal levels of every pair of ``names``' answers on the same question, and which pair each is."""
+    levels, which = [], []
+    for r in range(data.n):
+        outs = [(n, data.outputs[n][r].answer) for n in names]
+        for i in range(len(outs)):
+            for j in range(i + 1, len(outs)):
+                (na, a), (nb, b) = outs[i], outs[j]
+                ca, cb = (core(r, a), core(r, b)) if a is not None and b is not None else (None, None)
+                if ca is None or cb is None:
+                    continue
+                levels.append(pair_levels(ca, cb, cosine(a, b) if cosine is not None else None))
+                which.append((r, na, nb))
+    return np.array(levels, int).reshape(-1, len(SIGNALS)), which
 
 
 def prepare(
     data,
     cache: str | Path | None = None,
-    threshold: float | None = None,
+    embed: bool = True,
     grade: str | None = None,
-) -> float:
+    pair_model: PairModel | None = None,
+) -> PairModel:
     """Turn ``data`` (a ``RoutingData`` loaded with ``task="semantic"``) into semantic routing data.
 
-    Every output's answer becomes its whole text (stripped) with its embedding (``cache``: an
-    ``EmbeddingCache`` file, so each text is embedded once across runs); the grouping threshold is
-    ``threshold`` or fitted label-free on the committee's pairwise similarities over all the data's
-    questions (no labels are read, so fitting it on the questions later scored leaks no outcome);
-    answers compare by that threshold (``data.same``). ``grade``: a task whose extractor grades a
-    whole answer against gold (``gsm8k`` on GSM8K traces, for evidence); without it gold labels are
-    refused, as a semantic answer has no gold string. Returns the threshold.
+    Every output's answer becomes its whole text (stripped); with ``embed``, its core text's embedding
+    (``cache``: an ``EmbeddingCache`` file, so each text is embedded once across runs) for the cosine
+    signal. The pair model is ``pair_model`` or fitted label-free (EM) on the pairs of the committee's
+    and the oracle's answers over all the data's questions (no labels are read). Answers compare by it
+    (``data.same``). ``grade``: a task whose extractor grades a whole answer against gold (``gsm8k`` on
+    GSM8K traces); else gold is graded by this task's own rule (a gold alias contained in the answer)
+    and the traces' judgements win where they exist. Returns the pair model.
     """
-    from .embedding import EmbeddingCache
+    from .dataset import judgement_maps
 
     if data.task != TASK:
         raise ValueError(f"semantic.prepare needs data loaded with task {TASK!r}, got {data.task!r}")
-    store = EmbeddingCache(cache)
     names = [*data.committee, data.oracle]
-    texts = sorted({t for n in names for o in data.outputs[n] if (t := normalize_answer(o.text)) is not None})
-    vectors = dict(zip(texts, store.embed(texts))) if texts else {}
+    cores: dict[str, Core | None] = {}
     for n in names:
-        data.outputs[n] = [
-            AgentOutput(
-                o.agent,
-                o.text,
-                normalize_answer(o.text),
-                o.output_tokens,
-                o.prompt_tokens,
-                o.cum_log_prob,
-                o.failed,
-                embedding=vectors.get(normalize_answer(o.text) or ""),
-            )
-            for o in data.outputs[n]
-        ]
-    if threshold is None:
-        threshold = fit_similarity_threshold(committee_pair_similarities(data, data.committee))
-    data.same = semantic_equal(vectors.__getitem__, threshold)
+        data.outputs[n] = [replace_answer(o, normalize_answer(o.text)) for o in data.outputs[n]]
+        for r, o in enumerate(data.outputs[n]):
+            if o.answer is not None and o.answer not in cores:
+                cores[o.answer] = answer_core(o.answer, data.questions[r])
+    vectors: dict[str, np.ndarray] = {}
+    if embed:
+        from .embedding import EmbeddingCache
+
+        store = EmbeddingCache(cache)
+        core_texts = {a: (c.text if c is not None else a) for a, c in cores.items()}
+        texts = sorted(set(core_texts.values()))
+        by_text = dict(zip(texts, store.embed(texts))) if texts else {}
+        vectors = {a: by_text[t] for a, t in core_texts.items()}
+        for n in names:
+            data.outputs[n] = [
+                replace_answer(o, o.answer, vectors.get(o.answer or "")) for o in data.outputs[n]
+            ]
+    lookup = vectors.__getitem__ if embed else None
+    if pair_model is None:
+        cosine = (lambda a, b: float(vectors[a] @ vectors[b])) if embed else None
+        levels, _ = answer_pairs(data, names, lambda r, a: cores.get(a), cosine)
+        pair_model = fit_pair_model(levels, with_cosine=embed)
+    data.same = semantic_equal(pair_model, cores.get, lookup)
+    if data.judgements is not None:
+        data.judgements = judgement_maps(data.outputs, names, numeric=False)
     if grade is not None:
         g = get_task(grade)
-        data.grade = lambda a, gold: g.equal(g.extract(a), gold)
-    elif data.labels == "gold":
-        raise ValueError("semantic answers have no gold strings: use --labels oracle, or --grade TASK to grade them")
-    else:  # nothing can compare a whole answer with a gold string: the gold answers are not used
-        data.gold = [None] * data.n
-    data.feature_options = {"similarity_threshold": threshold}
+        data.grade = lambda a, gold: g.equal(g.extract(a), g.gold_of(gold))
+    data.feature_options = {"pair_model": pair_model.to_dict()}
     data._feature_cache.clear()
-    return threshold
+    return pair_model
 
 
-register_extractor(AnswerTask(TASK, normalize_answer, _unset_equal, numeric=False, keyed=False))
+def replace_answer(o: AgentOutput, answer: str | None, embedding=None) -> AgentOutput:  # noqa: ANN001
+    """``o`` with another answer (and embedding), everything else (the judgement included) kept."""
+    from dataclasses import replace
+
+    return replace(o, answer=answer, embedding=embedding if embedding is not None else o.embedding)
+
+
+register_extractor(
+    AnswerTask(
+        TASK, normalize_answer, _unset_equal, numeric=False, keyed=False,
+        read_gold=read_gold_text, grade=grade_text_contains,
+    )  # fmt: skip
+)
 register_feature_set(SemanticFeatures)
 register_feature_set(SymmetricSemanticFeatures)

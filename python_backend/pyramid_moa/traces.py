@@ -6,7 +6,10 @@ Layout of a trace directory (adopted from ``shared/data/gsm8k``; see docs/TRACES
 * ``sources.json``: list of per-source metadata (``name``, ``params_b``,
   ``price_usd_per_1k_tokens``, ``license``, ...).
 * ``traces/<source>.jsonl``: ``{"idx", "samples": [{"text", "answer", "output_tokens"}]}``;
-  optional per-sample extras ``prompt_tokens``, ``cum_log_prob``, ``output_log_probs``.
+  optional per-sample extras ``prompt_tokens``, ``cum_log_prob``, ``output_log_probs``, and
+  ``correct`` (true/false: a judgement of the answer, by people or a judge; null: not judged).
+
+Gold is kept as written: what it means belongs to the task that grades with it (``AnswerTask.read_gold``).
 
 Everything is validated on load and every problem names its file and line,
 because a silently skipped line would shift accuracies without anyone noticing.
@@ -27,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .answers import normalize_number
 from .features import AgentOutput
 
 # A member may miss at most this fraction of the evaluated questions; its
@@ -51,20 +53,21 @@ class Sample:
     output_tokens: int | None
     prompt_tokens: int | None = None
     cum_log_prob: float | None = None
+    correct: bool | None = None  # a recorded judgement of the answer (None: not judged)
 
 
 def sample_output(name: str, s: Sample | None) -> AgentOutput:
     """What the router sees of model ``name``'s recorded sample; a missing record is a failed call."""
     if s is None:
         return AgentOutput(name, None, None, 0, failed=True)
-    return AgentOutput(name, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob)
+    return AgentOutput(name, s.text, s.answer, s.output_tokens, s.prompt_tokens, s.cum_log_prob, judged=s.correct)
 
 
 @dataclass(frozen=True)
 class Question:
     idx: int
     question: str
-    gold: str | None
+    gold: str | None  # as written in questions.jsonl (a number as its string): the task reads it
 
 
 @dataclass(frozen=True)
@@ -217,10 +220,19 @@ def _load_questions(path: Path, lenient: bool = False) -> dict[int, Question]:
         if not isinstance(obj.get("question"), str):
             raise TraceError(f"{path}:{lineno}: missing 'question' text")
         gold = obj.get("gold")
-        out[idx] = Question(idx, obj["question"], normalize_number(gold) if gold is not None else None)
+        if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
+            raise TraceError(f"{path}:{lineno}: 'gold' must be a string, a number or null, got {gold!r}")
+        out[idx] = Question(idx, obj["question"], None if gold is None else _gold_text(gold))
     if not out and not lenient:
         raise TraceError(f"{path}: no questions")
     return out
+
+
+def _gold_text(gold: str | int | float) -> str:
+    """A gold as text; an integral float (``18.0``) written as the integer it is."""
+    if isinstance(gold, float) and gold.is_integer():
+        return str(int(gold))
+    return str(gold).strip()
 
 
 def read_json(path: Path, error: type[Exception] = ValueError, what: str = "file") -> Any:
@@ -277,6 +289,9 @@ def _load_trace(path: Path, questions: dict[int, Question], lenient: bool = Fals
             text = s.get("text")
             if text is not None and not isinstance(text, str):
                 raise TraceError(f"{path}:{lineno}: sample 'text' must be a string or null")
+            judged = s.get("correct")
+            if judged is not None and not isinstance(judged, bool):
+                raise TraceError(f"{path}:{lineno}: sample 'correct' must be true, false or null, got {judged!r}")
             parsed.append(
                 Sample(
                     text=text,
@@ -284,6 +299,7 @@ def _load_trace(path: Path, questions: dict[int, Question], lenient: bool = Fals
                     output_tokens=_opt_num(path, lineno, s, "output_tokens", int),
                     prompt_tokens=_opt_num(path, lineno, s, "prompt_tokens", int),
                     cum_log_prob=_opt_num(path, lineno, s, "cum_log_prob", float),
+                    correct=judged,
                 )
             )
         out[idx] = parsed

@@ -1,0 +1,116 @@
+"""Gold belongs to the task, judgements are gold labels, and a fit is never worse than the oracle
+alone (issue 21 items 1, 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import write_traces
+
+from pyramid_moa.answers import get_task
+from pyramid_moa.dataset import load_routing_data
+from pyramid_moa.evaluation import evaluate
+from pyramid_moa.fitting import RouterFit, Target
+from pyramid_moa.traces import TraceError, TraceSet
+
+
+def _line(idx: int, text: str | None, correct: bool | None = None) -> str:
+    sample = {"text": text, "answer": text, "output_tokens": 5}
+    if correct is not None:
+        sample["correct"] = correct
+    return json.dumps({"idx": idx, "samples": [sample]})
+
+
+def test_each_task_reads_and_grades_its_own_gold():
+    gsm, choice, semantic, text = (get_task(t) for t in ("gsm8k", "choice", "semantic", "text"))
+    assert gsm.gold_of("1,200") == "1200" and gsm.grade("1200.0", gsm.gold_of("1,200"))
+    assert choice.gold_of("I") == "I" and choice.gold_of("(b)") == "B"
+    assert choice.grade("B", "B") and not choice.grade("C", "B")
+    # Free text: any "/"-separated alias, folded (accents, case, articles, punctuation).
+    assert semantic.grade("It was awarded in 1901 to Wilhelm Röntgen.", "Wilhelm Rontgen/W. C. Rontgen")
+    assert not semantic.grade("Marie Curie", "Wilhelm Conrad Röntgen")
+    assert text.grade("the Olivia", "Olivia/MFSK") and not text.grade("Olivia mode", "Olivia/MFSK")
+    for task, bad in ((gsm, "Paris"), (choice, "Paris"), (choice, "K")):
+        with pytest.raises(ValueError, match=f"task {task.name!r} cannot read gold"):
+            task.gold_of(bad)
+
+
+def test_traces_keep_gold_as_written_and_a_task_that_cannot_read_it_is_an_error(tmp_path):
+    qs = [{"idx": i, "question": f"q{i}\nA) x\nB) y", "gold": "B" if i else "Paris"} for i in range(3)]
+    src = {n: [_line(i, "The answer is (B)") for i in range(3)] for n in ("a", "b", "o")}
+    root = write_traces(tmp_path, qs, src)
+    assert TraceSet.open(root).questions[1].gold == "B"  # not read as a number (was None)
+    with pytest.raises(TraceError, match=r"questions\.jsonl: idx 0: task 'choice' cannot read gold 'Paris'"):
+        load_routing_data(str(root), ["a", "b"], "o", task="choice")
+
+
+def test_judgements_are_the_gold_labels_and_unjudged_questions_are_left_out(tmp_path):
+    n = 8
+    qs = [{"idx": i, "question": f"who q{i}", "gold": "Rontgen"} for i in range(n)]
+    # The oracle's answer names the gold but people judged it wrong on idx 1; idx 7 is unjudged for "b".
+    src = {
+        "a": [_line(i, "Rontgen", True) for i in range(n)],
+        "b": [_line(i, "Curie", False if i != 7 else None) for i in range(n)],
+        "o": [_line(i, "It was Rontgen", i != 1) for i in range(n)],
+    }
+    d = load_routing_data(str(write_traces(tmp_path, qs, src)), ["a", "b"], "o", task="semantic", labels="gold")
+    assert d.n == n - 1 and d.idxs == list(range(7))
+    assert d.notes and "1 of 8 questions left out" in d.notes[0]
+    ok = d.correct(d.answers("o"))
+    assert ok.tolist() == [i != 1 for i in range(7)]  # the judgement wins over the gold string
+    assert d.correct(d.answers("b")).sum() == 0 and d.correct(d.answers("a")).all()
+    assert d.graded(["It was Rontgen", "Rontgen"], np.array([1, 1])).tolist() == [False, True]
+
+
+def test_a_bad_judgement_names_file_and_line(tmp_path):
+    qs = [{"idx": 0, "question": "q", "gold": "x"}]
+    root = write_traces(tmp_path, qs, {"a": ['{"idx": 0, "samples": [{"answer": "x", "correct": "yes"}]}']})
+    with pytest.raises(TraceError, match=r"a\.jsonl:1: sample 'correct' must be true, false or null"):
+        TraceSet.open(root).samples("a")
+
+
+@pytest.fixture
+def hopeless(tmp_path):
+    """A committee that cannot be told right from wrong: its wrong answers agree as often as its
+    right ones, and the oracle is always right. No schedule matches the oracle for less."""
+    rng = np.random.default_rng(3)
+    n = 240
+    qs = [{"idx": i, "question": f"What is {i} plus one?", "gold": str(i + 1)} for i in range(n)]
+    src: dict[str, list[str]] = {"a": [], "b": [], "c": [], "o": []}
+    for i in range(n):
+        right = rng.random() < 0.5
+        for name in ("a", "b", "c"):
+            ans = i + 1 if right else 7
+            src[name].append(_line(i, f"The answer is {ans}"))
+        src["o"].append(_line(i, f"The answer is {i + 1}"))
+    root = write_traces(tmp_path, qs, src)
+    meta = [{"name": m, "params_b": 7 if m != "o" else 70, "license": "MIT"} for m in src]
+    (root / "sources.json").write_text(json.dumps(meta))
+    return load_routing_data(str(root), ["a", "b", "c"], "o")
+
+
+def test_no_saving_means_the_oracle_alone_at_cost_one(hopeless):
+    target = Target("max_accuracy_drop", 0.0)
+    art = RouterFit(hopeless, np.arange(hopeless.n), "flops", target=target).artifact(target)
+    assert art.oracle_only and "no" in art.fit_summary["oracle_only"]["why"]
+    router = art.router()
+    calls: list[str] = []
+
+    def call(m):
+        calls.append(m)
+        return hopeless.outputs[m][0]
+
+    res = router.route(hopeless.questions[0], call)
+    assert calls == ["o"] and res.escalated and res.answer == "1"
+    calls.clear()
+    router.route(hopeless.questions[0], call, threshold=0.0)  # a request's own threshold: the stages
+    assert calls[0] != "o"
+    r = evaluate(hopeless, target, "flops", folds=3)
+    op = r["operating_point"]
+    assert op["mean_cost"] <= 1.0 + 1e-9 and op["accuracy"] >= op["oracle_accuracy"] - 1e-9
+    assert op["oracle_only_folds"] == 3 and all(s == [{"oracle_only": True}] for s in r["schedules"])
+    # A looser target has a saving: not oracle-only.
+    loose = Target("max_accuracy_drop", 0.6)
+    assert not RouterFit(hopeless, np.arange(hopeless.n), "flops", target=loose).artifact(loose).oracle_only
