@@ -293,9 +293,11 @@ ONNX_IR_VERSION = 8  # readable by older ONNX Runtime builds too (Triton 24.x's 
 ONNX_INPUTS = ("input_ids", "attention_mask")  # int64 [batch, tokens]
 ONNX_OUTPUT = "embedding"  # float32 [batch, 384], unit rows
 BACKENDS = ("onnx", "numpy")
-# Measured on the 2-core VM (BENCHMARKS.md, issue 21 item 5): one session.run for a stage's 3-4 answers
-# beat one run per answer, and batches of up to 16 still did; longer batches are split.
-_ONNX_BATCH = 16
+# One text a session.run: measured on the 2-core VM (BENCHMARKS.md, issue 21 item 5), a committee stage's 3
+# answers took 36 ms p50 one by one and 54 ms as one padded batch (answers differ in length, and the work
+# is in the matrix products, which padding only adds to). It also makes a text's vector independent of
+# the texts it is sent with, so the server's stage-batched vectors are bit for bit the offline ones.
+_ONNX_BATCH = 1
 _MAX_ORT_THREADS = 2  # small matrices: more threads than this only spin (and the VM's cores are shared)
 
 
