@@ -14,7 +14,7 @@ COST ?= usd
 # The full shared trace set (benchmarks A and B); not shipped, see BENCHMARKS.md.
 SHARED_TRACES ?= ../shared/data/gsm8k
 
-.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf perf-cpu helm-check soak calibrate-replay perf-gateway
+.PHONY: setup demo eval test lint bench bench-serving clean render serve setup-perf perf perf-semantic perf-cpu helm-check soak calibrate-replay perf-gateway
 # Deployment profile: deploy/$(PROFILE).yaml (replay: recorded outputs; llamacpp: Gemma 3 270M on llama.cpp).
 PROFILE ?= replay
 # replay (the default): the committed calibration and the committed, directly servable top-level
@@ -85,6 +85,12 @@ perf-gateway: setup-perf render  ## the OpenAI gateway vs the gRPC path: added l
 # Not part of make test (a benchmark, about 9 minutes). PERF_ARGS: e.g. --quick, --no-genai-perf, --rounds 7.
 perf: setup-perf $(REPLAY_CALIBRATION) perf-gateway  ## load test: perf_analyzer sweeps of pyramid vs one engine, GPU-like latency check, genai-perf (also against the OpenAI gateway)
 	$(PY) scripts/perf.py --calibration $(REPLAY_CALIBRATION) --out $(OUT)/perf $(PERF_ARGS)
+	$(MAKE) perf-semantic
+
+# About 1.5 minutes: what semantic routing adds to a routed request at c=1 (the embedder, numpy vs ONNX Runtime,
+# per answer vs per stage; semantic vs gsm8k routing through a real tritonserver), on the NQ traces in ../shared.
+perf-semantic: $(STAMP)  ## semantic routing's embedder cost (scripts/bench_semantic.py; BENCH_SEMANTIC_ARGS)
+	$(PY) scripts/bench_semantic.py --out $(OUT)/bench_semantic $(BENCH_SEMANTIC_ARGS)
 
 # Not part of make test (a benchmark, about 2 minutes): CPU per routed request, per process and per router thread,
 # against the bare-BLS floor (docs/CAPACITY.md).
