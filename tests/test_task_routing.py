@@ -48,8 +48,6 @@ def test_uncalibrated_task_errors_unless_a_fallback_is_declared():
 
 
 def test_deployment_errors_name_the_fix():
-    with pytest.raises(ValueError, match="must name the default"):
-        TaskRouters(_set("gsm8k", "choice"))
     with pytest.raises(ValueError, match="default task 'text' has no calibration"):
         TaskRouters(_set("gsm8k"), default_task="text")
     with pytest.raises(ValueError, match="needs an embedder model"):
@@ -110,13 +108,13 @@ def task_model(tmp_path):
 
         return run
 
-    def make(fallback: str = "error"):
+    def make(fallback: str = "error", task: str = "gsm8k"):
         save_calibration_set(tmp_path / "calibration.json", [art("gsm8k"), art("semantic")])
         params = {
             "calibration": "calibration.json",
             "agents": ",".join(AGENTS),
             "oracle": ORACLE,
-            "task": "gsm8k",
+            "task": task,
             "task_fallback": fallback,
             "embedder": "embedder",
         }
@@ -204,3 +202,86 @@ def test_an_answer_the_embedder_cannot_embed_leaves_its_agent_out(task_model):
     # The stage's call failed, so each answer was tried alone: 1 + 3 embedder calls.
     assert [m for m, _ in pb.calls].count("embedder") == 4
     assert out["answer"] in (FREE["a"], FREE["b"])
+
+
+# ---- task auto: detected from the prompt among the calibrated tasks -----------------------------------------
+
+CHOICE_Q = "Which planet is the largest?\nA) Venus\nB) Jupiter\nC) Mars"
+FRANCE = "What is the capital of France?"
+WORD = "Tom has 3 apples and buys 5 more. How many apples does he have now?"
+
+
+def test_several_calibrations_default_to_auto_and_a_named_task_keeps_its_own():
+    tr = TaskRouters(_set("gsm8k", "choice"))
+    assert tr.auto and tr.default == "gsm8k"  # the set's first: for prompts no calibrated task fits
+    r = tr.resolve(None, prompt=CHOICE_Q)
+    assert (r.task.name, r.router, r.source, r.detected, r.fallback) == (
+        "choice",
+        tr.routers["choice"],
+        "auto",
+        "choice",
+        False,
+    )
+    assert r.report() == {"name": "choice", "source": "auto", "detected": "choice", "reason": "lists options A, B, C"}
+    r = tr.resolve(None, prompt=WORD)
+    assert (r.task.name, r.source, r.use_parsed) == ("gsm8k", "auto", True)
+    r = tr.resolve("choice", prompt=WORD)  # a request naming its task keeps it
+    assert (r.task.name, r.source, r.detected) == ("choice", "request", None)
+    assert r.report() == {"name": "choice", "source": "request"}
+    assert tr.resolve("auto", prompt=CHOICE_Q).task.name == "choice"
+
+
+def test_auto_falls_to_free_text_then_to_the_default_or_the_declared_fallback():
+    # A word problem without a gsm8k calibration is free text: semantic answers it.
+    tr = TaskRouters(_set("choice", "semantic"), embedder="embedder")
+    r = tr.resolve(None, prompt=WORD)
+    assert (r.task.name, r.detected, r.embed, r.fallback_to) == ("semantic", "gsm8k", True, None)
+    assert "gsm8k has no calibration" in r.reason
+    # No calibrated task fits a free-text prompt: the deployment's default, said so.
+    tr = TaskRouters(_set("gsm8k", "choice"))
+    r = tr.resolve(None, prompt=FRANCE)
+    assert (r.task.name, r.router, r.force_tier, r.fallback_to) == ("gsm8k", tr.routers["gsm8k"], None, "default")
+    assert r.report()["fallback"] == "default" and r.report()["detected"] == "semantic"
+    # ... or the declared fallback: the oracle alone, the answer read as free text.
+    fb = TaskRouters(_set("gsm8k", "choice"), fallback="oracle").resolve("auto", "committee", FRANCE)
+    assert (fb.task.name, fb.force_tier, fb.fallback, fb.fallback_to, fb.source) == (
+        "semantic", "oracle", True, "oracle", "auto",
+    )  # fmt: skip
+
+
+def test_a_single_task_deployment_keeps_its_default_and_accepts_auto():
+    tr = TaskRouters(_set("gsm8k"))
+    assert not tr.auto
+    assert tr.resolve(None, prompt=FRANCE).report() == {"name": "gsm8k", "source": "default"}
+    r = tr.resolve("auto", prompt=FRANCE)  # the gateway's default: the only calibration answers
+    assert (r.task.name, r.fallback_to, r.use_parsed) == ("gsm8k", "default", True)
+    assert TaskRouters(_set("gsm8k"), default_task="auto").auto
+    with pytest.raises(InvalidArgument, match="known: .*auto"):
+        tr.resolve("poetry")
+
+
+def test_the_response_says_the_task_auto_chose(task_model):
+    import fake_pb_utils as pb
+    from test_triton_glue import Q_AGREE
+
+    model = task_model(task="auto")
+    out = _ask(model, text_input=Q_AGREE)  # "What is 2+2?": arithmetic
+    assert (out["answer"], out["tier"]) == ("4", "committee")
+    assert out["task"] == {
+        "name": "gsm8k", "source": "auto", "detected": "gsm8k", "reason": "asks to evaluate an arithmetic expression",
+    }  # fmt: skip
+    pb.calls.clear()
+    out = _ask(model, text_input=FREE_Q)
+    assert (out["task"]["name"], out["task"]["source"]) == ("semantic", "auto")
+    assert out["answer"] in (FREE["a"], FREE["b"]) and "embedder" in [m for m, _ in pb.calls]
+    out = _ask(model, text_input=FREE_Q, task="semantic")
+    assert out["task"] == {"name": "semantic", "source": "request"}
+
+
+def test_a_request_asking_auto_of_a_named_default_deployment(task_model):
+    from test_triton_glue import Q_AGREE
+
+    model = task_model()  # router.task: gsm8k
+    assert _ask(model, text_input=Q_AGREE)["task"] == {"name": "gsm8k", "source": "default"}
+    out = _ask(model, text_input=FREE_Q, task="auto")
+    assert (out["task"]["name"], out["task"]["detected"], out["tier"]) == ("semantic", "semantic", "committee")

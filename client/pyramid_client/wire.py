@@ -117,8 +117,10 @@ REQUEST_OPTIONS: dict[str, RequestOption] = {
             direct=True,
         ),
         RequestOption(
-            "task", BYTES, "the answer task (gsm8k, semantic, choice, text) whose calibration routes it", unset="",
-            unset_means="not set", default="the router's task parameter (the calibration's only task)",
+            "task", BYTES,
+            "the answer task (gsm8k, semantic, choice, text) whose calibration routes it; auto: detected from the prompt",
+            unset="", unset_means="not set",
+            default="the router's task parameter (the calibration's only task; auto for several)",
         ),
     )
 }  # fmt: skip
@@ -221,7 +223,10 @@ class RoutedAnswer:
     reports them, else chars/4). ``answered_by``: the models whose answer this is: the oracle, or the
     agents of the deciding stage that voted for it (in a pyramid, which tier answered). ``budget``: with
     the router's oracle budget on and the request under it, ``{"target", "window_rate", "offset",
-    "thresholds"}`` (the thresholds applied, one per stage); None otherwise.
+    "thresholds"}`` (the thresholds applied, one per stage); None otherwise. ``task``: the answer task that
+    routed the request, ``{"name", "source"}`` (source ``request``, ``default`` or ``auto``: detected from the
+    prompt, then with ``detected``, the kind of prompt, and ``reason``), plus ``fallback`` (``oracle`` or
+    ``default``) where a fallback applied; None from a router that does not say.
     """
 
     answer: str | None
@@ -239,6 +244,7 @@ class RoutedAnswer:
     tokens: dict[str, list[int]] = field(default_factory=dict)
     answered_by: list[str] = field(default_factory=list)
     budget: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
 
 
 def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> dict[str, Any]:
@@ -255,6 +261,8 @@ def answer_outputs(a: RoutedAnswer, text: str, latency_ms: dict[str, float]) -> 
     }
     if a.budget is not None:
         details["budget"] = a.budget
+    if a.task is not None:
+        details["task"] = a.task
     return {
         "text_output": text,
         "answer": a.answer or "",
@@ -310,6 +318,7 @@ def answer_fields(outputs: dict[str, Any]) -> tuple[dict[str, Any], str, dict[st
         "tokens": {str(k): [int(x) for x in v] for k, v in (details.get("tokens") or {}).items()},
         "answered_by": [str(m) for m in details.get("answered_by") or []],
         "budget": details["budget"] if isinstance(details.get("budget"), dict) else None,
+        "task": details["task"] if isinstance(details.get("task"), dict) else None,
     }
     steps = {str(k): float(v) for k, v in latency.items()} if isinstance(latency, dict) else {}
     return fields, _text(outputs.get("text_output")), steps

@@ -52,7 +52,10 @@ def tier_usage(tokens: dict[str, list[int]], oracle: str) -> dict[str, dict[str,
 def router_metadata(model: str, r: PyramidResult, oracle: str) -> dict[str, Any]:
     """The ``pyramid`` object of a routed answer (provisional or final). ``router_budget``: the router's
     oracle-rate controller's target, window rate, offset and applied thresholds, when it held this request
-    (``budget`` is the API key's own budget, set by the gateway)."""
+    (``budget`` is the API key's own budget, set by the gateway). ``task``: the answer task that routed it,
+    ``task_source`` (``request``, ``default`` or ``auto``: detected from the prompt, then ``task_detected``, the
+    kind of prompt found, and ``task_reason``), ``task_fallback`` (``oracle`` / ``default``) where one applied;
+    left out when the router does not say."""
     meta = {
         "model": model,
         "tier": r.tier,
@@ -73,6 +76,12 @@ def router_metadata(model: str, r: PyramidResult, oracle: str) -> dict[str, Any]
     }
     if r.budget is not None:
         meta["router_budget"] = r.budget
+    t = getattr(r, "task", None)
+    if isinstance(t, dict) and t.get("name"):
+        meta["task"], meta["task_source"] = t["name"], t.get("source")
+        for key in ("detected", "reason", "fallback"):
+            if t.get(key) is not None:
+                meta[f"task_{key}"] = t[key]
     return meta
 
 

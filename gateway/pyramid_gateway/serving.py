@@ -8,6 +8,8 @@ one place:
 * ``pyramid.deadline_ms``: the router's anytime bound (a provisional committee answer when the oracle is
   late); with ``pyramid.provisional: "error"`` (unset: under ``pyramid.strict``) a provisional answer is refused
   with 504 instead. A direct engine call has no committee to fall back on: past ``deadline_ms`` it is a 504.
+* ``pyramid.task``: a routed request naming none is sent with ``DEFAULT_TASK`` (``auto``: the router detects the
+  task from the prompt among the calibrated ones; the ``pyramid`` object's ``task`` / ``task_source`` say which).
 * ``usage`` counts every call the route made (the router's per-call counts); the per-tier breakdown is
   in ``pyramid.usage``.
 
@@ -37,6 +39,8 @@ Request = ChatCompletionRequest | CompletionRequest
 # ``pyramid`` options that apply to routing only: a 400 on a direct engine call (the table's ``direct``).
 ROUTING_ONLY = tuple(n for n, o in REQUEST_OPTIONS.items() if o.openai == "pyramid" and not o.direct)
 Event = tuple[str, Any]
+# The task of a routed request that names none: detected by the router from the prompt (pyramid_triton.tasks).
+DEFAULT_TASK = "auto"
 
 
 def new_request_id() -> str:
@@ -46,8 +50,8 @@ def new_request_id() -> str:
 class Gateway:
     """Resolves model names and runs requests against ``upstream``."""
 
-    def __init__(self, upstream: Upstream, retry_after_s: int = 1) -> None:
-        self.upstream, self.retry_after_s = upstream, retry_after_s
+    def __init__(self, upstream: Upstream, retry_after_s: int = 1, default_task: str | None = DEFAULT_TASK) -> None:
+        self.upstream, self.retry_after_s, self.default_task = upstream, retry_after_s, default_task
 
     def _error(self, exc: PyramidError, req: Request) -> ApiError:
         return from_pyramid(exc, self.retry_after_s, "prompt" if isinstance(req, CompletionRequest) else "messages")
@@ -125,12 +129,15 @@ class Gateway:
 
     # --- router ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _router_args(req: Request, target: Target, rid: str) -> dict[str, Any]:
+    def _router_args(self, req: Request, target: Target, rid: str) -> dict[str, Any]:
         """The router's request options, by their names, from where the table puts them in the OpenAI body
-        (``pyramid_client.wire.REQUEST_OPTIONS``): a top-level field, ``pyramid``, or the model name."""
+        (``pyramid_client.wire.REQUEST_OPTIONS``): a top-level field, ``pyramid``, or the model name; ``task``
+        unset (or empty): the gateway's ``default_task``."""
         where = {"body": req, "pyramid": req.options(), "model": target}
-        return {**{n: getattr(where[o.openai], n) for n, o in REQUEST_OPTIONS.items()}, "request_id": rid}
+        args = {n: getattr(where[o.openai], n) for n, o in REQUEST_OPTIONS.items()}
+        if not (args.get("task") or "").strip() and self.default_task:
+            args["task"] = self.default_task
+        return {**args, "request_id": rid}
 
     def _router_answer(self, req: Request, cat: Catalog, target: Target, r: PyramidResult) -> Answer:
         o = req.options()

@@ -226,7 +226,7 @@ class PyramidModel:
         ctx: dict[str, Any] | None = None,
     ) -> PyramidResponse:
         ereq = req.engine_request()
-        route = self.tasks.resolve(req.task, req.force_tier)
+        route = self.tasks.resolve(req.task, req.force_tier, req.text_input)
         if ctx is not None:
             ctx["other_task"] = route.router is not self.router or route.fallback
 

@@ -25,8 +25,9 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pyramid_moa.cost import COST_MODELS, CostModel, estimate_tokens, prompt_tokens, relative_cost
 from pyramid_moa.features import AgentOutput
@@ -282,6 +283,12 @@ def call_tokens(question: str, routed: Routed) -> dict[str, list[int]]:
     }
 
 
+# The task of the request being routed, as ``tasks.TaskRouters.resolve`` decided it: (the router it chose, the
+# route's ``report()``). A request is routed in its own asyncio task (``execute`` gathers them), so each sees its
+# own; ``build_response`` reads it for a response built with that router and no ``task`` of its own.
+ROUTE_TASK: ContextVar[tuple[Router, dict[str, Any]] | None] = ContextVar("pyramid_route_task", default=None)
+
+
 def build_response(
     router: Router,
     routed: Routed,
@@ -289,9 +296,14 @@ def build_response(
     costs: dict[str, float | None] | None = None,
     cost_kind: str | None = None,
     strict: bool = False,
+    task: dict[str, Any] | None = None,
 ) -> PyramidResponse:
     """The client-facing response. Raises ServeError when no model produced anything, and in
-    ``strict`` mode when the oracle was asked and failed (instead of a degraded committee answer)."""
+    ``strict`` mode when the oracle was asked and failed (instead of a degraded committee answer).
+    ``task``: the response's task metadata (None: what ``ROUTE_TASK`` holds for ``router``, if anything)."""
+    if task is None:
+        held = ROUTE_TASK.get()
+        task = held[1] if held is not None and held[0] is router else None
     result, outputs = routed.result, routed.outputs
     failures = {a: f for a, f in failures.items() if a in outputs}  # not an abandoned call's late failure
     if failures and len(failures) == len(outputs):
@@ -328,4 +340,5 @@ def build_response(
         provisional=routed.provisional,
         latency_ms=dict(routed.latency_ms),
         answered_by=list(result.answered_by),
+        task=dict(task) if task is not None else None,
     )

@@ -6,21 +6,31 @@ has no calibration (``router.task_fallback``): ``error`` (the default) or ``orac
 answers it alone, declared, at the oracle's cost). Never a silent misroute: an unknown task name is
 INVALID_ARG naming it, and a known task without a calibration is UNSUPPORTED naming the calibrated
 ones, unless the spec declared the fallback.
+
+``auto`` (a request's task, or the spec's ``router.task``; the default of a spec whose calibration set
+calibrates several tasks, and the OpenAI gateway's for a request naming none) is no answer task but a
+selector: the task is detected from the request's prompt (``pyramid_moa.task_detect``: an option list ->
+``choice``, an arithmetic problem -> ``gsm8k``, else ``semantic``) among the calibrated ones. When no
+calibrated task fits the prompt, the declared fallback (``oracle``) applies, else the deployment's default
+task (``router.task`` when it names one; with ``auto``, the calibration set's first). The response says
+which (``TaskRoute.report``: the ``task`` of the response's metadata).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyramid_client.wire import UNSUPPORTED
 from pyramid_moa.answers import AnswerTask, get_task, task_names
 from pyramid_moa.artifact import CalibrationArtifact, load_calibrations
 from pyramid_moa.router import Router
+from pyramid_moa.task_detect import AUTO, detect_task
 
 from .hot_reload import INLINE_PARAM, live_path, router_artifact
 from .protocol import ROUTER_PARAMS, InvalidArgument, ServeError
+from .routing import ROUTE_TASK
 
 FALLBACKS = ("error", "oracle")
 
@@ -30,7 +40,10 @@ class TaskRoute:
     """How one request is routed. ``force_tier``: the request's own, or "oracle" for the fallback;
     ``embed``: the task compares answers by meaning, so each agent's answer is embedded before the
     stage decides; ``use_parsed``: engines' own parsed answers (a replay engine's recorded ones) are
-    for the deployment's default task only, other tasks extract from the text."""
+    for the deployment's default task only, other tasks extract from the text. ``source``: where the task
+    came from (``request``: the request named it; ``default``: the deployment's; ``auto``: detected from the
+    prompt, ``detected`` the kind of prompt found and ``reason`` why); ``fallback_to``: ``oracle`` (the
+    declared fallback) or ``default`` (an ``auto`` request no calibrated task fits) when one applied."""
 
     task: AnswerTask
     router: Router
@@ -38,13 +51,29 @@ class TaskRoute:
     fallback: bool
     embed: bool
     use_parsed: bool
+    source: str = "default"
+    detected: str | None = None
+    reason: str = field(default="", compare=False)
+    fallback_to: str | None = None
 
     def extract(self, text: str | None, question: str) -> str | None:
         return self.task.extract_for(text, question)
 
+    def report(self) -> dict[str, Any]:
+        """The response's ``task`` metadata: ``name``, ``source`` and, where they apply, ``detected``,
+        ``reason`` and ``fallback``."""
+        out: dict[str, Any] = {"name": self.task.name, "source": self.source}
+        if self.source == AUTO:
+            out["detected"], out["reason"] = self.detected, self.reason
+        if self.fallback_to:
+            out["fallback"] = self.fallback_to
+        return out
+
 
 class TaskRouters:
-    """The deployment's routers, one per calibrated task."""
+    """The deployment's routers, one per calibrated task. ``default_task``: a calibrated task, or ``auto``
+    (also what several calibrations get when none is named: the task detected per request; ``default`` is
+    then the set's first task, for the requests no calibrated task fits); ``auto``: whether it is."""
 
     def __init__(
         self,
@@ -57,11 +86,9 @@ class TaskRouters:
             raise ValueError("no calibration given")
         if fallback not in FALLBACKS:
             raise ValueError(f"task_fallback must be one of {FALLBACKS}, got {fallback!r}")
-        if not default_task:
-            if len(calibrations) > 1:
-                raise ValueError(
-                    f"the calibration set has tasks {sorted(calibrations)}: the spec must name the default (router.task)"
-                )
+        default_task = (default_task or "").strip()
+        self.auto = default_task == AUTO or (not default_task and len(calibrations) > 1)
+        if self.auto or not default_task:
             default_task = next(iter(calibrations))
         if default_task not in calibrations:
             raise ValueError(
@@ -78,22 +105,47 @@ class TaskRouters:
         self.fallback = fallback
         self.embedder = embedder
 
-    def resolve(self, task: str | None, force_tier: str | None = None) -> TaskRoute:
-        """The route for a request naming ``task`` (None or empty: the default)."""
-        name = (task or "").strip() or self.default
+    def resolve(self, task: str | None, force_tier: str | None = None, prompt: str | None = None) -> TaskRoute:
+        """The route for a request naming ``task`` (None or empty: the deployment's default, which may be
+        ``auto``); ``prompt``: the request's text, which ``auto`` reads. The route's ``report()`` is also left
+        for the response built in this context (``routing.ROUTE_TASK``)."""
+        named = (task or "").strip()
+        name = named or (AUTO if self.auto else self.default)
+        if name == AUTO:
+            route = self._detect(prompt or "", force_tier)
+        else:
+            route = self._named(name, force_tier, "request" if named else "default")
+        ROUTE_TASK.set((route.router, route.report()))
+        return route
+
+    def _named(self, name: str, force_tier: str | None, source: str) -> TaskRoute:
         if name not in task_names():
-            raise InvalidArgument("task", f"unknown task {name!r}; known: {', '.join(task_names())}")
+            known = ", ".join([*task_names(), AUTO])
+            raise InvalidArgument("task", f"unknown task {name!r}; known: {known}")
         t = get_task(name)
         router = self.routers.get(name)
         if router is not None:
-            return TaskRoute(t, router, force_tier, False, not t.keyed, t.keyed and name == self.default)
+            return TaskRoute(t, router, force_tier, False, not t.keyed, t.keyed and name == self.default, source)
         if self.fallback == "oracle":  # declared: the oracle alone, never another task's committee vote
-            return TaskRoute(t, self.routers[self.default], "oracle", True, False, False)
+            return TaskRoute(t, self.routers[self.default], "oracle", True, False, False, source, fallback_to="oracle")
         raise ServeError(
             f"task {name!r} has no calibration in this deployment (calibrated: {', '.join(sorted(self.routers))}); "
             "calibrate it (pyramid calibrate --task ... --add) or declare router.task_fallback: oracle",
             UNSUPPORTED,
         )
+
+    def _detect(self, prompt: str, force_tier: str | None) -> TaskRoute:
+        """``auto``: the calibrated task the prompt is; none fits: the declared fallback, else the default."""
+        d = detect_task(prompt, self.routers)
+        if d.task is not None:
+            return replace(self._named(d.task, force_tier, AUTO), detected=d.kind, reason=d.reason)
+        if self.fallback == "oracle":
+            t = get_task(d.kind)
+            return TaskRoute(
+                t, self.routers[self.default], "oracle", True, False, False, AUTO, d.kind, d.reason, "oracle"
+            )
+        route = self._named(self.default, force_tier, AUTO)
+        return replace(route, detected=d.kind, reason=f"{d.reason}: the default task", fallback_to="default")
 
 
 def load_task_routers(params: Any, known_agents: Iterable[str]) -> tuple[TaskRouters, CalibrationArtifact, str]:
