@@ -50,6 +50,16 @@ def load_stages(nq: Path, n: int) -> tuple[list[dict], list[list[str]]]:
     return keep, [[t[q["idx"]] for t in texts] for q in keep]
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
@@ -201,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ntok = [len(tok.encode(t)) for s in stages[: a.n] for t in s]
     result: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, {platform.processor() or ''}".strip(),
+        "machine": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} CPUs usable ({platform.machine()})",
         "stages": min(a.n, len(stages)),
         "answers_per_stage": 3,
         "tokens_per_answer": {"mean": statistics.mean(ntok), "median": statistics.median(ntok), "max": max(ntok)},
