@@ -68,7 +68,8 @@ _TEMPLATES = (
 )
 _SYS_LLAMA2 = re.compile(r"<<SYS>>.*?<</SYS>>", re.S)
 # The gateway's transcript (pyramid_client.chat.question): "Role: text" or "Role (name): text" blocks.
-_TRANSCRIPT_START = re.compile(r"^(?:System|User|Assistant)(?: \([^)\n]*\))?: ", re.S)
+_TRANSCRIPT_START = re.compile(r"^(?:System|User|Assistant)( \([^)\n]*\))?: ")
+_NEXT_BLOCK = re.compile(r"\n\n(?:System|User|Assistant)(?: \([^)\n]*\))?: ")
 _USER_BLOCK = re.compile(r"(?:^|\n\n)User(?: \([^)\n]*\))?: ")
 
 
@@ -78,7 +79,9 @@ def user_text(prompt: str) -> str:
         turns = pattern.findall(prompt)
         if turns:
             return _SYS_LLAMA2.sub("", turns[-1]).strip()
-    if _TRANSCRIPT_START.match(prompt):
+    start = _TRANSCRIPT_START.match(prompt)
+    # A transcript has several blocks or a named speaker; a lone "User: ..." is a question like any other.
+    if start and (start.group(1) or _NEXT_BLOCK.search(prompt)):
         blocks = list(_USER_BLOCK.finditer(prompt))
         if blocks:
             return prompt[blocks[-1].end() :].strip()
