@@ -61,7 +61,8 @@ ROUTER_PARAMS: dict[str, Any] = {
     "metrics": True,  # pyramid_* Prometheus metrics on Triton's /metrics
     "breaker_s": 2.0,  # after an engine fails (timeout, crash), skip it for this long (0: never)
     "remote_retries": 2,  # a remote call that fails with gRPC UNAVAILABLE is retried this often (within its timeout)
-    # A task per request (tasks.py): the default answer task ("": the calibration's only one) and what a request
+    # A task per request (tasks.py): the default answer task ("": the calibration's only one, or auto for several;
+    # auto: detected from each request's prompt, pyramid_moa.task_detect) and what a request
     # whose task has no calibration gets: "error" (UNSUPPORTED) or "oracle" (the oracle alone answers it).
     "task": "",
     "task_fallback": "error",
