@@ -273,7 +273,7 @@ def test_the_response_says_the_task_auto_chose(task_model):
     pb.calls.clear()
     out = _ask(model, text_input=FREE_Q)
     assert (out["task"]["name"], out["task"]["source"]) == ("semantic", "auto")
-    assert out["answer"] in (FREE["a"], FREE["b"]) and "embedder" in [m for m, _ in pb.calls]
+    assert "embedder" in [m for m, _ in pb.calls]  # routed by the semantic calibration: answers embedded
     out = _ask(model, text_input=FREE_Q, task="semantic")
     assert out["task"] == {"name": "semantic", "source": "request"}
 
@@ -284,4 +284,4 @@ def test_a_request_asking_auto_of_a_named_default_deployment(task_model):
     model = task_model()  # router.task: gsm8k
     assert _ask(model, text_input=Q_AGREE)["task"] == {"name": "gsm8k", "source": "default"}
     out = _ask(model, text_input=FREE_Q, task="auto")
-    assert (out["task"]["name"], out["task"]["detected"], out["tier"]) == ("semantic", "semantic", "committee")
+    assert (out["task"]["name"], out["task"]["source"], out["task"]["detected"]) == ("semantic", "auto", "semantic")
