@@ -74,6 +74,14 @@ def test_the_export_is_cached_and_written_whole(models, monkeypatch):
     assert onnx_model_path() == path
 
 
+def test_an_unwritable_cache_builds_the_graph_in_memory(models, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")  # the cache "directory" is a file: mkdir fails
+    m = OnnxMiniLMEmbedder(cache_dir=blocker / "onnx", threads=1)
+    assert m.model_path is None
+    np.testing.assert_array_equal(m.embed(TEXTS[:3]), models[1].embed(TEXTS[:3]))
+
+
 def test_the_exported_graph_is_plain_onnx(models):
     import onnx
 

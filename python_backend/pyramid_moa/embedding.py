@@ -457,7 +457,12 @@ class OnnxMiniLMEmbedder:
             raise EmbedderError("the onnx embedder needs onnxruntime (make setup installs it)") from None
         root = Path(path) if path is not None else model_dir()
         self.tokenizer = WordPiece(root / "vocab.txt")
-        self.model_path = onnx_model_path(root, cache_dir)
+        try:
+            self.model_path: Path | None = onnx_model_path(root, cache_dir)
+            model: str | bytes = str(self.model_path)
+        except OSError:  # no writable cache (a read-only home): the graph built in memory, each load
+            self.model_path = None
+            model = build_onnx_model(MiniLMEmbedder(root)).SerializeToString()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or ort_threads()
         opts.inter_op_num_threads = 1
@@ -465,7 +470,7 @@ class OnnxMiniLMEmbedder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle pool threads sleep instead of spinning: the router, the engines and tritonserver share the cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.model_path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUTS[0]: ids, ONNX_INPUTS[1]: mask})
