@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from pyramid_moa.artifact import (
@@ -14,15 +15,18 @@ from pyramid_moa.artifact import (
     save_calibration_set,
 )
 from pyramid_moa.calibration import LogisticCalibrator
+from pyramid_moa.cores import fit_pair_model
 from pyramid_moa.cost import CostModel, ModelCost
 from pyramid_moa.features import make_feature_set
+
+PAIRS = np.array([[k % 2, k % 4, 0, 0, 0, 0] for k in range(40)])  # half "contained"
 
 AGENTS, ORACLE = ["a", "b"], "o"
 
 
 def _artifact(task: str = "gsm8k", oracle: str = ORACLE) -> CalibrationArtifact:
     fs_name = "semantic" if task == "semantic" else "agreement"
-    opts = {"similarity_threshold": 0.7} if task == "semantic" else {}
+    opts = {"pair_model": fit_pair_model(PAIRS, same=PAIRS[:, 0] == 1).to_dict()} if task == "semantic" else {}
     fs = make_feature_set(fs_name, AGENTS, **opts)
     return CalibrationArtifact(
         committee=AGENTS,
@@ -58,7 +62,8 @@ def test_set_round_trip_keeps_each_tasks_options(tmp_path):
     assert sorted(got) == ["choice", "gsm8k", "semantic"]
     router = got["semantic"].router()
     assert router.task.name == "semantic"
-    assert router.stages[0].features.similarity_threshold == pytest.approx(0.7)
+    assert router.stages[0].features.pair_model.prior == pytest.approx(0.5)
+    assert router.stages[0].features.pair_model.fitted == "judgements"
     # A set is not one artifact: load_artifact says what to do instead.
     with pytest.raises(ArtifactError, match="calibration set"):
         load_artifact(path)

@@ -282,7 +282,8 @@ def test_load_and_select_questions(tmp_path):
     f = tmp_path / "q.jsonl"
     f.write_text("".join(json.dumps({"idx": i, "question": f"q{i}", "gold": f"{i}.0"}) + "\n" for i in range(10)))
     qs = load_questions(f)
-    assert [q.idx for q in qs] == list(range(10)) and qs[3].gold == "3"
+    assert [q.idx for q in qs] == list(range(10)) and qs[3].gold == "3.0"  # as written: the task reads it
+    assert grade("3", qs[3].gold) and not grade("4", qs[3].gold)
     assert [q.idx for q in select(qs, 3)] == [0, 1, 2]
     assert [q.idx for q in select(qs, 3, exclude={0, 2})] == [1, 3, 4]
     a, b = select(qs, 4, seed=1), select(qs, 4, seed=1)

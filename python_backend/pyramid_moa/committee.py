@@ -145,3 +145,16 @@ def make_feature_set(
 
 def feature_set_names() -> list[str]:
     return sorted(_FEATURE_SETS)
+
+
+def judgement_maps(outputs: dict[str, list[AgentOutput]], names: list[str], numeric: bool) -> list[dict[str, bool]]:
+    """Per question, {answer key: its recorded judgement} over ``names``' outputs (keys by ``answer_key``:
+    two models giving the same answer share it; should their judgements differ, "wrong" wins)."""
+    n = len(outputs[names[0]])
+    maps: list[dict[str, bool]] = [{} for _ in range(n)]
+    for name in names:
+        for i, o in enumerate(outputs[name]):
+            if o.answer is not None and o.judged is not None:
+                key = answer_key(o.answer, numeric)
+                maps[i][key] = maps[i].get(key, True) and o.judged
+    return maps

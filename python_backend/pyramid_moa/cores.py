@@ -195,14 +195,21 @@ class PairModel:
         return model
 
 
-def _tables(levels: np.ndarray, resp: np.ndarray, signals: Sequence[str], smooth: float = 1.0) -> dict:
-    """Class-conditional level frequencies (Laplace-smoothed) from responsibilities ``resp`` = P(same)."""
+PRIOR_PAIRS = 20.0  # EM's pseudo-pairs per class drawn from the built-in model: a small set cannot undo it
+
+
+def _tables(
+    levels: np.ndarray, resp: np.ndarray, signals: Sequence[str], smooth: float = 1.0, prior: dict | None = None
+) -> dict:
+    """Class-conditional level frequencies from responsibilities ``resp`` = P(same), smoothed by one
+    pseudo-count a level, or by ``PRIOR_PAIRS`` pairs distributed as ``prior``'s tables."""
     out = {}
     for s in signals:
         k = SIGNALS.index(s)
         rows = []
-        for w in (1 - resp, resp):
-            counts = np.array([w[levels[:, k] == lv].sum() for lv in range(LEVELS[s])]) + smooth
+        for c, w in enumerate((1 - resp, resp)):
+            counts = np.array([w[levels[:, k] == lv].sum() for lv in range(LEVELS[s])], float)
+            counts += PRIOR_PAIRS * np.array(prior[s][c]) if prior is not None else smooth
             rows.append((counts / counts.sum()).tolist())
         out[s] = rows
     return out
@@ -237,10 +244,11 @@ def fit_pair_model(levels: np.ndarray, same: np.ndarray | None = None, with_cosi
         if same.min() == same.max():
             raise ValueError("pair labels are all one class: cannot fit a pair model from them")
         return PairModel(float(same.mean()), _tables(levels, same, signals), tuple(signals), "judgements")
-    model = default_pair_model(with_cosine)
-    resp = np.array([model.prob(lv) for lv in levels])
+    start = default_pair_model(with_cosine)
+    resp = np.array([start.prob(lv) for lv in levels])
     for _ in range(iterations):
-        model = PairModel(float(np.clip(resp.mean(), 0.01, 0.99)), _tables(levels, resp, signals), tuple(signals), "em")
+        tables = _tables(levels, resp, signals, prior=start.tables)
+        model = PairModel(float(np.clip(resp.mean(), 0.05, 0.95)), tables, tuple(signals), "em")
         new = np.array([model.prob(lv) for lv in levels])
         if np.abs(new - resp).max() < 1e-6:
             break

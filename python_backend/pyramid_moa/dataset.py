@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .answers import answer_key, get_task
+from .committee import judgement_maps
 from .cost import COST_MODELS, CostModel, ModelCost, prompt_tokens
 from .features import AgentOutput, make_feature_set
 from .traces import TraceError, TraceSet, sample_output
@@ -255,19 +256,6 @@ class RoutingData:
                 tops.append(vote.answer)
             self._feature_cache[key] = (np.array(rows, dtype=float), tops)
         return self._feature_cache[key]
-
-
-def judgement_maps(outputs: dict[str, list[AgentOutput]], names: list[str], numeric: bool) -> list[dict[str, bool]]:
-    """Per question, {answer key: its recorded judgement} over ``names``' outputs (keys by ``answer_key``:
-    two models giving the same answer share it; should their judgements differ, "wrong" wins)."""
-    n = len(outputs[names[0]])
-    maps: list[dict[str, bool]] = [{} for _ in range(n)]
-    for name in names:
-        for i, o in enumerate(outputs[name]):
-            if o.answer is not None and o.judged is not None:
-                key = answer_key(o.answer, numeric)
-                maps[i][key] = maps[i].get(key, True) and o.judged
-    return maps
 
 
 def parse_overrides(items: list[str] | None, what: str) -> dict[str, list[float]]:

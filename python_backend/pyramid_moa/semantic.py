@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .answers import AnswerTask, get_task, grade_text_contains, read_gold_text, register_extractor
-from .committee import AgentOutput, FeatureSet, Vote, register_feature_set
+from .committee import AgentOutput, FeatureSet, Vote, judgement_maps, register_feature_set
 from .cores import (
     SIGNALS,
     Core,
@@ -282,14 +282,16 @@ def semantic_equal(
 
 def answer_pairs(data, names: Sequence[str], core: Callable[[int, str], Core | None],
                  cosine: Callable[[str, str], float] | None) -> tuple[np.ndarray, list[tuple[int, str, str]]]:  # fmt: skip
-    """Signal levels of every pair of ``names``' answers on the same question, and which pair each is."""
+    """Signal levels of every pair of ``names``' differing answers on the same question, and which pair each is."""
     levels, which = [], []
     for r in range(data.n):
         outs = [(n, data.outputs[n][r].answer) for n in names]
         for i in range(len(outs)):
             for j in range(i + 1, len(outs)):
                 (na, a), (nb, b) = outs[i], outs[j]
-                ca, cb = (core(r, a), core(r, b)) if a is not None and b is not None else (None, None)
+                if a is None or b is None or a == b:  # identical answers are the same by definition: no evidence
+                    continue
+                ca, cb = core(r, a), core(r, b)
                 if ca is None or cb is None:
                     continue
                 levels.append(pair_levels(ca, cb, cosine(a, b) if cosine is not None else None))
@@ -314,8 +316,6 @@ def prepare(
     GSM8K traces); else gold is graded by this task's own rule (a gold alias contained in the answer)
     and the traces' judgements win where they exist. Returns the pair model.
     """
-    from .dataset import judgement_maps
-
     if data.task != TASK:
         raise ValueError(f"semantic.prepare needs data loaded with task {TASK!r}, got {data.task!r}")
     names = [*data.committee, data.oracle]
