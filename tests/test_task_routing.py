@@ -61,7 +61,7 @@ def test_deployment_errors_name_the_fix():
 FREE_Q = "Why is the sky blue?"
 FREE = {
     "a": "Sunlight is scattered by air molecules, blue light the most.",
-    "b": "Blue light scatters more in the atmosphere than red light (Rayleigh scattering).",
+    "b": "Air molecules in the atmosphere scatter sunlight, blue light the most (Rayleigh scattering).",
     "c": "Bananas are rich in potassium.",
     "o": "Rayleigh scattering: air scatters short blue wavelengths more than long red ones.",
 }
@@ -77,6 +77,7 @@ def task_model(tmp_path):
 
     from pyramid_moa.artifact import save_calibration_set
     from pyramid_moa.calibration import LogisticCalibrator
+    from pyramid_moa.cores import default_pair_model
     from pyramid_moa.cost import CostModel, ModelCost
     from pyramid_moa.features import make_feature_set
     from pyramid_triton.bls import PyramidModel
@@ -84,6 +85,8 @@ def task_model(tmp_path):
 
     def art(task: str):
         a = _artifact(task)
+        if task == "semantic":  # the built-in pair model, reading the cosine of the core texts' embeddings
+            a.task_options = {"pair_model": default_pair_model(with_cosine=True).to_dict()}
         fs = make_feature_set(a.feature_set, AGENTS, **a.task_options)
         weights = [5.0] + [0.0] * (len(fs.names) - 1)  # P = sigmoid(5 x vote_share - 3): 2 of 3 accept
         a.committee, a.oracle = AGENTS, ORACLE
