@@ -101,7 +101,11 @@ def test_vote_is_largest_group_weights_apply_and_answer_is_the_most_complete_mem
 def test_features_describe_the_group_structure():
     fs = make_feature_set("semantic", ["x", "y", "z"], pair_model=LEXICAL.to_dict())
     assert isinstance(fs, SemanticFeatures) and fs.pair_model.signals == LEXICAL.signals
-    outs = [_out("x", "Paris"), _out("y", "The capital is Paris, on the Seine."), _out("z", "I'm sorry, I cannot say: Lyon")]
+    outs = [
+        _out("x", "Paris"),
+        _out("y", "The capital is Paris, on the Seine."),
+        _out("z", "I'm sorry, I cannot say: Lyon"),
+    ]
     x, vote = fs("what is the capital of france", outs)
     f = dict(zip(fs.names, x))
     assert len(x) == len(fs.names)

@@ -245,7 +245,12 @@ class RoutingData:
         """Feature matrix and committee vote answers for an agent subset, with the vote weighted by
         ``weights`` if given (cached)."""
         opts = self.feature_options
-        key = (feature_set, tuple(agents), None if weights is None else tuple(weights), json.dumps(opts, sort_keys=True))
+        key = (
+            feature_set,
+            tuple(agents),
+            None if weights is None else tuple(weights),
+            json.dumps(opts, sort_keys=True),
+        )
         if key not in self._feature_cache:
             fs = make_feature_set(feature_set, agents, numeric=get_task(self.task).numeric, weights=weights, **opts)
             rows, tops = [], []

@@ -119,7 +119,10 @@ def pair_probabilities(
 
 
 def semantic_vote(
-    outputs: Sequence[AgentOutput], model: PairModel, question: str | None = None, weights: Sequence[float] | None = None
+    outputs: Sequence[AgentOutput],
+    model: PairModel,
+    question: str | None = None,
+    weights: Sequence[float] | None = None,
 ) -> tuple[Vote, np.ndarray, list[int | None], list[Core | None]]:
     """(the vote, the pairwise P(same), the group per answer, the cores). Keys are ``"g<k>"`` per
     question; support is a count or the sum of ``weights``; ties go to the group whose first member
@@ -218,9 +221,7 @@ class SemanticFeatures(FeatureSet):
             return float(np.mean(vals)) if vals else 1.0 if same else 0.0
 
         pairs = [prob[i, j] for i in valid for j in valid if i < j]
-        contained = any(
-            pair_levels(cores[i], cores[j])[0] for i in win for j in win if i < j
-        )
+        contained = any(pair_levels(cores[i], cores[j])[0] for i in win for j in win if i < j)
         entropy = -sum((s / n) * math.log(s / n) for s in sizes)
         toks = [math.log1p(o.output_tokens or 0) for o in outputs]
         answer = next((cores[i] for i in win if outputs[i].answer == vote.answer), None)
@@ -335,9 +336,7 @@ def prepare(
         by_text = dict(zip(texts, store.embed(texts))) if texts else {}
         vectors = {a: by_text[t] for a, t in core_texts.items()}
         for n in names:
-            data.outputs[n] = [
-                replace_answer(o, o.answer, vectors.get(o.answer or "")) for o in data.outputs[n]
-            ]
+            data.outputs[n] = [replace_answer(o, o.answer, vectors.get(o.answer or "")) for o in data.outputs[n]]
     lookup = vectors.__getitem__ if embed else None
     if pair_model is None:
         cosine = (lambda a, b: float(vectors[a] @ vectors[b])) if embed else None
@@ -363,8 +362,13 @@ def replace_answer(o: AgentOutput, answer: str | None, embedding=None) -> AgentO
 
 register_extractor(
     AnswerTask(
-        TASK, normalize_answer, _unset_equal, numeric=False, keyed=False,
-        read_gold=read_gold_text, grade=grade_text_contains,
+        TASK,
+        normalize_answer,
+        _unset_equal,
+        numeric=False,
+        keyed=False,
+        read_gold=read_gold_text,
+        grade=grade_text_contains,
     )  # fmt: skip
 )
 register_feature_set(SemanticFeatures)
