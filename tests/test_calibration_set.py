@@ -24,9 +24,11 @@ PAIRS = np.array([[k % 2, k % 4, 0, 0, 0, 0] for k in range(40)])  # half "conta
 AGENTS, ORACLE = ["a", "b"], "o"
 
 
-def _artifact(task: str = "gsm8k", oracle: str = ORACLE) -> CalibrationArtifact:
+def _artifact(task: str = "gsm8k", oracle: str = ORACLE, with_cosine: bool = True) -> CalibrationArtifact:
+    """``with_cosine``: a semantic artifact's pair model reads the answers' embeddings (else it needs none)."""
     fs_name = "semantic" if task == "semantic" else "agreement"
-    opts = {"pair_model": fit_pair_model(PAIRS, same=PAIRS[:, 0] == 1).to_dict()} if task == "semantic" else {}
+    pm = fit_pair_model(PAIRS, same=PAIRS[:, 0] == 1, with_cosine=with_cosine) if task == "semantic" else None
+    opts = {"pair_model": pm.to_dict()} if pm is not None else {}
     fs = make_feature_set(fs_name, AGENTS, **opts)
     return CalibrationArtifact(
         committee=AGENTS,

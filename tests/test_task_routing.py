@@ -50,10 +50,21 @@ def test_uncalibrated_task_errors_unless_a_fallback_is_declared():
 def test_deployment_errors_name_the_fix():
     with pytest.raises(ValueError, match="default task 'text' has no calibration"):
         TaskRouters(_set("gsm8k"), default_task="text")
-    with pytest.raises(ValueError, match="needs an embedder model"):
+    with pytest.raises(
+        ValueError, match=r"task\(s\) \['semantic'\] compare answers' embeddings: .*needs an embedder model"
+    ):
         TaskRouters(_set("semantic"))
     with pytest.raises(ValueError, match="task_fallback must be one of"):
         TaskRouters(_set("gsm8k"), fallback="committee")
+
+
+def test_a_semantic_calibration_without_the_cosine_signal_needs_no_embedder():
+    """``pyramid calibrate --task semantic --no-embedding``: its pair model reads the answers' cores only,
+    so the deployment serves it without an embedder model and never embeds a stage's answers."""
+    tr = TaskRouters({"semantic": _artifact("semantic", with_cosine=False)})
+    r = tr.resolve("semantic")
+    assert (r.task.name, r.embed, r.router.uses_embedding) == ("semantic", False, False)
+    assert TaskRouters(_set("semantic"), embedder="embedder").resolve(None).embed
 
 
 # ---- the router model (bls) with a task per request, on the fake pb_utils -------------------------------

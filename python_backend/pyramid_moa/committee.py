@@ -90,6 +90,9 @@ class FeatureSet(ABC):
     symmetric: bool = False
     # Keyword options the constructor takes besides agents, numeric and weights (make_feature_set).
     options: tuple[str, ...] = ()
+    # True where the features read the answers' embeddings (AgentOutput.embedding): a server must then
+    # embed each stage's answers before it decides, and needs an embedder model.
+    uses_embedding: bool = False
 
     def __init__(self, agents: Sequence[str], numeric: bool = True, weights: Sequence[float] | None = None) -> None:
         if len(agents) == 0:

@@ -169,6 +169,12 @@ class Router:
         self.oracle_only = oracle_only
 
     @property
+    def uses_embedding(self) -> bool:
+        """Whether any stage's features read the answers' embeddings (then a server embeds each
+        stage's answers before it decides)."""
+        return any(st.features.uses_embedding for st in self.stages)
+
+    @property
     def agents(self) -> list[str]:
         return self.stages[-1].agents
 

@@ -175,6 +175,11 @@ class SemanticFeatures(FeatureSet):
         self.pair_model = _model_option(pair_model)
 
     @property
+    def uses_embedding(self) -> bool:  # type: ignore[override]
+        """Only a pair model fitted with the core-text cosine reads embeddings (``--no-embedding``: none)."""
+        return self.pair_model.uses_embedding
+
+    @property
     def names(self) -> list[str]:
         return [
             "vote_share",

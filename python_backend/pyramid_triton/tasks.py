@@ -94,13 +94,13 @@ class TaskRouters:
             raise ValueError(
                 f"default task {default_task!r} has no calibration (calibrated: {', '.join(sorted(calibrations))})"
             )
-        unkeyed = sorted(t for t in calibrations if not get_task(t).keyed)
-        if unkeyed and not embedder:
-            raise ValueError(
-                f"task(s) {unkeyed} compare answers by meaning: the deployment needs an embedder model (spec key 'embedder')"
-            )
         self.calibrations = dict(calibrations)
         self.routers = {t: a.router() for t, a in calibrations.items()}
+        embedded = sorted(t for t, r in self.routers.items() if r.uses_embedding)
+        if embedded and not embedder:
+            raise ValueError(
+                f"task(s) {embedded} compare answers' embeddings: the deployment needs an embedder model (spec key 'embedder')"
+            )
         self.default = default_task
         self.fallback = fallback
         self.embedder = embedder
@@ -125,7 +125,9 @@ class TaskRouters:
         t = get_task(name)
         router = self.routers.get(name)
         if router is not None:
-            return TaskRoute(t, router, force_tier, False, not t.keyed, t.keyed and name == self.default, source)
+            return TaskRoute(
+                t, router, force_tier, False, router.uses_embedding, t.keyed and name == self.default, source
+            )
         if self.fallback == "oracle":  # declared: the oracle alone, never another task's committee vote
             return TaskRoute(t, self.routers[self.default], "oracle", True, False, False, source, fallback_to="oracle")
         raise ServeError(
