@@ -75,6 +75,10 @@ def test_a_bad_judgement_names_file_and_line(tmp_path):
 def hopeless(tmp_path):
     """A committee that cannot be told right from wrong: its wrong answers agree as often as its
     right ones, and the oracle is always right. No schedule matches the oracle for less."""
+    return load_routing_data(str(_hopeless_traces(tmp_path)), ["a", "b", "c"], "o")
+
+
+def _hopeless_traces(tmp_path):
     rng = np.random.default_rng(3)
     n = 240
     qs = [{"idx": i, "question": f"What is {i} plus one?", "gold": str(i + 1)} for i in range(n)]
@@ -88,7 +92,7 @@ def hopeless(tmp_path):
     root = write_traces(tmp_path, qs, src)
     meta = [{"name": m, "params_b": 7 if m != "o" else 70, "license": "MIT"} for m in src]
     (root / "sources.json").write_text(json.dumps(meta))
-    return load_routing_data(str(root), ["a", "b", "c"], "o")
+    return root
 
 
 def test_no_saving_means_the_oracle_alone_at_cost_one(hopeless):
@@ -115,3 +119,14 @@ def test_no_saving_means_the_oracle_alone_at_cost_one(hopeless):
     # A looser target has a saving: not oracle-only.
     loose = Target("max_accuracy_drop", 0.6)
     assert not RouterFit(hopeless, np.arange(hopeless.n), "flops", target=loose).artifact(loose).oracle_only
+
+
+def test_calibrate_says_the_oracle_alone_when_no_saving_exists(tmp_path, capsys):
+    from pyramid_moa.cli import main
+
+    out = tmp_path / "cal.json"
+    args = ["calibrate", "--traces", str(_hopeless_traces(tmp_path)), "--committee", "a,b,c", "--oracle", "o"]
+    assert main([*args, "--cost", "flops", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "the oracle alone (cost 1.000 of always-oracle)" in said and "no saving exists" in said
+    assert json.loads(out.read_text())["oracle_only"] is True

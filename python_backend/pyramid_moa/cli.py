@@ -220,6 +220,12 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
             )
     else:
         quality = f"accuracy {fs['oof_accuracy']:.4f} vs oracle {fs['oracle_accuracy']:.4f}"
+    if art.oracle_only:  # the operating point is the oracle alone; say so before the schedule kept beside it
+        print(
+            f"wrote {a.out}: the oracle alone (cost 1.000 of always-oracle): {fs['oracle_only']['why']}; the schedule "
+            f"{stages} is kept for requests naming their own threshold ({quality} out-of-fold)"
+        )
+        return 0
     print(
         f"wrote {a.out}: schedule {stages}; on the {len(rows)} fitting questions (out-of-fold): {quality}, "
         f"oracle calls {fs['oof_oracle_call_rate']:.3f}, cost {fs['oof_mean_cost']:.3f} of always-oracle ({a.cost})"
