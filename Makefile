@@ -107,6 +107,11 @@ calibrate-replay: $(STAMP)  ## refit the committed replay calibration (half the 
 	$(VENV)/bin/pyramid calibrate --traces $(TRACES) --committee $(COMMITTEE) --oracle $(ORACLE) \
 	  --cost $(COST) --fit-fraction 0.5 --out $(REPLAY_CALIBRATION)
 
+# Replay profiles of the shared recorded sets (deploy/replay-<set>.yaml: mmlu-pro, nq; the traces in ../shared, not
+# shipped): each fitted on its own traces by the spec's calibrate block.
+$(OUT)/calibration/replay-%.json: deploy/replay-%.yaml $(STAMP)
+	$(PY) -m pyramid_deploy.spec_calibration $< --out $@
+
 # llamacpp profile: there are no Gemma traces. The calibration is a transfer: fitted on the shipped
 # traces with the agent-symmetric feature set (vote statistics and answer plausibility, no feature
 # per agent) and no arbiter, then relabelled positionally to the Gemma models (the Nth committee

