@@ -28,7 +28,7 @@ from .semantic import DEFAULT_EMBEDDING_CACHE
 from .semantic import FEATURE_SETS as SEMANTIC_FEATURE_SETS
 from .semantic import TASK as SEMANTIC
 from .semantic import prepare as prepare_semantic
-from .traces import TraceError
+from .traces import TraceError, TraceSet
 
 # The default floor under --labels oracle: at most 2% of all questions get an answer other than the
 # oracle's. The gold gap to the oracle can never exceed the disagreement (a question answered as the
@@ -233,6 +233,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _groups(traces: str, idxs: list[int], name: str) -> tuple[str, list[str | None]]:
+    """(``name``, each question's value of that questions.jsonl field); a field no question has is an error."""
+    questions = TraceSet.open(traces).questions
+    values = [questions[i].tags.get(name) for i in idxs]
+    if all(v is None for v in values):
+        fields = sorted({k for q in questions.values() for k in q.tags})
+        raise ValueError(f"--by {name}: no question in {traces} has that field; fields: {', '.join(fields) or 'none'}")
+    return name, values
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .report import markdown, plot
@@ -248,6 +258,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                 f"{a.calibration}: fitted for committee {art.committee} / oracle {art.oracle}, "
                 f"not {data.committee} / {data.oracle}"
             )
+    groups = _groups(a.traces, data.idxs, a.by) if a.by else None
     bar = None
     if not a.quiet:
         from tqdm import tqdm
@@ -273,6 +284,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         not a.no_arbiter,
         max_depth=a.max_depth,
         weighted_vote=not a.plurality_vote,
+        groups=groups,
     )
     if bar is not None:
         bar.close()
@@ -346,6 +358,11 @@ def build_parser(others: dict[str, str] | None = None) -> argparse.ArgumentParse
     e.add_argument("--plot", help="PNG: Pareto plot and reliability diagram")
     e.add_argument("--report", help="markdown report")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--by",
+        metavar="FIELD",
+        help="also report the held-out figures per value of this questions.jsonl field (e.g. category)",
+    )
     e.set_defaults(fn=cmd_evaluate)
     for name, text in (others or {}).items():
         sub.add_parser(name, help=text, add_help=False)

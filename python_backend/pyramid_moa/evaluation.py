@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -304,8 +304,10 @@ def evaluate(
     arbiter: bool = True,
     max_depth: int = MAX_DEPTH,
     weighted_vote: bool = True,
+    groups: tuple[str, Sequence[str | None]] | None = None,
 ) -> dict:
-    """Run the whole evaluation and return the JSON-contract dict."""
+    """Run the whole evaluation and return the JSON-contract dict. ``groups``: (a field's name, its value
+    per question) adds ``by``: the same held-out figures per value (a subject, a category)."""
     from sklearn.model_selection import KFold
 
     ev = Evaluator(data, cost_kind)
@@ -449,7 +451,37 @@ def evaluate(
     }
     if data.labels == "estimated":
         result["truth"] = data.truth_report()
+    if groups is not None:
+        result["by"] = _by_group(ev, groups, rows_all, ours_o, base_out, baselines, cal_p, cal_y, n)
     return result
+
+
+def _by_group(
+    ev: Evaluator,
+    groups: tuple[str, Sequence[str | None]],
+    rows_all: np.ndarray,
+    ours: Outcome,
+    base_out: dict,
+    baselines: dict[str, list],
+    cal_p: np.ndarray,
+    cal_y: np.ndarray,
+    n: int,
+) -> dict:
+    """The held-out operating point, the oracle's and the majority vote's accuracy, and the last stage's
+    AUROC within each group of questions (the same cross-fitted routers: no fit per group)."""
+    name, values = groups
+    if len(values) != n:
+        raise ValueError(f"--by {name}: {len(values)} values for {n} questions")
+    maj = _concat(baselines["majority_vote"], n) if base_out.get("majority_vote") else None
+    out: dict[str, dict] = {}
+    for value in sorted({str(v) for v in values}):
+        rows = np.array([r for r in rows_all if str(values[r]) == value], int)
+        p = ev.point(_sub(ours, rows), rows)
+        y = cal_y[rows]
+        p["committee_majority_accuracy"] = None if maj is None else ev.point(_sub(maj, rows), rows)["accuracy"]
+        p["auroc"] = auroc(cal_p[rows], y >= 0.5) if 0 < (y >= 0.5).sum() < len(rows) else None
+        out[value] = p
+    return {"field": name, "groups": out}
 
 
 def _fitted_baselines(

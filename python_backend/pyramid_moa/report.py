@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -120,6 +121,8 @@ def markdown(result: dict) -> str:
     note = no_saving_note(op)
     if note:
         lines += ["", note]
+    if result.get("by"):
+        lines += ["", *by_group_table(result["by"])]
     for n in s.get("notes", []):
         lines += ["", f"Note: {n}."]
     return "\n".join(lines) + "\n"
@@ -133,3 +136,24 @@ def no_saving_note(op: dict) -> str:
     if k == n:
         return "No saving exists at this target: every fold's fit chose the oracle alone (cost 1.0)."
     return f"No saving at this target on {k} of {n} folds: there the oracle alone answered (cost 1.0)."
+
+
+def _f(v: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def by_group_table(by: dict) -> list[str]:
+    """``evaluate``'s ``by`` figures as a markdown table, one row per value of the field."""
+    lines = [
+        f"Per {by['field']} (the same cross-fitted routers, held-out questions; no fit per group):",
+        "",
+        f"| {by['field']} | n | accuracy | oracle | majority vote | oracle calls | cost | AUROC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for value, p in by["groups"].items():
+        lines.append(
+            f"| {value} | {p['n_questions']} | {_f(p['accuracy'])} | {_f(p['oracle_accuracy'])} | "
+            f"{_f(p['committee_majority_accuracy'])} | {_f(p['oracle_call_rate'], '.3f')} | {_f(p['mean_cost'], '.3f')} | "
+            f"{_f(p['auroc'], '.3f')} |"
+        )
+    return lines

@@ -68,6 +68,9 @@ class Question:
     idx: int
     question: str
     gold: str | None  # as written in questions.jsonl (a number as its string): the task reads it
+    # The question's other scalar fields (a subject, a category, a source), as text: what
+    # ``pyramid evaluate --by FIELD`` groups the figures by.
+    tags: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,12 @@ def _load_questions(path: Path, lenient: bool = False) -> dict[int, Question]:
         gold = obj.get("gold")
         if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
             raise TraceError(f"{path}:{lineno}: 'gold' must be a string, a number or null, got {gold!r}")
-        out[idx] = Question(idx, obj["question"], None if gold is None else _gold_text(gold))
+        tags = {
+            k: str(v)
+            for k, v in obj.items()
+            if k not in ("idx", "question", "gold") and isinstance(v, (str, int, float, bool))
+        }
+        out[idx] = Question(idx, obj["question"], None if gold is None else _gold_text(gold), tags)
     if not out and not lenient:
         raise TraceError(f"{path}: no questions")
     return out
