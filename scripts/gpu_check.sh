@@ -5,6 +5,8 @@
 #
 #   driver   nvidia-smi sees a GPU (name, memory, driver)
 #   cuda     the CUDA driver API initialises and counts the devices (libcuda via ctypes)
+#   embedder the semantic task's embedder on the GPU (onnxruntime-gpu's CUDA provider) equals the CPU's within
+#            1e-4 (scripts/embedder_gpu_check.py); SKIP without onnxruntime-gpu
 #   specs    every deploy/gpu-*.yaml renders and its configs hold against the facts of the tensorrtllm backend
 #            they target (deploy/trtllm_backend_facts.json); with pytest, the GPU-path tests run too
 #   trtllm   tensorrt_llm's version is one the renderer has backend facts for, trtllm-build and tritonserver with
@@ -122,6 +124,16 @@ then
 else
   fail cuda "the CUDA driver API does not initialise" "$OUT/cuda.log"
 fi
+
+# --- embedder ---------------------------------------------------------------------------------------
+# The semantic task's embedder on this GPU (ONNX Runtime's CUDA provider) against the CPU: a SKIP without
+# onnxruntime-gpu, since only deployments with `embedder: {device: gpu}` need it.
+PYTHONPATH="$ROOT/python_backend" "$render_py" scripts/embedder_gpu_check.py >"$OUT/embedder.log" 2>&1
+case $? in
+  0) pass embedder "$(tail -n 1 "$OUT/embedder.log" | cut -c1-200)" ;;
+  3) skip embedder "$(tail -n 1 "$OUT/embedder.log" | cut -c1-200)" ;;
+  *) fail embedder "the embedder on the GPU does not match the CPU" "$OUT/embedder.log" ;;
+esac
 
 # --- specs --------------------------------------------------------------------------------------------
 : >"$OUT/specs.log"

