@@ -10,7 +10,8 @@ Two measurements, at concurrency 1, a few seconds of CPU each:
    the same questions asked with ``task=semantic`` and with ``task=gsm8k`` (both ``force_tier=committee``:
    the same three agent calls, then the decision); semantic routing adds the embedder request (one per
    stage, over BLS) and the semantic vote. Reported: p50/p90 of the client's latency per task, the added
-   p50, and the server's own stage time. Once per embedder backend (``--backends onnx,numpy``).
+   p50, and the server's own stage time. Once per embedder backend (``--backends onnx,none,numpy``; none:
+   the semantic calibration fitted without the cosine signal, ``--no-embedding``, served with no embedder).
 
     .venv/bin/python scripts/bench_semantic.py [--nq ../shared/data/nq] [--n 40] [--rounds 3] [--out out/bench_semantic]
 
@@ -93,7 +94,9 @@ def bench_direct(stages: list[list[str]], rounds: int) -> dict:
 
 def build_deployment(tmp: Path, questions: list[dict], stages: list[list[str]], backend: str) -> tuple[Path, Path]:
     """Replay traces of the stages' answers (the oracle repeats gpt-3.5-turbo's), a calibration set with a
-    fitted ``semantic`` calibration and a ``gsm8k`` one, and the spec serving them with an embedder."""
+    fitted ``semantic`` calibration and a ``gsm8k`` one, and the spec serving them with an embedder on
+    ``backend``; ``none``: the semantic calibration fitted without the cosine signal (``--no-embedding``),
+    served with no embedder at all."""
     import yaml
 
     from pyramid_moa.artifact import CalibrationArtifact, save_calibration_set
@@ -104,7 +107,9 @@ def build_deployment(tmp: Path, questions: list[dict], stages: list[list[str]], 
     from pyramid_moa.semantic import prepare
 
     root = tmp / "traces"
-    if not (tmp / "calibration.json").is_file():
+    embed = backend != "none"
+    cal = tmp / f"calibration-{'embedding' if embed else 'cores'}.json"
+    if not (root / "questions.jsonl").is_file():
         (root / "traces").mkdir(parents=True, exist_ok=True)
         qs = [{"idx": i, "question": q["question"], "gold": None} for i, q in enumerate(questions)]
         (root / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
@@ -117,8 +122,9 @@ def build_deployment(tmp: Path, questions: list[dict], stages: list[list[str]], 
                 for i, s in enumerate(stages)
             ]
             (root / "traces" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    if not cal.is_file():
         d = load_routing_data(str(root), COMMITTEE, ORACLE, task="semantic", params={ORACLE: [70.0]})
-        prepare(d, tmp / "embeddings.npz")
+        prepare(d, tmp / "embeddings.npz", embed=embed)
         sem = RouterFit(d, np.arange(d.n), "flops", "semantic").artifact(Target("max_disagreement", 0.0))
         fs = make_feature_set("agreement", COMMITTEE)
         gsm = CalibrationArtifact(
@@ -140,18 +146,19 @@ def build_deployment(tmp: Path, questions: list[dict], stages: list[list[str]], 
             task="gsm8k",
             fit_summary={"mean_output_tokens": sem.fit_summary["mean_output_tokens"]},
         )
-        save_calibration_set(tmp / "calibration.json", [sem, gsm])
+        save_calibration_set(cal, [sem, gsm])
     spec = {
         "profile": "replay",
         "engine": {"kind": "replay", "traces": str(root), "seconds_per_token": 0.0, "instance_count": 1},
         "agents": [{"name": n} for n in COMMITTEE],
         "oracle": {"name": ORACLE},
         "router": {"model_name": "pyramid", "task": "semantic", "task_fallback": "oracle", "agent_timeout_s": 60},
-        "embedder": {"model_name": "embedder", "instance_count": 1, "backend": backend},
     }
+    if embed:
+        spec["embedder"] = {"model_name": "embedder", "instance_count": 1, "backend": backend}
     spec_path = tmp / f"semantic-{backend}.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return spec_path, tmp / "calibration.json"
+    return spec_path, cal
 
 
 def bench_served(tmp: Path, questions: list[dict], stages: list[list[str]], backend: str, rounds: int, n: int) -> dict:
@@ -195,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nq", type=Path, default=ROOT.parent / "shared" / "data" / "nq")
     ap.add_argument("--n", type=int, default=40, help="questions (stages of 3 answers)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--backends", default="onnx,numpy", help="embedder backends served, comma-separated")
+    ap.add_argument(
+        "--backends",
+        default="onnx,none,numpy",
+        help="embedder backends served, comma-separated (none: a cores-only calibration, no embedder)",
+    )
     ap.add_argument("--no-direct", action="store_true", help="skip the in-process embedder measurement")
     ap.add_argument("--no-served", action="store_true", help="skip the tritonserver measurement")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_semantic")
