@@ -17,7 +17,7 @@ from typing import Any
 
 from pyramid_moa.cli import build_parser
 
-from .render import SpecError, load_spec
+from .render import SpecError, _model_entry, load_spec
 
 
 def _calibrate_flags() -> set[str]:
@@ -42,14 +42,14 @@ def calibrate_argv(spec_path: str | Path, out: str | Path) -> list[str]:
     traces = traces if traces.is_absolute() else (spec_path.parent / traces).resolve()
     if not (traces / "questions.jsonl").is_file():
         raise SpecError(f"{where}: the spec's traces {traces} hold no questions.jsonl (not fetched?)")
-    entries = [*spec["agents"], spec["oracle"]]
+    entries = [_model_entry(e, where) for e in [*spec["agents"], spec["oracle"]]]
     for e in entries:
-        if isinstance(e, dict) and e.get("source", e["name"]) != e["name"]:
+        if e.get("source", e["name"]) != e["name"]:
             raise SpecError(
                 f"{where}: {e['name']!r} replays source {e['source']!r}: calibrate on the sources and relabel "
                 "(pyramid relabel_calibration) instead"
             )
-    names = [e["name"] if isinstance(e, dict) else str(e) for e in entries]
+    names = [e["name"] for e in entries]
     argv = ["calibrate", "--traces", str(traces), "--committee", ",".join(names[:-1]), "--oracle", names[-1]]
     block: dict[str, Any] = dict(spec.get("calibrate") or {})
     task = block.pop("task", None) or (spec.get("router") or {}).get("task")

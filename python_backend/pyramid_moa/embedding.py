@@ -462,7 +462,6 @@ class OnnxMiniLMEmbedder:
         except ImportError:
             raise EmbedderError("the onnx embedder needs onnxruntime (make setup installs it)") from None
         providers = ort_providers(ort.get_available_providers(), device, device_id)
-        self.device = device
         root = Path(path) if path is not None else model_dir()
         self.tokenizer = WordPiece(root / "vocab.txt")
         try:
