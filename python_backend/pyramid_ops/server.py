@@ -280,14 +280,38 @@ class TritonServer:
             self._holder.set()
             self._holder = None
 
-    def is_ready(self) -> bool:
-        if self.launcher:  # the server's ports may only be reachable where it runs (a network namespace)
-            probe = [*self.launcher, sys.executable, "-c", _READY_PROBE, f"http://{self.http_url}/v2/health/ready"]
-            try:
-                return subprocess.run(probe, capture_output=True, timeout=5).returncode == 0
-            except subprocess.TimeoutExpired:
+    def metrics_enabled(self) -> bool:
+        """Whether this server serves its metrics port (on unless ``--allow-metrics=false`` is passed)."""
+        args = [a.lower() for a in self.extra_args]
+        for i, a in enumerate(args):
+            v = a.split("=", 1)[1] if a.startswith("--allow-metrics=") else None
+            if a == "--allow-metrics" and i + 1 < len(args):
+                v = args[i + 1]
+            if v in ("false", "0", "no", "off"):
                 return False
-        return http_ok(f"http://{self.http_url}/v2/health/ready", 1.0)
+        return True
+
+    def readiness_urls(self) -> list[str]:
+        """What must answer 200 before the server counts as started: its readiness endpoint, and its
+        metrics endpoint when metrics are on. tritonserver opens the metrics listener after HTTP, so a
+        scrape right after HTTP readiness can be refused without the second check."""
+        urls = [f"http://{self.http_url}/v2/health/ready"]
+        if self.metrics_enabled():
+            urls.append(f"http://{self.metrics_url}/metrics")
+        return urls
+
+    def is_ready(self) -> bool:
+        for url in self.readiness_urls():
+            if self.launcher:  # the ports may only be reachable where the server runs (a network namespace)
+                probe = [*self.launcher, sys.executable, "-c", _READY_PROBE, url]
+                try:
+                    if subprocess.run(probe, capture_output=True, timeout=5).returncode != 0:
+                        return False
+                except subprocess.TimeoutExpired:
+                    return False
+            elif not http_ok(url, 1.0):
+                return False
+        return True
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
