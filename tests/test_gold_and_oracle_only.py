@@ -130,3 +130,35 @@ def test_calibrate_says_the_oracle_alone_when_no_saving_exists(tmp_path, capsys)
     said = capsys.readouterr().out
     assert "the oracle alone (cost 1.000 of always-oracle)" in said and "no saving exists" in said
     assert json.loads(out.read_text())["oracle_only"] is True
+
+
+def _one_stage(ok: np.ndarray, p: np.ndarray, final_ok: np.ndarray, cost: float):
+    from pyramid_moa.fitting import Candidate
+
+    n = len(ok)
+    return Candidate(
+        stages=[["a"]], calibrators=[None], oof=[p], labels=[ok], all_failed=[np.zeros(n, bool)],
+        final_ok=[final_ok], stage_costs=[np.full(n, cost)], oracle_cost=np.ones(n),
+    )  # fmt: skip
+
+
+def test_an_oracle_only_fit_keeps_the_best_cascade_not_the_most_accurate_schedule():
+    """Requests naming their own threshold on an oracle-only deployment get the kept schedule; the best
+    cascade over budgets (largest area under accuracy against cost), not the most accurate at its dearest."""
+    from pyramid_moa.fitting import _best_cascade, cascade_area, evaluate_grid
+
+    n = 100
+    # cheap and telling: P says exactly who is right; escalating keeps 2 wrong answers (final_ok)
+    ok_a = np.r_[np.ones(60), np.zeros(40)].astype(bool)
+    fin_a = np.r_[np.ones(98), np.zeros(2)].astype(bool)
+    cheap = _one_stage(ok_a, ok_a.astype(float), fin_a, 0.1)
+    # dear and blind: P says nothing; escalating is always right (the most accurate schedule)
+    ok_b = np.arange(n) % 2 == 0
+    dear = _one_stage(ok_b, np.full(n, 0.5), np.ones(n, bool), 0.6)
+    # cheap: 0.6 from cost 0.1, 0.98 from 0.5 -> 0.4 * 0.6 + 0.5 * 0.98; dear: 0.5 from cost 0.6
+    assert cascade_area(cheap) == pytest.approx(0.73, abs=1e-9)
+    assert cascade_area(dear) == pytest.approx(0.2, abs=1e-9)
+    evs = [evaluate_grid(c) for c in (dear, cheap)]
+    assert max(evs[0].acc) > max(evs[1].acc)  # the old rule's pick would be the dear one
+    ci, j = _best_cascade([dear, cheap], evs)
+    assert ci == 1 and evs[1].acc[j] == pytest.approx(0.98, abs=1e-9) and evs[1].cost[j] <= 0.5 + 1e-9

@@ -8,7 +8,9 @@ A schedule is a pyramid: a chain of stages, each adding one or more members to
 the models already asked (cheaper models first), with the oracle above the last.
 The search covers every such chain up to ``max_depth`` stages (one stage is the
 plain Pyramid MoA router) and keeps the cheapest (or most accurate) schedule
-that meets the target. Each candidate's whole threshold grid is scored in one
+that meets the target. Where none meets a floor target for less than the oracle alone, the
+artifact is the oracle alone, keeping the best cascade over budgets (``cascade_area``) for requests
+that name their own threshold. Each candidate's whole threshold grid is scored in one
 vectorized pass (``evaluate_grid``); a candidate whose first stage alone costs
 more than the best schedule already found is never scored (``prune``).
 
@@ -575,14 +577,15 @@ class RouterFit:
                 raise
             # No schedule is as accurate as asked: the oracle alone is (by definition of the floor).
             oracle_only, why = True, f"no schedule meets the target: {exc}"
-            ci, j = _most_accurate(evs)
-        ev = evs[ci]
-        if not oracle_only and target.floor and ev.cost[j] >= 1.0 - 1e-12:
+        ev = evs[ci] if not oracle_only else None
+        if ev is not None and target.floor and ev.cost[j] >= 1.0 - 1e-12:
             oracle_only = True
             why = (
                 f"the cheapest schedule that meets the target costs {ev.cost[j]:.3f} of always-oracle on the "
                 "fitting questions (out-of-fold): no saving exists"
             )
+        if oracle_only:  # the schedule kept for requests that name a threshold or a budget
+            ci, j = _best_cascade([self.cands[k] for k in idx], evs)
         ci = idx[ci]
         cand, ev = self.cands[ci], self.evs[ci]
         d = self.data
@@ -638,16 +641,36 @@ class RouterFit:
             art.fit_summary["oracle_only"] = {
                 "why": why,
                 "of": "the operating point: requests go to the oracle alone (cost 1.0); the schedule below it "
-                "is kept for requests that name their own escalation_threshold",
+                "(the best cascade over budgets, fitting.cascade_area) is kept for requests that name their "
+                "own escalation_threshold or a budget",
             }
         return art
 
 
-def _most_accurate(evs: list[Evaluated]) -> tuple[int, int]:
-    """(candidate, row) with the highest accuracy, the cheaper on ties."""
-    rows = [int(np.lexsort((e.cost, -e.acc))[0]) for e in evs]
-    ci = max(range(len(evs)), key=lambda k: (evs[k].acc[rows[k]], -evs[k].cost[rows[k]]))
-    return ci, rows[ci]
+# Per-request thresholds the kept schedule of an oracle-only artifact is judged over (``cascade_area``).
+SWEEP_TAUS = np.r_[np.linspace(0.0, 1.0, 101), 1.0 + 1e-9]
+
+
+def cascade_area(cand: Candidate) -> float:
+    """How good a cascade ``cand`` is for requests that name their own threshold: the mean, over
+    budgets c from 0 to 1 of always-oracle, of the best accuracy a per-request threshold (the same at
+    every stage, as ``Router.plan`` applies one) reaches at a cost of at most c, 0 where none does."""
+    taus = np.repeat(SWEEP_TAUS[:, None], len(cand.oof), axis=1)
+    rp = replay_schedule(cand.oof, cand.all_failed, taus)
+    acc = rp.correct(cand.labels, cand.final_ok).astype(float).mean(1)
+    cost = rp.mean_cost(cand.stage_costs, cand.oracle_cost) / float(cand.oracle_cost.mean())
+    order = np.argsort(cost, kind="stable")
+    best = np.maximum.accumulate(acc[order])
+    edges = np.clip(np.r_[cost[order], 1.0], 0.0, 1.0)
+    return float(np.sum(best * np.diff(edges)))
+
+
+def _best_cascade(cands: list[Candidate], evs: list[Evaluated]) -> tuple[int, int]:
+    """(candidate, row) kept by an oracle-only artifact: the schedule with the largest ``cascade_area``
+    (the most accurate one alone can be a poor cascade: on MMLU-Pro it lay below the straight line from
+    the cheapest agent to the oracle), at its most accurate row, the cheaper on ties."""
+    ci = max(range(len(cands)), key=lambda k: (cascade_area(cands[k]), evs[k].acc.max()))
+    return ci, int(np.lexsort((evs[ci].cost, -evs[ci].acc))[0])
 
 
 def _mean_tokens(outputs: list[AgentOutput]) -> float | None:
