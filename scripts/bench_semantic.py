@@ -3,8 +3,8 @@
 Two measurements, at concurrency 1, a few seconds of CPU each:
 
 1. The embedder alone, in process, on a committee stage's answers (the first N questions of the NQ
-   traces, ``../shared/data/nq``: bing-chat, fid and gpt-3.5-turbo answer each one: 3 answers of 35
-   tokens on average): numpy vs ONNX Runtime, one call per answer (the router before issue 21 item 5)
+   traces, ``../shared/data/nq``: bing-chat, fid and gpt-3.5-turbo answer each one), each as its core
+   text (``cores.embedding_text``), which is what a served stage embeds: numpy vs ONNX Runtime, one call per answer (the router before issue 21 item 5)
    vs one call for the stage (now), and, for ONNX, one padded batch per stage (``batch=n``) for comparison.
 2. Through a real tritonserver (the replay engines serve those same answers, with no simulated decode time):
    the same questions asked with ``task=semantic`` and with ``task=gsm8k`` (both ``force_tier=committee``:
@@ -97,6 +97,8 @@ def build_deployment(tmp: Path, questions: list[dict], stages: list[list[str]], 
     fitted ``semantic`` calibration and a ``gsm8k`` one, and the spec serving them with an embedder on
     ``backend``; ``none``: the semantic calibration fitted without the cosine signal (``--no-embedding``),
     served with no embedder at all."""
+    import dataclasses
+
     import yaml
 
     from pyramid_moa.artifact import CalibrationArtifact, save_calibration_set
@@ -125,7 +127,18 @@ def build_deployment(tmp: Path, questions: list[dict], stages: list[list[str]], 
     if not cal.is_file():
         d = load_routing_data(str(root), COMMITTEE, ORACLE, task="semantic", params={ORACLE: [70.0]})
         prepare(d, tmp / "embeddings.npz", embed=embed)
-        sem = RouterFit(d, np.arange(d.n), "flops", "semantic").artifact(Target("max_disagreement", 0.0))
+        fitted = RouterFit(d, np.arange(d.n), "flops", "semantic").artifact(Target("max_disagreement", 0.0))
+        # Served as one stage of the whole committee, like the gsm8k calibration below, so both tasks make
+        # the same three agent calls and the difference is the semantic stage's own work. (The fit keeps
+        # fid alone here, the oracle being gpt-3.5-turbo's double: one answer embedded instead of three, as
+        # in the runs recorded before this was fixed.) The fit supplies the pair model the features use.
+        sfs = make_feature_set(fitted.feature_set, COMMITTEE, **d.feature_options)
+        sem = dataclasses.replace(
+            fitted,
+            stages=[{"agents": COMMITTEE, "feature_names": sfs.names, "threshold": 0.5,
+                     "calibrator": LogisticCalibrator([0.0] * len(sfs.names), 10.0).to_dict()}],
+            oracle_only=False,
+        )  # fmt: skip
         fs = make_feature_set("agreement", COMMITTEE)
         gsm = CalibrationArtifact(
             committee=COMMITTEE,
@@ -181,6 +194,7 @@ def bench_served(tmp: Path, questions: list[dict], stages: list[list[str]], back
                     for task in lat:  # interleaved: any drift of the machine hits both alike
                         r = client.ask(q["question"], task=task, force_tier="committee")
                         assert r.tier == "committee", (task, r.tier)
+                        assert sorted(r.calls) == sorted(COMMITTEE), (task, r.calls)  # same calls, both tasks
                         lat[task].append(r.latency_s * 1000)
                         stage_ms[task].append(sum(v for k, v in r.server_latency_ms.items() if k.startswith("stage")))
     res = {
@@ -216,10 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_semantic: no NQ traces at {a.nq} (--nq); skipped", file=sys.stderr)
         return 0
     questions, stages = load_stages(a.nq, max(a.n, FIT_MIN))
+    from pyramid_moa.cores import embedding_text
     from pyramid_moa.embedding import MiniLMEmbedder, ort_threads
 
+    # What a served semantic stage embeds: each answer's core text, not the whole answer.
+    embedded = [[embedding_text(t, q.get("question")) for t in s] for q, s in zip(questions, stages[: a.n])]
     tok = MiniLMEmbedder().tokenizer
-    ntok = [len(tok.encode(t)) for s in stages[: a.n] for t in s]
+    ntok = [len(tok.encode(t)) for s in embedded for t in s]
     result: dict = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{_cpu_model()}, {len(os.sched_getaffinity(0))} CPUs usable ({platform.machine()})",
@@ -229,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "ort_threads": ort_threads(),
     }
     if not a.no_direct:
-        result["direct"] = bench_direct(stages[: a.n], a.rounds)
+        result["direct"] = bench_direct(embedded, a.rounds)
     if not a.no_served:
         result["served"] = {}
         with tempfile.TemporaryDirectory(prefix="bench_semantic-") as tmp:
@@ -238,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     tk = result["tokens_per_answer"]
-    print(f"{result['stages']} stages of 3 NQ answers ({tk['mean']:.1f} tokens mean, {tk['max']} max); "
+    print(f"{result['stages']} stages of 3 NQ answers' core texts ({tk['mean']:.1f} tokens mean, {tk['max']} max); "
           f"ONNX Runtime intra-op threads {result['ort_threads']}")  # fmt: skip
     if "direct" in result:
         print("\n| embedder, in process | p50 ms / stage | p90 ms / stage |\n|---|---|---|")
