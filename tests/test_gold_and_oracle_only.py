@@ -12,7 +12,7 @@ from conftest import write_traces
 from pyramid_moa.answers import get_task
 from pyramid_moa.dataset import load_routing_data
 from pyramid_moa.evaluation import evaluate
-from pyramid_moa.fitting import RouterFit, Target
+from pyramid_moa.fitting import RouterFit, Target, TargetUnreachable
 from pyramid_moa.traces import TraceError, TraceSet
 
 
@@ -162,3 +162,18 @@ def test_an_oracle_only_fit_keeps_the_best_cascade_not_the_most_accurate_schedul
     assert max(evs[0].acc) > max(evs[1].acc)  # the old rule's pick would be the dear one
     ci, j = _best_cascade([dear, cheap], evs)
     assert ci == 1 and evs[1].acc[j] == pytest.approx(0.98, abs=1e-9) and evs[1].cost[j] <= 0.5 + 1e-9
+
+
+def test_a_fit_where_no_schedule_can_be_calibrated_says_why(tmp_path):
+    """Every committee answer right (one class): no calibrator can be fitted, and the error names the
+    schedule and the reason rather than "no schedule of None stage(s)"."""
+    n = 60
+    qs = [{"idx": i, "question": f"What is {i} plus one?", "gold": str(i + 1)} for i in range(n)]
+    src = {m: [_line(i, f"The answer is {i + 1}") for i in range(n)] for m in ("a", "b", "o")}
+    root = write_traces(tmp_path, qs, src)
+    meta = [{"name": m, "params_b": 7 if m != "o" else 70, "license": "MIT"} for m in src]
+    (root / "sources.json").write_text(json.dumps(meta))
+    data = load_routing_data(str(root), ["a", "b"], "o")
+    fit = RouterFit(data, np.arange(n), "flops", adaptive=False)
+    with pytest.raises(TargetUnreachable, match=r"no schedule could be calibrated.*a\+b: .*\d+ correct and 0 wrong"):
+        fit.artifact(Target("oracle_rate", 0.2))

@@ -412,6 +412,7 @@ class RouterFit:
         self.cands: list[Candidate] = []
         self.evs: list[Evaluated] = []
         self.pruned = 0
+        self.unfitted: list[str] = []  # schedules that could not be calibrated, and why
         oracle_acc = float(self.oracle_ok.mean())
         best_cost = np.inf
         # The one-stage whole committee first (always scored: the ablation baseline), then by lower bound.
@@ -424,7 +425,8 @@ class RouterFit:
                     continue
             try:
                 cand = self._candidate(shape)
-            except ValueError:  # a stage whose labels are all one class cannot be calibrated
+            except ValueError as exc:  # a stage whose labels are all one class cannot be calibrated
+                self.unfitted.append(f"{' -> '.join('+'.join(st) for st in shape)}: {exc}")
                 continue
             ev = evaluate_grid(cand)
             self.cands.append(cand)
@@ -567,7 +569,12 @@ class RouterFit:
         want = 1 if single_stage else depth
         idx = [k for k, c in enumerate(self.cands) if want is None or len(c.stages) == want]
         if not idx:
-            raise TargetUnreachable(f"no schedule of {want} stage(s) was fitted (max_depth {self.max_depth})")
+            if want is not None:
+                raise TargetUnreachable(f"no schedule of {want} stage(s) was fitted (max_depth {self.max_depth})")
+            why = "; ".join(self.unfitted[:3]) + (
+                f"; and {len(self.unfitted) - 3} more" if len(self.unfitted) > 3 else ""
+            )
+            raise TargetUnreachable(f"no schedule could be calibrated on these questions ({why or 'none considered'})")
         evs = [self.evs[k] for k in idx]
         oracle_only, why = False, ""
         try:
