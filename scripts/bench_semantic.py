@@ -4,8 +4,9 @@ Two measurements, at concurrency 1, a few seconds of CPU each:
 
 1. The embedder alone, in process, on a committee stage's answers (the first N questions of the NQ
    traces, ``../shared/data/nq``: bing-chat, fid and gpt-3.5-turbo answer each one), each as its core
-   text (``cores.embedding_text``), which is what a served stage embeds: numpy vs ONNX Runtime, one call per answer (the router before issue 21 item 5)
-   vs one call for the stage (now), and, for ONNX, one padded batch per stage (``batch=n``) for comparison.
+   text (``cores.embedding_text``), which is what a served stage embeds: numpy vs ONNX Runtime, one call
+   per answer (the router before issue 21 item 5) vs one call for the stage (now), and, for ONNX, one
+   padded batch per stage (``batch=n``) for comparison.
 2. Through a real tritonserver (the replay engines serve those same answers, with no simulated decode time):
    the same questions asked with ``task=semantic`` and with ``task=gsm8k`` (both ``force_tier=committee``:
    the same three agent calls, then the decision); semantic routing adds the embedder request (one per
@@ -128,31 +129,26 @@ def build_deployment(tmp: Path, questions: list[dict], stages: list[list[str]], 
         d = load_routing_data(str(root), COMMITTEE, ORACLE, task="semantic", params={ORACLE: [70.0]})
         prepare(d, tmp / "embeddings.npz", embed=embed)
         fitted = RouterFit(d, np.arange(d.n), "flops", "semantic").artifact(Target("max_disagreement", 0.0))
+
         # Served as one stage of the whole committee, like the gsm8k calibration below, so both tasks make
         # the same three agent calls and the difference is the semantic stage's own work. (The fit keeps
         # fid alone here, the oracle being gpt-3.5-turbo's double: one answer embedded instead of three, as
         # in the runs recorded before this was fixed.) The fit supplies the pair model the features use.
-        sfs = make_feature_set(fitted.feature_set, COMMITTEE, **d.feature_options)
+        def whole_committee(feature_set: str, **options) -> list[dict]:
+            """One stage of the whole committee with a constant calibrator (force_tier decides the route)."""
+            names = make_feature_set(feature_set, COMMITTEE, **options).names
+            calibrator = LogisticCalibrator([0.0] * len(names), 10.0).to_dict()
+            return [{"agents": COMMITTEE, "feature_names": names, "calibrator": calibrator, "threshold": 0.5}]
+
         sem = dataclasses.replace(
-            fitted,
-            stages=[{"agents": COMMITTEE, "feature_names": sfs.names, "threshold": 0.5,
-                     "calibrator": LogisticCalibrator([0.0] * len(sfs.names), 10.0).to_dict()}],
-            oracle_only=False,
-        )  # fmt: skip
-        fs = make_feature_set("agreement", COMMITTEE)
+            fitted, stages=whole_committee(fitted.feature_set, **d.feature_options), oracle_only=False
+        )
         gsm = CalibrationArtifact(
             committee=COMMITTEE,
             oracle=ORACLE,
             feature_set="agreement",
             calibrator="logistic",
-            stages=[
-                {
-                    "agents": COMMITTEE,
-                    "feature_names": fs.names,
-                    "calibrator": LogisticCalibrator([0.0] * len(fs.names), 10.0).to_dict(),
-                    "threshold": 0.5,
-                }
-            ],
+            stages=whole_committee("agreement"),
             target={"kind": "oracle_rate", "value": 0.0, "cost_model": "flops"},
             cost_model=sem.cost_model,
             fitted_on={"idx": []},

@@ -214,16 +214,20 @@ class TritonServer:
     def exit_timeout_s(self) -> float:
         """How long tritonserver waits, once asked to stop, for requests in flight and model unloads
         (its ``--exit-timeout-secs``, default 30 s), after which it exits by itself."""
+        v = self.extra_arg("--exit-timeout-secs")
+        try:
+            return float(v) if v is not None else float(TRITON_EXIT_TIMEOUT_S)
+        except ValueError:
+            return float(TRITON_EXIT_TIMEOUT_S)
+
+    def extra_arg(self, flag: str) -> str | None:
+        """The value ``extra_args`` gives tritonserver's ``flag`` (``--flag=V`` or ``--flag V``; the first)."""
         for i, a in enumerate(self.extra_args):
-            v = a.split("=", 1)[1] if a.startswith("--exit-timeout-secs=") else None
-            if a == "--exit-timeout-secs" and i + 1 < len(self.extra_args):
-                v = self.extra_args[i + 1]
-            if v is not None:
-                try:
-                    return float(v)
-                except ValueError:
-                    break
-        return float(TRITON_EXIT_TIMEOUT_S)
+            if a.startswith(f"{flag}="):
+                return a.split("=", 1)[1]
+            if a == flag and i + 1 < len(self.extra_args):
+                return self.extra_args[i + 1]
+        return None
 
     def restart(self, timeout_s: float = 120.0) -> int:
         """Drain and restart tritonserver on the same ports and keys; returns the new server's PID.
@@ -282,14 +286,7 @@ class TritonServer:
 
     def metrics_enabled(self) -> bool:
         """Whether this server serves its metrics port (on unless ``--allow-metrics=false`` is passed)."""
-        args = [a.lower() for a in self.extra_args]
-        for i, a in enumerate(args):
-            v = a.split("=", 1)[1] if a.startswith("--allow-metrics=") else None
-            if a == "--allow-metrics" and i + 1 < len(args):
-                v = args[i + 1]
-            if v in ("false", "0", "no", "off"):
-                return False
-        return True
+        return (self.extra_arg("--allow-metrics") or "true").lower() not in ("false", "0", "no", "off")
 
     def readiness_urls(self) -> list[str]:
         """What must answer 200 before the server counts as started: its readiness endpoint, and its
